@@ -1,0 +1,57 @@
+"""Pure summaries of a run's measurements (used by the run store and the reports)."""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def second_half(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The measurements from the middle step of the run on (by step, so an irregular cadence is fair)."""
+    if not rows:
+        return []
+    last = rows[-1]["step"]
+    return [r for r in rows if r["step"] >= last / 2]
+
+
+def _finite(values):
+    out = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    return out
+
+
+def ratio_stats(rows: Sequence[Mapping], key: str = "ratio", band: float = 0.1) -> dict:
+    """Median, 10th/90th percentiles and the share within ``1 +- band`` of ``key`` over the second half."""
+    values = _finite(r.get(key) for r in second_half(rows))
+    if values.size == 0:
+        return {"ratio_median": None, "ratio_p10": None, "ratio_p90": None, "ratio_within_10pct": None,
+                "ratio_count": 0}
+    return {
+        "ratio_median": float(np.median(values)),
+        "ratio_p10": float(np.percentile(values, 10)),
+        "ratio_p90": float(np.percentile(values, 90)),
+        "ratio_within_10pct": float(np.mean(np.abs(values - 1.0) <= band)),
+        "ratio_count": int(values.size),
+    }
+
+
+def summarize(rows: Sequence[Mapping]) -> dict:
+    """Final figures and edge statistics of a run from its metrics rows."""
+    out: dict = {"measurements": len(rows)}
+    if rows:
+        last = rows[-1]
+        out["final_step"] = int(last["step"])
+        for key in ("loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio"):
+            if last.get(key) is not None:
+                out[f"final_{key}"] = last[key]
+        tests = [r for r in rows if r.get("test_loss") is not None]
+        if tests:
+            out["final_test_loss"] = tests[-1]["test_loss"]
+            if tests[-1].get("test_acc") is not None:
+                out["final_test_acc"] = tests[-1]["test_acc"]
+        half = second_half(rows)
+        lam_gd = _finite(r["lambda_max"] / r["gd_edge"] for r in half if r.get("gd_edge"))
+        out["lambda_over_gd_edge_median"] = float(np.median(lam_gd)) if lam_gd.size else None
+    out |= ratio_stats(rows)
+    return out

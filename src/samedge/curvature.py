@@ -1,0 +1,198 @@
+"""Curvature of a loss: exact Hessian-vector products, Lanczos, power iteration, alignment.
+
+Operators act on flat vectors (a parameter pytree raveled with ``jax.flatten_util``), so the
+eigen-solvers are plain linear algebra and can be checked against a dense ``jnp.linalg.eigh``.
+Hessian-vector products are forward-over-reverse (``jax.jvp`` of ``jax.grad``): exact up to
+floating point, never finite differences.
+
+Lanczos is written here rather than taken from matfree or SciPy because a measurement must be
+one compiled program that stops on a residual: ``matfree.decomp.tridiag_sym`` runs a fixed number
+of matvecs per compiled function and SciPy's ``eigsh`` crosses to the host at every matvec. The
+implementation below is checked against dense ``eigh`` and against matfree in the tests.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+__all__ = [
+    "Eigen",
+    "flat_hvp",
+    "lanczos",
+    "power_iteration",
+    "alignment",
+    "dense_hessian",
+]
+
+Matvec = Callable[[jax.Array], jax.Array]
+
+
+class Eigen(NamedTuple):
+    """Eigenpairs found by an iterative solver.
+
+    values: (k,) eigenvalue estimates, sorted by decreasing ``|value|`` (``which="LM"``) or value.
+    vectors: (k, n) unit eigenvector estimates.
+    residuals: (k,) relative residuals ``||A v - value v|| / |value|``.
+    num_matvecs: () int, matrix-vector products spent.
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    residuals: jax.Array
+    num_matvecs: jax.Array
+
+
+def flat_hvp(loss_fn: Callable, params) -> tuple[Matvec, int]:
+    """Exact Hessian-vector product of ``loss_fn`` at ``params`` on flat vectors.
+
+    Returns ``(matvec, n)`` where ``matvec(v) = H v`` for ``v`` of shape ``(n,)``.
+    """
+    flat, unravel = ravel_pytree(params)
+    grad_fn = jax.grad(loss_fn)
+
+    def matvec(v):
+        tangent = unravel(v.astype(flat.dtype))
+        return ravel_pytree(jax.jvp(grad_fn, (params,), (tangent,))[1])[0]
+
+    return matvec, flat.shape[0]
+
+
+def dense_hessian(loss_fn: Callable, params) -> jax.Array:
+    """The full ``(n, n)`` Hessian of ``loss_fn`` at ``params`` (for tests and tiny models)."""
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda x: loss_fn(unravel(x)))(flat)
+
+
+def _orthogonalise(w, basis):
+    # Two passes of classical Gram-Schmidt against all stored vectors ("twice is enough").
+    # Rows of ``basis`` not yet filled are zero and contribute nothing.
+    for _ in range(2):
+        w = w - basis.T @ (basis @ w)
+    return w
+
+
+def _select(theta, which, k):
+    key = jnp.abs(theta) if which == "LM" else theta
+    return jnp.argsort(-key)[:k]
+
+
+def lanczos(
+    matvec: Matvec,
+    v0: jax.Array,
+    *,
+    k: int = 1,
+    max_iters: int = 64,
+    tol: float = 1e-3,
+    which: str = "LM",
+) -> Eigen:
+    """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
+
+    Runs until every one of the ``k`` selected Ritz pairs has relative residual
+    ``||A y - theta y|| / |theta| <= tol`` or ``max_iters`` matvecs are spent (or the Krylov space
+    is invariant). The residual of a Ritz pair is ``|beta_j s_j|`` (the last Lanczos coefficient
+    times the last component of the pair's eigenvector in the tridiagonal matrix), so the stopping
+    test costs no matvec. Everything is one ``lax.while_loop``: jit it and it compiles once.
+
+    Args:
+      matvec: ``v -> A v`` on vectors of shape ``(n,)``.
+      v0: ``(n,)`` start vector, e.g. the previous top eigenvector (warm start); need not be unit.
+      k: number of eigenpairs.
+      max_iters: most matvecs; also the size of the stored basis.
+      tol: relative residual at which a Ritz pair counts as converged.
+      which: ``"LM"`` (largest magnitude: the operator norm comes first) or ``"LA"`` (largest value).
+    """
+    if which not in ("LM", "LA"):
+        raise ValueError(f"which must be 'LM' or 'LA', got {which!r}")
+    if not 1 <= k <= max_iters:
+        raise ValueError(f"need 1 <= k <= max_iters, got k={k}, max_iters={max_iters}")
+    n = v0.shape[0]
+    m = min(max_iters, n)
+    k = min(k, m)
+    dtype = v0.dtype
+    eps = jnp.finfo(dtype).eps
+
+    def ritz(alphas, betas, j):
+        # T is m x m with the first j+1 rows filled; the zero padding adds exact zero eigenvalues
+        # whose eigenvectors live on the padding, so they are told apart by where their mass sits.
+        idx = jnp.arange(m)
+        live = idx <= j
+        diag = jnp.where(live, alphas, 0.0)
+        off = jnp.where(idx[:-1] < j, betas[:-1], 0.0)
+        t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        theta, s = jnp.linalg.eigh(t)
+        mass = jnp.sum(jnp.where(live[:, None], s**2, 0.0), axis=0)
+        key = jnp.where(mass > 0.5, jnp.abs(theta) if which == "LM" else theta, -jnp.inf)
+        order = jnp.argsort(-key)[:k]
+        theta_k, s_k = theta[order], s[:, order]
+        resid = jnp.abs(betas[j] * s_k[j]) / jnp.maximum(jnp.abs(theta_k), eps)
+        return theta_k, s_k, resid
+
+    def cond(state):
+        j, _, _, _, done = state
+        return (j < m) & ~done
+
+    def body(state):
+        j, basis, alphas, betas, _ = state
+        q = basis[j]
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
+        w = _orthogonalise(w, basis)
+        beta = jnp.linalg.norm(w)
+        alphas = alphas.at[j].set(alpha)
+        betas = betas.at[j].set(beta)
+        invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
+        q_next = jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta))
+        basis = basis.at[j + 1].set(q_next)
+        _, _, resid = ritz(alphas, betas, j)
+        done = invariant | ((j + 1 >= k) & jnp.all(resid <= tol))
+        return j + 1, basis, alphas, betas, done
+
+    v0 = v0 / jnp.linalg.norm(v0)
+    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
+    alphas = jnp.zeros((m,), dtype)
+    betas = jnp.zeros((m,), dtype)
+    j, basis, alphas, betas, _ = jax.lax.while_loop(
+        cond, body, (jnp.asarray(0), basis, alphas, betas, jnp.asarray(False))
+    )
+    theta, s, resid = ritz(alphas, betas, j - 1)
+    vectors = s.T @ basis[:m]
+    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
+    return Eigen(theta, vectors, resid, j)
+
+
+def power_iteration(
+    matvec: Matvec, v0: jax.Array, *, max_iters: int = 100, tol: float = 1e-3
+) -> Eigen:
+    """The baseline: power iteration, stopped when successive estimates change by less than ``tol``.
+
+    Finds the eigenvalue of largest magnitude (k = 1). Each iteration is one matvec; the Rayleigh
+    quotient ``v . A v`` is the estimate and the residual is computed from the same product.
+    """
+    v0 = v0 / jnp.linalg.norm(v0)
+
+    def cond(state):
+        i, _, _, _, change = state
+        return (i < max_iters) & (change > tol)
+
+    def body(state):
+        i, v, lam, _, _ = state
+        w = matvec(v)
+        new_lam = jnp.vdot(v, w)
+        resid = jnp.linalg.norm(w - new_lam * v) / jnp.abs(new_lam)
+        change = jnp.abs(new_lam - lam) / jnp.abs(new_lam)
+        return i + 1, w / jnp.linalg.norm(w), new_lam, resid, change
+
+    init = (jnp.asarray(0), v0, jnp.asarray(0.0, v0.dtype), jnp.asarray(jnp.inf, v0.dtype),
+            jnp.asarray(jnp.inf, v0.dtype))
+    i, v, lam, resid, _ = jax.lax.while_loop(cond, body, init)
+    return Eigen(lam[None], v[None], resid[None], i)
+
+
+def alignment(g: jax.Array, v: jax.Array) -> jax.Array:
+    """``|<g, v>| / (||g|| ||v||)``, 0 when either vector is zero."""
+    denom = jnp.linalg.norm(g) * jnp.linalg.norm(v)
+    return jnp.where(denom > 0, jnp.abs(jnp.vdot(g, v)) / jnp.where(denom > 0, denom, 1.0), 0.0)

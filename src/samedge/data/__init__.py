@@ -1,0 +1,1 @@
+"""Data sets: finding, downloading (pooch, checksummed) and parsing the official files."""

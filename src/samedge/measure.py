@@ -1,0 +1,85 @@
+"""The measurement at a check point, as one compiled program.
+
+At a check point it computes, on the task's measurement batch: loss, accuracy, gradient and its
+norm, the top-k Hessian eigenpairs by Lanczos (warm-started from the previous ones), the active
+edge of the optimizer, 2/eta, their ratio, the alignments of the gradient and of the gradient the
+step descends along with the top eigenvector, and for SAM (rho > 0) the top eigenvalue at the
+ascent point ``w + rho g/||g||``. Each eigenvalue comes with its HVP count and relative residual.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from samedge import curvature, edges
+from samedge.config import RunConfig
+from samedge.steps import Optimizer, global_norm, sam_ascent_point
+from samedge.tasks import Task
+
+
+def initial_vectors(params, k: int, seed: int) -> jax.Array:
+    """``(k, n)`` random unit start vectors for the first measurement, from the run's seed."""
+    n = ravel_pytree(params)[0].shape[0]
+    v = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5A3), (k, n))
+    return v / jnp.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
+    """A jitted ``measure(params, data, step, vectors) -> (row, vectors)``.
+
+    ``vectors`` is the ``(k, n)`` previous eigenvector estimate: the start of the next Lanczos run.
+    ``row`` is a dict of scalar arrays (see module docstring).
+    """
+    k = cfg.topk
+    measure_sam = cfg.measure_sam_point and cfg.optimizer in ("sam",) and cfg.rho > 0
+
+    def top_eigen(params, batch, v0):
+        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
+        return curvature.lanczos(matvec, v0, k=k, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol)
+
+    def measure(params, data, step, vectors):
+        batch = task.measure_batch_fn(data, step)
+        grad_fn = jax.value_and_grad(task.loss_fn)
+        loss, grad = grad_fn(params, batch)
+        g_flat = ravel_pytree(grad)[0]
+        grad_norm = global_norm(grad)
+        # Warm start: the previous eigenvectors together, plus a small seeded random part so that
+        # the Krylov space is never trapped in an invariant subspace.
+        noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step), vectors.shape[1:])
+        v0 = vectors.sum(0) + 0.01 * noise / jnp.linalg.norm(noise)
+        eig = top_eigen(params, batch, v0.astype(g_flat.dtype))
+        lambda_max = jnp.abs(eig.values[0])
+        edge = optimizer.edge(grad_norm)
+        descent = ravel_pytree(optimizer.gradient_at(params, lambda p: grad_fn(p, batch)))[0]
+        row = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lambda_max": lambda_max,
+            "edge": edge,
+            "gd_edge": edges.gd_edge(cfg.lr) + 0.0 * loss,
+            "ratio": lambda_max / edge,
+            "align_grad": curvature.alignment(g_flat, eig.vectors[0]),
+            "align_sam_grad": curvature.alignment(descent, eig.vectors[0]),
+            "hvps": eig.num_matvecs,
+        }
+        if task.accuracy_fn is not None:
+            row["acc"] = task.accuracy_fn(params, batch)
+        for i in range(k):
+            row[f"lambda_{i + 1}"] = eig.values[i]
+            row[f"resid_{i + 1}"] = eig.residuals[i]
+        if measure_sam:
+            ascent = sam_ascent_point(params, grad, cfg.rho)
+            sam_eig = curvature.lanczos(
+                curvature.flat_hvp(lambda p: task.loss_fn(p, batch), ascent)[0],
+                eig.vectors[0], k=1, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol,
+            )
+            row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
+            row["resid_sam"] = sam_eig.residuals[0]
+            row["hvps_sam"] = sam_eig.num_matvecs
+        return row, eig.vectors
+
+    return jax.jit(measure)
