@@ -36,3 +36,4 @@ def x64():
 def _isolated_cache(tmp_path, monkeypatch):
     # No test may read or fill the user's real cache, or see a data dir it did not ask for.
     monkeypatch.setenv("SAMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAMEDGE_OFFLINE", "1")
