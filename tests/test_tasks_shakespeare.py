@@ -97,8 +97,9 @@ def test_eval_windows_caps_the_test_set():
 
 def test_measurement_batch_is_the_steps_minibatch_or_a_fixed_one(tiny):
     text, cfg, task = tiny
+    measure_batch, batch = jax.jit(task.measure_batch_fn), jax.jit(task.batch_fn)
     for step in (0, 9):
-        np.testing.assert_array_equal(task.measure_batch_fn(task.data, step), task.batch_fn(task.data, step))
+        np.testing.assert_array_equal(measure_batch(task.data, step), batch(task.data, step))
     fixed = task_mod.build(task_mod.Config(**(TINY | {"measure_batch": 16})), corpus=sh.Corpus(text, "synthetic"))
     first = np.asarray(fixed.measure_batch_fn(fixed.data, 0))
     assert first.shape == (16, cfg.seq_len + 1)
@@ -114,6 +115,7 @@ def test_sam_ascent_and_descent_use_the_steps_minibatch(tiny):
     params = task.init_params(jax.random.PRNGKey(0))
     donated = jax.tree.map(jnp.copy, params)  # the chunk donates its inputs
 
+    @jax.jit
     def by_hand(batch_ascent, batch_descent):
         g = jax.grad(task.loss_fn)(params, batch_ascent)
         norm = jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(g)))
@@ -121,7 +123,8 @@ def test_sam_ascent_and_descent_use_the_steps_minibatch(tiny):
         g_adv = jax.grad(task.loss_fn)(adv, batch_descent)
         return jax.tree.map(lambda w, gi: w - lr * gi, params, g_adv)
 
-    b3, b4 = task.batch_fn(task.data, 3), task.batch_fn(task.data, 4)
+    batch = jax.jit(task.batch_fn)
+    b3, b4 = batch(task.data, 3), batch(task.data, 4)
     same, mixed = by_hand(b3, b3), by_hand(b4, b3)
     opt = steps.sam(lr, rho)
     chunk = train.make_chunk(task, opt, 1)

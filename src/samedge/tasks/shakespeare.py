@@ -61,9 +61,9 @@ PRESETS = {
         name="quick",
         description="2-layer, d=64, 4-head Transformer, sequence 32, batch 32, minibatch SAM",
         task=dict(seq_len=32, batch_size=32, d_model=64, n_layers=2, n_heads=4, key_size=16, eval_windows=2048),
-        steps=1500,
+        steps=1000,
         measure_every=25,
-        eval_every=500,
+        eval_every=250,
         lr={"*": 0.2},
         rho=0.1,
         grid_lr=(0.1, 0.2),
@@ -112,6 +112,7 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
         hit = (jnp.argmax(model.apply(params, batch[:, :-1]), -1) == y) & (y != sh.PAD)
         return hit.sum() / jnp.maximum((y != sh.PAD).sum(), 1)
 
+    @jax.jit  # flax's eager init dispatches op by op: seconds for a model that compiles in one
     def init_params(key):
         return model.init(key, jnp.zeros((1, t), jnp.int32))
 
