@@ -1,0 +1,179 @@
+"""tiny_shakespeare with the paper's causal Transformer and minibatch SAM (Long & Bartlett 2024,
+third experiment).
+
+Each step draws a minibatch of windows (the seeded shuffle of :mod:`samedge.data.shakespeare`);
+SAM's ascent and descent gradients both use that minibatch, because the training loop closes the
+step's ``grad_fn`` over it. By default each measurement (Hessian, gradient norm and so the
+SAM-edge) is taken on the minibatch of the step being measured, as the paper did;
+``measure_batch > 0`` measures instead on one fixed batch of that many windows drawn once from the
+training text. The test loss is the mean cross-entropy per character over the held-out text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samedge.data import shakespeare as sh
+from samedge.errors import ConfigError
+from samedge.models.transformer import Transformer, cross_entropy
+from samedge.tasks import Preset, Task
+
+DATA_KEY = 0xDA7A  # folded into the run's seed for the data order, apart from the initialisation
+
+
+@dataclass(frozen=True)
+class Config:
+    seq_len: int = 64  # the paper's sequence length
+    batch_size: int = 128  # the paper's minibatch size
+    d_model: int = 128  # the paper's model size
+    n_layers: int = 6  # the paper's depth
+    n_heads: int = 8  # the paper's heads
+    key_size: int = 32  # the paper's key size per head
+    mlp_ratio: int = 4  # the paper's MLP width, 4 x model size
+    test_lines: int = 10_000  # the paper holds out the last 10,000 lines
+    measure_batch: int = 0  # 0: measure on the step's own minibatch (the paper); n > 0: a fixed batch of n windows
+    eval_windows: int = 0  # 0: evaluate on every test window; n > 0: on the first n (cheaper, for quick runs)
+    eval_batch: int = 256  # test windows per forward pass: bounds the evaluation's memory
+
+    def validate(self):
+        for name in ("seq_len", "batch_size", "d_model", "n_layers", "n_heads", "key_size", "mlp_ratio",
+                     "test_lines", "eval_batch"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ConfigError(f"shakespeare {name} must be a positive integer, got {value!r}")
+        for name in ("measure_batch", "eval_windows"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"shakespeare {name} must be an integer >= 0 (0 = off), got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+PRESETS = {
+    # Sized for 2 CPU cores. Measured (see the branch report): filled in below after tuning.
+    "quick": Preset(
+        name="quick",
+        description="2-layer, d=64, 4-head Transformer, sequence 32, batch 32, minibatch SAM",
+        task=dict(seq_len=32, batch_size=32, d_model=64, n_layers=2, n_heads=4, key_size=16, eval_windows=2048),
+        steps=1000,
+        measure_every=25,
+        eval_every=250,
+        lr={"*": 0.2},
+        rho=0.1,
+        grid_lr=(0.1, 0.2),
+        grid_rho=(0.0, 0.1, 0.3),
+    ),
+    # The paper's setting: 6 layers, d = 128, 8 heads of key size 32, sequence 64, batch 128.
+    # The number of steps is ours (about 1.5 epochs of the ~850k training windows); a GPU job.
+    "paper": Preset(
+        name="paper",
+        description="the paper's tiny_shakespeare setting: 6-layer, d=128, 8-head Transformer, sequence 64, batch 128",
+        task=dict(seq_len=64, batch_size=128, d_model=128, n_layers=6, n_heads=8, key_size=32),
+        steps=10_000,
+        measure_every=100,
+        eval_every=1000,
+        lr={"*": 0.1},
+        rho=0.1,
+        grid_lr=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+        grid_rho=(0.0, 0.1, 0.3, 1.0),
+    ),
+}
+
+
+def make_model(config: Config) -> Transformer:
+    return Transformer(vocab_size=sh.VOCAB_SIZE, max_len=config.seq_len, d_model=config.d_model,
+                       n_layers=config.n_layers, n_heads=config.n_heads, key_size=config.key_size,
+                       mlp_ratio=config.mlp_ratio)
+
+
+def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False, corpus=None) -> Task:
+    """The task; ``corpus`` (a :class:`samedge.data.shakespeare.Corpus`) replaces the loaded text (tests)."""
+    config.validate()
+    corpus = corpus if corpus is not None else sh.load(data_dir)
+    text = sh.split(corpus.text, config.test_lines)
+    train_tokens, test_tokens = sh.encode(text.train), sh.encode(text.test)
+    t = config.seq_len
+    data_key = jax.random.fold_in(jax.random.PRNGKey(seed), DATA_KEY)
+    batch_key, measure_key = jax.random.split(data_key)
+    batch_fn = sh.make_batch_fn(len(train_tokens), t, config.batch_size, batch_key)
+    model = make_model(config)
+
+    def loss_fn(params, batch):  # batch: (B, T + 1) windows
+        return cross_entropy(model.apply(params, batch[:, :-1]), batch[:, 1:])[0]
+
+    def accuracy_fn(params, batch):
+        y = batch[:, 1:]  # (B, T)
+        hit = (jnp.argmax(model.apply(params, batch[:, :-1]), -1) == y) & (y != sh.PAD)
+        return hit.sum() / jnp.maximum((y != sh.PAD).sum(), 1)
+
+    @jax.jit  # flax's eager init dispatches op by op: seconds for a model that compiles in one
+    def init_params(key):
+        return model.init(key, jnp.zeros((1, t), jnp.int32))
+
+    data = {"tokens": jnp.asarray(train_tokens)}
+    if config.measure_batch:
+        starts = sh.fixed_windows(len(train_tokens), t, config.measure_batch, measure_key)
+        data["measure"] = jnp.asarray(sh.windows_at(train_tokens, starts, t), jnp.int32)  # (M, T + 1)
+
+        def measure_batch_fn(data, step):
+            return data["measure"]
+    else:
+        def measure_batch_fn(data, step):
+            return batch_fn(data["tokens"], step)
+
+    windows = sh.eval_windows(test_tokens, t)  # (W, T + 1)
+    if config.eval_windows:
+        windows = windows[: config.eval_windows]
+    n_eval = len(windows)
+    n_batches = -(-n_eval // config.eval_batch)
+    padded = np.full((n_batches * config.eval_batch, t + 1), sh.PAD, np.int32)  # padding carries no loss
+    padded[:n_eval] = windows
+    test = jnp.asarray(padded.reshape(n_batches, config.eval_batch, t + 1))  # (nb, E, T + 1)
+
+    @jax.jit
+    def evaluate_jit(params):
+        def body(totals, batch):  # batch: (E, T + 1)
+            logits = model.apply(params, batch[:, :-1])  # (E, T, V)
+            y = batch[:, 1:]
+            mean, count = cross_entropy(logits, y)
+            hits = ((jnp.argmax(logits, -1) == y) & (y != sh.PAD)).sum()
+            return totals + jnp.stack([mean * count, hits, count]), None
+
+        nll, hits, count = jax.lax.scan(body, jnp.zeros(3), test)[0]
+        return {"test_loss": nll / count, "test_acc": hits / count}
+
+    def train_batch(data, step):
+        return batch_fn(data["tokens"], step)
+
+    shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+    return Task(
+        name="shakespeare",
+        config=config,
+        init_params=init_params,
+        loss_fn=loss_fn,
+        accuracy_fn=accuracy_fn,
+        data=data,
+        batch_fn=train_batch,
+        measure_batch_fn=measure_batch_fn,
+        evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params).items()},
+        info={
+            "data_source": corpus.source,
+            "n_train_chars": int(len(train_tokens)),
+            "n_test_chars": int(len(test_tokens)),
+            "n_train_windows": sh.num_windows(len(train_tokens), t),
+            "steps_per_epoch": sh.num_windows(len(train_tokens), t) // config.batch_size,
+            "n_test_windows": n_eval,
+            "test_chars_scored": int((windows[:, 1:] != sh.PAD).sum()),
+            "measurement": (f"fixed batch of {config.measure_batch} training windows" if config.measure_batch
+                            else "the minibatch of the measured step"),
+            "unigram_entropy_nats": sh.unigram_entropy(train_tokens),
+            "n_params": n_params,
+        },
+    )
