@@ -123,3 +123,17 @@ def test_local_sweep_cli_runs_match_a_plain_run(tmp_path, data_dir, capsys):
     # A second time: nothing left to run.
     assert cli.main(args) == 0
     assert "2 finished already, 0 to run" in capsys.readouterr().out
+
+
+def test_reproduce_sweeps_each_task_then_reports(tmp_path, data_dir, capsys):
+    out = tmp_path / "R"
+    args = ["reproduce", "--tasks", "mnist", "--lr", "0.2", "--rho", "0.1", "--steps", "10",
+            "--measure-every", "5", "--eval-every", "10", "--out", str(out), "--data-dir", str(data_dir)]
+    args += [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "total wall time" in printed
+    assert read_json(out / "mnist" / "mnist-sam-lr0.2-rho0.1-s0" / "summary.json")["status"] == "completed"
+    lines = (out / "summary.csv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("mnist/mnist-sam-lr0.2-rho0.1-s0,mnist,quick,sam,0.2,0.1,0,completed,10,")
+    assert (out / "report.html").exists() and (out / "figures" / "sharpness_mnist_quick_s0.pdf").exists()
