@@ -226,9 +226,11 @@ def _sweep_task(args, task: str, out) -> dict:
 def _cmd_sweep(args) -> int:
     import time
 
+    from samedge.sweep import FINISHED
+
     t0 = time.perf_counter()
     results = _sweep_task(args, args.task, Path(args.out))
-    failed = [name for name, s in results.items() if s.get("status") not in ("completed", "diverged")]
+    failed = [name for name, s in results.items() if s.get("status") not in FINISHED]
     print(f"sweep: {len(results) - len(failed)}/{len(results)} runs finished in {time.perf_counter() - t0:.0f} s"
           + (f"; failed: {', '.join(failed)}" if failed else "") + f"; report with: samedge report {args.out}")
     return 1 if failed else 0
@@ -261,6 +263,7 @@ def _cmd_reproduce(args) -> int:
     import time
 
     from samedge import report, tasks
+    from samedge.sweep import FINISHED
 
     t0 = time.perf_counter()
     names = args.tasks.split(",") if args.tasks else list(tasks.TASKS)
@@ -275,7 +278,7 @@ def _cmd_reproduce(args) -> int:
             print(f"reproduce: skipping {name}: its task module is not part of this installation")
             continue
         results = _sweep_task(args, name, out / name)
-        failed += [k for k, s in results.items() if s.get("status") not in ("completed", "diverged")]
+        failed += [k for k, s in results.items() if s.get("status") not in FINISHED]
     written = report.write_report(out)
     print(f"reproduce: report in {written[-1]}" + (f"; failed: {', '.join(failed)}" if failed else ""))
     print(f"reproduce: total wall time {time.perf_counter() - t0:.0f} s")

@@ -221,12 +221,11 @@ def _local_main(cfg, path, cpus, data_dir, runner) -> None:
 
 
 def _finish_dead(job: Job, error: str) -> dict:
-    path = job.path
-    if (path / SUMMARY).exists():
-        summary = read_json(path / SUMMARY)
-        if summary.get("status") in FINISHED + ("failed",):
-            return summary
-    return record_failure(path, error)
+    """The run's own summary if its worker wrote one (any status), else ``failed`` with ``error``."""
+    try:
+        return read_json(job.path / SUMMARY)
+    except (OSError, ValueError):
+        return record_failure(job.path, error)
 
 
 def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=None,
@@ -319,6 +318,8 @@ def run_sweep(configs: Sequence[config_mod.RunConfig], out, *, backend: str = "l
         if run_state(job.path, job.cfg) == "finished":
             results[job.name] = read_json(job.path / SUMMARY)
         else:
+            # An old ``failed``/``interrupted`` summary must not stand for this new attempt.
+            (job.path / SUMMARY).unlink(missing_ok=True)
             todo.append(job)
     total = len(jobs)
     log(f"sweep: {total} runs in {out}; {total - len(todo)} finished already, {len(todo)} to run "
