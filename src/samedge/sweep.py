@@ -207,8 +207,10 @@ def limit_threads(cpus: Sequence[int]) -> None:
         os.sched_setaffinity(0, cpus)
     n = str(len(cpus))
     flags = os.environ.get("XLA_FLAGS", "")
-    # Eigen's own pool would otherwise take every core; intra-op threads follow the share.
-    os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={n}").strip()
+    # XLA sizes its CPU thread pool from the affinity mask; Eigen's multi-threaded kernels would
+    # still spread over it, so they are turned off. (XLA has no thread-count flag: an unknown
+    # --flag is fatal and a bare token is read as a file name, so nothing else goes in here.)
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = n
 
