@@ -169,11 +169,135 @@ def _add_demo(sub) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _floats(text):
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SamedgeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text):
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SamedgeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _sweep_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="quick", help="named settings of the task (quick, paper); its grid is swept")
+    p.add_argument("--optimizer", help="comma-separated optimizers (default sam; rho = 0 runs as gd)")
+    p.add_argument("--lr", help="comma-separated step sizes (default: the preset's grid_lr)")
+    p.add_argument("--rho", help="comma-separated SAM radii (default: the preset's grid_rho)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--steps", type=int, help="number of optimizer steps per run")
+    p.add_argument("--measure-every", type=int, help="measure curvature every K steps")
+    p.add_argument("--eval-every", type=int, help="test metrics every K steps")
+    p.add_argument("--topk", type=int, help="number of top Hessian eigenpairs tracked")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a task setting for every run, e.g. --set n_train=500 (repeatable)")
+    p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
+    p.add_argument("--workers", type=int, default=1, help="local backend: runs at once, each on its share of the CPUs")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--address", help="ray backend: cluster address (default: start a local Ray)")
+    p.add_argument("--cpus-per-run", type=float, default=1, help="ray backend: CPUs a run asks for")
+    p.add_argument("--gpus-per-run", type=float, default=0, help="ray backend: GPUs a run asks for")
+    p.add_argument("--max-retries", type=int, default=3, help="ray backend: restarts of a run whose worker died")
+    p.add_argument("--out", required=True, help="sweep folder: one run folder per grid point")
+
+
+def _sweep_task(args, task: str, out) -> dict:
+    from samedge import sweep
+
+    configs = sweep.expand_grid(
+        task, args.preset, optimizers=args.optimizer.split(",") if args.optimizer else None,
+        lrs=_floats(args.lr), rhos=_floats(args.rho), seeds=_ints(args.seeds),
+        task_overrides=_parse_sets(args.set), steps=args.steps, measure_every=args.measure_every,
+        eval_every=args.eval_every, topk=args.topk,
+    )
+    options = {}
+    if args.backend == "ray":
+        options = dict(address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                       max_retries=args.max_retries)
+    return sweep.run_sweep(configs, out, backend=args.backend, workers=args.workers, data_dir=args.data_dir,
+                           **options)
+
+
+def _cmd_sweep(args) -> int:
+    import time
+
+    from samedge.sweep import FINISHED
+
+    t0 = time.perf_counter()
+    results = _sweep_task(args, args.task, Path(args.out))
+    failed = [name for name, s in results.items() if s.get("status") not in FINISHED]
+    print(f"sweep: {len(results) - len(failed)}/{len(results)} runs finished in {time.perf_counter() - t0:.0f} s"
+          + (f"; failed: {', '.join(failed)}" if failed else "") + f"; report with: samedge report {args.out}")
+    return 1 if failed else 0
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid of runs (step size x radius x seed) locally or on Ray")
+    p.add_argument("task", help="mnist, cifar10 or shakespeare")
+    _sweep_options(p)
+    p.set_defaults(handler=_cmd_sweep)
+
+
+def _cmd_report(args) -> int:
+    from samedge import report
+
+    written = report.write_report(Path(args.dir), Path(args.out) if args.out else None)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="figure grids, summary.csv, report.md and report.html of a sweep folder")
+    p.add_argument("dir", help="folder holding run folders (searched recursively)")
+    p.add_argument("--out", help="where the report goes (default: DIR)")
+    p.set_defaults(handler=_cmd_report)
+
+
+def _cmd_reproduce(args) -> int:
+    import time
+
+    from samedge import report, tasks
+    from samedge.sweep import FINISHED
+
+    t0 = time.perf_counter()
+    names = args.tasks.split(",") if args.tasks else list(tasks.TASKS)
+    out = Path(args.out)
+    failed = []
+    for name in names:
+        try:
+            tasks.task_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"samedge.tasks.{name}":
+                raise
+            print(f"reproduce: skipping {name}: its task module is not part of this installation")
+            continue
+        results = _sweep_task(args, name, out / name)
+        failed += [k for k, s in results.items() if s.get("status") not in FINISHED]
+    written = report.write_report(out)
+    print(f"reproduce: report in {written[-1]}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    print(f"reproduce: total wall time {time.perf_counter() - t0:.0f} s")
+    return 1 if failed else 0
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="every task's grid (one sweep per task), then one report over all")
+    p.add_argument("--tasks", help="comma-separated tasks (default: all)")
+    _sweep_options(p)
+    p.set_defaults(handler=_cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_edge, _add_demo):
+    for add in (_add_run, _add_edge, _add_demo, _add_sweep, _add_report, _add_reproduce):
         add(sub)
     return parser
 

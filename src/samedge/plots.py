@@ -102,3 +102,25 @@ def plot_comparison(run_dirs: Sequence, out_stem) -> list[Path]:
     written = save(fig, out_stem)
     plt.close(fig)
     return written
+
+
+def plot_grid(panels, draw, out_stem, *, title: str = "") -> list[Path]:
+    """A grid of panels, ``panels[i][j]`` = ``(rows, panel title)`` or ``None`` (an empty cell)."""
+    plt = _pyplot()
+    n_rows, n_cols = len(panels), max(len(r) for r in panels)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.0 * n_rows), squeeze=False)
+    for i, line in enumerate(panels):
+        for j in range(n_cols):
+            cell = line[j] if j < len(line) else None
+            if cell is None or not cell[0]:
+                axes[i][j].axis("off")
+                if cell is not None:
+                    axes[i][j].set_title(f"{cell[1]}\n(no measurements)", fontsize=9)
+                continue
+            draw(axes[i][j], *cell)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    written = save(fig, out_stem)
+    plt.close(fig)
+    return written

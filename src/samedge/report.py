@@ -1,0 +1,226 @@
+"""The report of a folder of runs (a sweep, or several): figure grids, ``summary.csv``, ``report.md``
+and a self-contained ``report.html``.
+
+Every number is recomputed from each run's ``metrics.csv`` with :func:`samedge.analysis.summarize`
+(so an interrupted or failed run is reported on what it measured); the status and step count come
+from ``summary.json`` (``unfinished`` when there is none). The edge statistics are those of the
+second half of the run: the median and 10th/90th percentiles of lambda_max / edge, the share of
+measurements with |lambda_max / edge - 1| <= 0.1, and the median of lambda_max / (2/eta).
+
+Figure grids, one set per (task, preset, seed): rows are step sizes eta, columns radii rho (rho = 0
+is the GD run); ``sharpness`` (lambda_max against its edge and 2/eta), ``alignment`` and ``loss``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from samedge import analysis, plots
+from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
+
+COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "seed", "status", "steps", "final_train_loss",
+           "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
+           "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "error")
+EDGE_BAND = (0.85, 1.15)  # "at the edge": the issue's acceptance band for a converged SAM run's median
+GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # the ``run`` part of config.json
+    summary: dict  # summary.json, or {} while the run has none
+    rows: list  # metrics.csv rows
+
+
+def find_runs(root) -> list[Run]:
+    """Every run folder (one holding ``config.json``) under ``root``, in path order."""
+    root = Path(root)
+    out = []
+    for cfg_path in sorted(root.rglob(CONFIG)):
+        path = cfg_path.parent
+        try:
+            config = read_json(cfg_path).get("run", {})
+            summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else {}
+            rows = read_metrics(path) if (path / METRICS).exists() else []
+        except (OSError, ValueError, KeyError):  # a folder being written right now: report what is there
+            config, summary, rows = read_json(cfg_path).get("run", {}), {}, []
+        out.append(Run(path, config, summary, rows))
+    return out
+
+
+def _rho(config: dict) -> float:
+    return 0.0 if config.get("optimizer") == "gd" else float(config.get("rho", 0.0))
+
+
+def summary_row(run: Run, root: Path) -> dict:
+    """One line of ``summary.csv`` for ``run`` (see the module docstring for the statistics)."""
+    stats = analysis.summarize(run.rows)
+    if "final_test_acc" in stats:
+        metric, value = "test_acc", stats["final_test_acc"]
+    elif "final_test_loss" in stats:
+        metric, value = "test_loss", stats["final_test_loss"]
+    else:
+        metric, value = "", None
+    c = run.config
+    return {
+        "run": str(run.path.relative_to(root)) if run.path != root else ".",
+        "task": c.get("task"), "preset": c.get("preset"), "optimizer": c.get("optimizer"),
+        "eta": c.get("lr"), "rho": _rho(c), "seed": c.get("seed"),
+        "status": run.summary.get("status", "unfinished"),
+        "steps": run.summary.get("steps_done", stats.get("final_step", 0)),
+        "final_train_loss": stats.get("final_loss"), "test_metric": metric, "test_value": value,
+        "ratio_median": stats.get("ratio_median"), "ratio_p10": stats.get("ratio_p10"),
+        "ratio_p90": stats.get("ratio_p90"), "ratio_within_10pct": stats.get("ratio_within_10pct"),
+        "lambda_over_gd_edge_median": stats.get("lambda_over_gd_edge_median"),
+        "final_lambda_max": stats.get("final_lambda_max"), "final_edge": stats.get("final_edge"),
+        "final_gd_edge": stats.get("final_gd_edge"), "error": run.summary.get("error", ""),
+    }
+
+
+def _sort_key(row):
+    return (row["task"] or "", row["preset"] or "", row["seed"] or 0, row["eta"] or 0, row["rho"], row["optimizer"] or "")
+
+
+def write_csv(rows, path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    return path
+
+
+def _panel_title(config) -> str:
+    rho = _rho(config)
+    kind = "GD" if config.get("optimizer") == "gd" else config.get("optimizer", "?").upper()
+    return f"eta={config.get('lr', 0):g}, rho={rho:g} ({kind})"
+
+
+def figure_grids(runs, fig_dir: Path) -> list[Path]:
+    """Sharpness, alignment and loss grids (PNG and PDF) per (task, preset, seed); returns the PNGs."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        c = run.config
+        groups.setdefault((c.get("task"), c.get("preset"), c.get("seed")), []).append(run)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    for (task, preset, seed), group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        etas = sorted({float(r.config.get("lr", 0)) for r in group})
+        rhos = sorted({_rho(r.config) for r in group})
+        cells = {(float(r.config.get("lr", 0)), _rho(r.config)): r for r in group}
+        panels = [[(cells[(e, p)].rows, _panel_title(cells[(e, p)].config)) if (e, p) in cells else None
+                   for p in rhos] for e in etas]
+        for name, draw in GRIDS:
+            stem = fig_dir / f"{name}_{task}_{preset}_s{seed}"
+            plots.plot_grid(panels, draw, stem, title=f"{task} ({preset}), seed {seed}: {name}")
+            pngs.append(Path(f"{stem}.png"))
+    return pngs
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+TABLE = ("task", "optimizer", "eta", "rho", "seed", "status", "steps", "final_train_loss", "test_metric",
+         "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct", "lambda_over_gd_edge_median")
+HEADINGS = ("task", "optimizer", "eta", "rho", "seed", "status", "steps", "train loss", "test metric", "value",
+            "median λmax/edge", "p10", "p90", "within ±10%", "median λmax/(2/η)")
+
+
+def at_edge_line(rows) -> str:
+    sam = [r for r in rows if r["rho"] > 0 and r["status"] == "completed"]
+    ok = [r for r in sam if r["ratio_median"] is not None and EDGE_BAND[0] <= r["ratio_median"] <= EDGE_BAND[1]]
+    return (f"Converged SAM runs (rho > 0) with median λmax/edge in [{EDGE_BAND[0]}, {EDGE_BAND[1]}] "
+            f"over the second half: {len(ok)} of {len(sam)}.")
+
+
+def _counts(rows) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
+    lines = [f"# samedge report: {root}", "",
+             f"{len(rows)} runs: {_counts(rows)}. {at_edge_line(rows)}", "",
+             "Statistics over the second half of each run, recomputed from its metrics.csv; "
+             "the edge is 2/η for GD and the SAM-edge for SAM.", "",
+             "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r[k]) for k in TABLE) + " |")
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
+    lines += ["", "## Figures", ""]
+    for png in pngs:
+        rel = png.relative_to(out)
+        lines += [f"![{png.stem}]({rel})  (PDF: [{rel.with_suffix('.pdf')}]({rel.with_suffix('.pdf')}))", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}
+th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th{background:#eee}td.l{text-align:left}
+tr.failed td{background:#fdd}tr.diverged td{background:#ffe9c6}img{max-width:100%;margin:1em 0}"""
+
+
+def write_html(rows, pngs, root: Path, out: Path) -> Path:
+    """``report.html`` with the figures inlined as base64 PNG data URIs: opens with no server."""
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>samedge report: {e(str(root))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>samedge report: {e(str(root))}</h1>",
+             f"<p>{len(rows)} runs: {e(_counts(rows))}. {e(at_edge_line(rows))}</p>",
+             f"<p>Generated {e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}. "
+             "Statistics over the second half of each run; the edge is 2/η for GD and the SAM-edge for SAM.</p>",
+             '<table id="summary"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in HEADINGS) + "</tr></thead><tbody>"]
+    for r in rows:
+        cells = "".join(f'<td{" class=l" if k in ("task", "optimizer", "status", "test_metric") else ""}>'
+                        f"{e(_fmt(r[k]))}</td>" for k in TABLE)
+        title = f' title="{e(r["error"])}"' if r["error"] else ""
+        parts.append(f'<tr class="{e(r["status"])}"{title}>{cells}</tr>')
+    parts.append("</tbody></table>")
+    for png in pngs:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f"<h2>{e(png.stem)}</h2>")
+        parts.append(f'<img alt="{e(png.stem)}" src="data:image/png;base64,{data}">')
+    parts.append("</body></html>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+def write_report(root, out=None) -> list[Path]:
+    """Write ``summary.csv``, the figure grids, ``report.md`` and ``report.html`` for the runs under
+    ``root`` into ``out`` (default ``root``); returns the written paths, ``report.html`` last."""
+    from samedge.errors import RunDirError
+
+    root = Path(root)
+    out = Path(out) if out is not None else root
+    if not root.is_dir():
+        raise RunDirError(f"{root} is not a folder")
+    runs = find_runs(root)
+    if not runs:
+        raise RunDirError(f"no run folders (with {CONFIG}) under {root}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sorted((summary_row(r, root) for r in runs), key=_sort_key)
+    csv_path = write_csv(rows, out / "summary.csv")
+    pngs = figure_grids(runs, out / "figures")
+    md = write_markdown(rows, pngs, root, out)
+    page = write_html(rows, pngs, root, out)
+    return [csv_path, *pngs, md, page]

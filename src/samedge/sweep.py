@@ -1,0 +1,349 @@
+"""Sweeps: a grid of runs (step size x SAM radius x seed), each an ordinary run folder under one
+sweep folder, run by local worker processes or by Ray tasks.
+
+The grid. Without explicit lists, a task preset's ``grid_lr x grid_rho`` is swept. A grid point with
+``rho = 0`` is run as plain **gd**: SAM at radius 0 takes exactly the GD step, w' = w - eta grad L(w),
+and its SAM-edge 4 / (eta (1 + sqrt(1 + 0))) is 2/eta, so the run is recorded under its honest name
+(``mnist-gd-lr0.1-s0``) and the report puts it in the rho = 0 column. ``--optimizer gd`` sweeps only
+the step sizes.
+
+Skip and continue. A run folder whose ``summary.json`` says ``completed`` or ``diverged`` is finished
+and skipped when the sweep is run again; any other folder (no summary, ``interrupted``, ``failed``) is
+continued by :func:`continue_run`. A folder that holds a *different* configuration is refused
+(:class:`~samedge.errors.RunDirError`), never silently replaced.
+
+Backends. ``local``: N spawned worker processes, one run each at a time, each pinned to its own share
+of the CPUs (``sched_setaffinity``) with XLA's CPU thread pool limited before JAX is imported, so N
+parallel runs do not fight over cores. ``ray``: one Ray task per run with its CPU/GPU request and
+``max_retries``, so a run whose worker process dies is started again; the run folders must be on a
+file system every Ray node sees. Either way a run that raises or whose worker dies is recorded as
+``failed`` (with the error) in its ``summary.json`` and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from samedge import config as config_mod
+from samedge import tasks
+from samedge.errors import ConfigError, RunDirError
+from samedge.store import CONFIG, SUMMARY, _clean, read_json, write_json_atomic
+
+FINISHED = ("completed", "diverged")  # statuses a re-run of the sweep skips
+WORKER_FILE = "worker.json"  # who ran (or is running) this folder: pid, host, CPUs, attempt start
+# Optimizers with no ascent step: their rho is meaningless, so the rho axis collapses for them.
+RHO_FREE = ("gd",)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One grid point: the run's resolved config and its folder."""
+
+    cfg: config_mod.RunConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def run_name(cfg: config_mod.RunConfig) -> str:
+    """``<task>-<optimizer>-lr<eta>[-rho<rho>]-s<seed>`` (the same name ``samedge run`` picks)."""
+    from samedge.cli import default_out
+
+    return default_out(cfg).name
+
+
+def expand_grid(task: str, preset: str = "quick", *, optimizers: Sequence[str] | None = None,
+                lrs: Sequence[float] | None = None, rhos: Sequence[float] | None = None,
+                seeds: Sequence[int] = (0,), task_overrides=None, **run_overrides) -> list[config_mod.RunConfig]:
+    """The resolved configs of the grid ``optimizers x lrs x rhos x seeds`` (duplicates dropped).
+
+    Missing lists come from the preset (``grid_lr``, ``grid_rho``; optimizer ``sam``). ``rho = 0``
+    with ``sam`` becomes ``gd`` (the same step, see the module docstring); ``gd`` ignores ``rhos``.
+    """
+    p = tasks.get_preset(task, preset)
+    optimizers = list(optimizers or ["sam"])
+    lrs = list(lrs if lrs else p.grid_lr)
+    rhos = list(rhos if rhos is not None and len(rhos) else p.grid_rho)
+    seeds = list(seeds) or [0]
+    if not lrs or not rhos:
+        raise ConfigError(f"the {task} {preset} preset has no sweep grid; pass --lr and --rho")
+    out, seen = [], set()
+    for seed in seeds:
+        for lr in lrs:
+            for opt in optimizers:
+                for rho in ([0.0] if opt in RHO_FREE else rhos):
+                    name = "gd" if (opt == "sam" and rho == 0) else opt
+                    cfg = config_mod.resolve(task, preset, task_overrides=task_overrides,
+                                             **(run_overrides | dict(optimizer=name, lr=float(lr),
+                                                                     rho=float(rho), seed=int(seed))))
+                    key = run_name(cfg)
+                    if key not in seen:
+                        seen.add(key)
+                        out.append(cfg)
+    return out
+
+
+def jobs_for(configs: Iterable[config_mod.RunConfig], out) -> list[Job]:
+    return [Job(cfg, Path(out) / run_name(cfg)) for cfg in configs]
+
+
+def _same_config(saved: dict, cfg: config_mod.RunConfig) -> bool:
+    # Compare through JSON so tuples/lists and int/float spellings of the same value agree.
+    return json.loads(json.dumps(saved.get("run", {}))) == json.loads(json.dumps(cfg.to_dict()))
+
+
+def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
+    """``new`` (no run yet), ``finished`` (completed or diverged) or ``unfinished``.
+
+    With ``cfg``, a folder holding another configuration raises :class:`RunDirError`.
+    """
+    path = Path(path)
+    if not (path / CONFIG).exists():
+        return "new"
+    if cfg is not None and not _same_config(read_json(path / CONFIG), cfg):
+        raise RunDirError(f"{path} holds a run with another configuration; choose another --out or remove it")
+    if (path / SUMMARY).exists():
+        try:
+            status = read_json(path / SUMMARY).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status in FINISHED:
+            return "finished"
+    return "unfinished"
+
+
+def continue_run(cfg, path: Path, *, data_dir=None) -> dict:
+    """Carry on an unfinished run. For now: start it again from scratch over the old files.
+
+    (The one place to switch to resuming from a checkpoint once the run store keeps them.)
+    """
+    from samedge.cli import execute
+
+    return execute(cfg, path, data_dir=data_dir, overwrite=True, progress=False)
+
+
+def train_point(cfg, path: Path, *, data_dir=None) -> dict:
+    """The default runner: a new run, or :func:`continue_run` for an unfinished one."""
+    from samedge.cli import execute
+
+    if run_state(path, cfg) == "unfinished":
+        return continue_run(cfg, path, data_dir=data_dir)
+    return execute(cfg, path, data_dir=data_dir, overwrite=False, progress=False)
+
+
+def record_failure(path: Path, error: str) -> dict:
+    """Write ``summary.json`` as ``failed`` with ``error`` (and what the metrics so far say)."""
+    from samedge import analysis
+    from samedge.store import read_metrics
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = read_metrics(path)
+    except Exception:  # a half-written metrics file must not hide the real error
+        rows = []
+    summary = {"status": "failed", "error": error} | analysis.summarize(rows)
+    summary = {k: _clean(v) for k, v in summary.items()}
+    write_json_atomic(path / SUMMARY, summary)
+    return summary
+
+
+def run_job(cfg, path, *, data_dir=None, runner: Callable | None = None, cpus=None) -> dict:
+    """Run one grid point in this process and return its summary; never raises for a failed run.
+
+    Writes ``worker.json`` (pid, host, CPUs) first, so a supervisor can find the process.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / WORKER_FILE, {
+        "pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+        "cpus": sorted(cpus if cpus is not None else _affinity()),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    })
+    if run_state(path, cfg) == "finished":  # e.g. a retried task whose first attempt got this far
+        return read_json(path / SUMMARY)
+    try:
+        return (runner or train_point)(cfg, path, data_dir=data_dir)
+    except BaseException as exc:  # recorded, not raised: one bad grid point must not stop the sweep
+        summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else {}
+        if summary.get("status") != "failed":
+            summary = record_failure(path, f"{type(exc).__name__}: {exc}")
+        return summary
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # macOS: no affinity API
+        return set(range(os.cpu_count() or 1))
+
+
+def cpu_slots(workers: int, cpus: Iterable[int] | None = None) -> list[list[int]]:
+    """Split the usable CPUs into ``workers`` contiguous shares (shared round-robin when too few)."""
+    cpus = sorted(cpus if cpus is not None else _affinity())
+    if workers <= len(cpus):
+        size, extra = divmod(len(cpus), workers)
+        out, start = [], 0
+        for i in range(workers):
+            n = size + (1 if i < extra else 0)
+            out.append(cpus[start:start + n])
+            start += n
+        return out
+    return [[cpus[i % len(cpus)]] for i in range(workers)]
+
+
+def limit_threads(cpus: Sequence[int]) -> None:
+    """Pin this process to ``cpus`` and size XLA's CPU threading to them. Call before importing JAX."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    n = str(len(cpus))
+    flags = os.environ.get("XLA_FLAGS", "")
+    # XLA sizes its CPU thread pool from the affinity mask; Eigen's multi-threaded kernels would
+    # still spread over it, so they are turned off. (XLA has no thread-count flag: an unknown
+    # --flag is fatal and a bare token is read as a file name, so nothing else goes in here.)
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = n
+
+
+def _local_main(cfg, path, cpus, data_dir, runner) -> None:
+    # The first thing a spawned worker does, before anything imports JAX.
+    limit_threads(cpus)
+    summary = run_job(cfg, path, data_dir=data_dir, runner=runner, cpus=cpus)
+    sys.exit(0 if summary.get("status") in FINISHED else 1)
+
+
+def _finish_dead(job: Job, error: str) -> dict:
+    """The run's own summary if its worker wrote one (any status), else ``failed`` with ``error``."""
+    try:
+        return read_json(job.path / SUMMARY)
+    except (OSError, ValueError):
+        return record_failure(job.path, error)
+
+
+def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=None,
+              on_done: Callable[[Job, dict], None] | None = None) -> dict[str, dict]:
+    """Run ``jobs`` in ``workers`` spawned processes (a fresh one per run), each on its CPU share."""
+    import multiprocessing as mp
+    from collections import deque
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("spawn")
+    slots = cpu_slots(workers)
+    queue, free, running, results = deque(jobs), list(range(workers)), {}, {}
+    try:
+        while queue or running:
+            while queue and free:
+                slot, job = free.pop(0), queue.popleft()
+                proc = ctx.Process(target=_local_main, args=(job.cfg, job.path, slots[slot], data_dir, runner),
+                                   name=f"samedge-{job.name}")
+                proc.start()
+                running[proc.sentinel] = (proc, slot, job)
+            for sentinel in wait(list(running)):
+                proc, slot, job = running.pop(sentinel)
+                proc.join()
+                summary = _finish_dead(job, f"worker process exited with code {proc.exitcode}")
+                results[job.name] = summary
+                free.append(slot)
+                if on_done:
+                    on_done(job, summary)
+    finally:
+        for proc, _, _ in running.values():  # interrupted: children got the SIGINT too; make sure
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+    return results
+
+
+def _ray_main(cfg, path, data_dir, runner) -> dict:
+    return run_job(cfg, path, data_dir=data_dir, runner=runner)
+
+
+def run_ray(jobs: Sequence[Job], *, address=None, cpus_per_run: float = 1, gpus_per_run: float = 0,
+            max_retries: int = 3, data_dir=None, runner=None, num_cpus: int | None = None,
+            on_done: Callable[[Job, dict], None] | None = None) -> dict[str, dict]:
+    """One Ray task per job (``num_cpus``/``num_gpus`` per run, ``max_retries`` on a dead worker).
+
+    Attaches to the cluster at ``address``, to a Ray already initialised in this process, or starts
+    a local one (with ``num_cpus``); a cluster started here is shut down at the end.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("the ray backend needs Ray: pip install 'samedge[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        kw = dict(address=address) if address else dict(num_cpus=num_cpus)
+        ray.init(include_dashboard=False, log_to_driver=False, **kw)
+        started = True
+    try:
+        task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries)(_ray_main)
+        pending = {task.remote(job.cfg, str(job.path.resolve()), data_dir, runner): job for job in jobs}
+        results = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    summary = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # retries used up, node lost, ...
+                    summary = _finish_dead(job, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                results[job.name] = summary
+                if on_done:
+                    on_done(job, summary)
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_sweep(configs: Sequence[config_mod.RunConfig], out, *, backend: str = "local", workers: int = 1,
+              data_dir=None, runner=None, log: Callable[[str], None] = print, **backend_options) -> dict[str, dict]:
+    """Run every config not finished yet under ``out``; returns ``{run name: summary}`` for all.
+
+    Finished runs are skipped (their summaries are returned as they are).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = jobs_for(configs, out)
+    results, todo = {}, []
+    for job in jobs:
+        if run_state(job.path, job.cfg) == "finished":
+            results[job.name] = read_json(job.path / SUMMARY)
+        else:
+            # An old ``failed``/``interrupted`` summary must not stand for this new attempt.
+            (job.path / SUMMARY).unlink(missing_ok=True)
+            todo.append(job)
+    total = len(jobs)
+    log(f"sweep: {total} runs in {out}; {total - len(todo)} finished already, {len(todo)} to run "
+        f"({backend}, {workers if backend == 'local' else 'ray'} worker{'s' if workers != 1 else ''})")
+    t0 = time.perf_counter()
+    count = [total - len(todo)]
+
+    def on_done(job, summary):
+        count[0] += 1
+        med = summary.get("ratio_median")
+        detail = f"median lambda_max/edge {med:.3f}" if isinstance(med, (int, float)) else summary.get("error", "")
+        log(f"[{count[0]}/{total}] {job.name}: {summary.get('status')} {detail} "
+            f"({time.perf_counter() - t0:.0f} s)")
+
+    if not todo:
+        pass
+    elif backend == "local":
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {workers}")
+        results |= run_local(todo, workers=workers, data_dir=data_dir, runner=runner, on_done=on_done)
+    elif backend == "ray":
+        results |= run_ray(todo, data_dir=data_dir, runner=runner, on_done=on_done, **backend_options)
+    else:
+        raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
+    return {job.name: results[job.name] for job in jobs}

@@ -1,0 +1,135 @@
+"""The report: statistics recomputed from metrics.csv against hand-computed values, the figure grids,
+and the self-contained HTML (parsed; every image a decodable PNG data URI)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import struct
+from html.parser import HTMLParser
+
+import pytest
+
+from samedge import cli, config, report
+from samedge.store import RunStore
+
+# Second half (steps >= 4 of 0..8) ratios, and their statistics worked out by hand:
+# sorted 0.8, 0.95, 1.0, 1.08, 1.3 -> median 1.0; numpy's linear p10 at position 0.4:
+# 0.8 + 0.4 * 0.15 = 0.86; p90 at position 3.6: 1.08 + 0.6 * 0.22 = 1.212; within +-10%: 3 of 5.
+HALF = [0.8, 1.3, 1.0, 0.95, 1.08]
+
+
+def _rows(ratios, edge, gd_edge):
+    out = []
+    for step, ratio in enumerate(ratios):
+        out.append({"step": step, "time_s": 0.1 * step, "loss": 1.0 / (step + 1), "acc": 0.5, "grad_norm": 1.0,
+                    "lambda_max": ratio * edge, "edge": edge, "gd_edge": gd_edge, "ratio": ratio,
+                    "align_grad": 0.5, "align_sam_grad": 0.4,
+                    "test_loss": 0.3 if step % 4 == 0 else None, "test_acc": 0.9 if step % 4 == 0 else None})
+    return out
+
+
+def _make(root, optimizer, lr, rho, rows, status="completed", error=None):
+    cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho)
+    path = root / cli.default_out(cfg).name
+    store = RunStore.create(path, {"run": cfg.to_dict()})
+    for r in rows:
+        store.append(r)
+    if status is not None:
+        store.finish(status, {"steps_done": rows[-1]["step"] if rows else 0} | ({"error": error} if error else {}))
+    return path
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    root = tmp_path / "sweep"
+    # SAM lr 0.1 rho 0.1: edge 8, 2/eta 20; first half ratios are noise the statistics must ignore.
+    _make(root, "sam", 0.1, 0.1, _rows([5.0, 0.1, 3.0, 0.2] + HALF, edge=8.0, gd_edge=20.0))
+    _make(root, "gd", 0.1, 0.0, _rows([0.5] * 9, edge=20.0, gd_edge=20.0))
+    _make(root, "sam", 0.3, 0.1, _rows([1.0] * 3, edge=4.0, gd_edge=20 / 3), status=None)  # unfinished
+    _make(root, "sam", 0.3, 0.3, [], status="failed", error="DataError: boom & <bad>")
+    return root
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return {r["run"]: r for r in csv.DictReader(f)}
+
+
+def test_summary_csv_statistics_match_hand_computed_values(sweep_dir):
+    written = report.write_report(sweep_dir)
+    table = _csv(sweep_dir / "summary.csv")
+    assert len(table) == 4
+    sam = table["mnist-sam-lr0.1-rho0.1-s0"]
+    assert (sam["task"], sam["optimizer"], float(sam["eta"]), float(sam["rho"])) == ("mnist", "sam", 0.1, 0.1)
+    assert sam["status"] == "completed" and int(sam["steps"]) == 8
+    assert float(sam["ratio_median"]) == pytest.approx(1.0)
+    assert float(sam["ratio_p10"]) == pytest.approx(0.86)
+    assert float(sam["ratio_p90"]) == pytest.approx(1.212)
+    assert float(sam["ratio_within_10pct"]) == pytest.approx(0.6)
+    # lambda_max / (2/eta) = ratio * 8 / 20 over the second half: median 0.4
+    assert float(sam["lambda_over_gd_edge_median"]) == pytest.approx(0.4)
+    assert float(sam["final_train_loss"]) == pytest.approx(1 / 9)
+    assert (sam["test_metric"], float(sam["test_value"])) == ("test_acc", pytest.approx(0.9))
+    gd = table["mnist-gd-lr0.1-s0"]
+    assert float(gd["rho"]) == 0.0 and float(gd["ratio_median"]) == pytest.approx(0.5)
+    assert table["mnist-sam-lr0.3-rho0.1-s0"]["status"] == "unfinished"
+    failed = table["mnist-sam-lr0.3-rho0.3-s0"]
+    assert failed["status"] == "failed" and "DataError" in failed["error"] and failed["ratio_median"] == ""
+    for name in ("sharpness", "alignment", "loss"):
+        for ext in ("png", "pdf"):
+            assert (sweep_dir / "figures" / f"{name}_mnist_quick_s0.{ext}").stat().st_size > 1000
+    assert written[-1] == sweep_dir / "report.html"
+    md = (sweep_dir / "report.md").read_text()
+    assert "| mnist | sam | 0.1 | 0.1 | 0 | completed | 8 |" in md
+    assert "1 of 1" in md  # the one converged SAM run sits in [0.85, 1.15]
+    assert "DataError: boom" in md
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.rows, self.imgs, self._in_body, self._row = [], [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self._row = []
+        elif tag == "img":
+            self.imgs.append(dict(attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._row is not None:
+            self._row.append(data)
+
+
+def test_html_is_self_contained_with_table_and_png_figures(sweep_dir):
+    report.write_report(sweep_dir)
+    page = _Page()
+    page.feed((sweep_dir / "report.html").read_text(encoding="utf-8"))
+    assert len(page.rows) == 4
+    statuses = sorted(r[5] for r in page.rows)
+    assert statuses == ["completed", "completed", "failed", "unfinished"]
+    sam = next(r for r in page.rows if r[:4] == ["mnist", "sam", "0.1", "0.1"])
+    assert sam[10] == "1"  # median ratio, formatted
+    assert len(page.imgs) == 3
+    for img in page.imgs:
+        head, data = img["src"].split(",", 1)
+        assert head == "data:image/png;base64"
+        png = base64.b64decode(data, validate=True)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png[16:24])  # IHDR
+        assert width > 500 and height > 300  # a 2 x 3 grid of panels, not a blank stub
+
+
+def test_report_of_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert cli.main(["report", str(tmp_path)]) == cli.EXIT_USER_ERROR
+    assert "no run folders" in capsys.readouterr().err
