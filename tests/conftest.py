@@ -21,9 +21,14 @@ def shared_data_dir() -> Path:
     return Path(env) if env else (ROOT.parent / "shared" / "data")
 
 
+# Read once, before any test runs: each test then runs with SAMEDGE_DATA_DIR unset (see below), so
+# only the tests that ask for ``data_dir`` see the data.
+DATA_DIR = shared_data_dir()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = shared_data_dir()
+    path = DATA_DIR
     if not path.is_dir():
         pytest.fail(f"test data not found at {path}; set SAMEDGE_DATA_DIR to the shared data folder")
     return path
@@ -38,8 +43,9 @@ def x64():
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
-    # No test may read or fill the user's real cache, or see a data dir it did not ask for.
+    # No test may read or fill the user's real cache, see a data dir it did not ask for, or download.
     monkeypatch.setenv("SAMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("SAMEDGE_DATA_DIR", raising=False)
     monkeypatch.setenv("SAMEDGE_OFFLINE", "1")
 
 
