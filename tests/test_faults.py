@@ -210,6 +210,7 @@ def local_mirror(tmp_path, monkeypatch):
     real = mnist_data.remote_files
     monkeypatch.setattr(mnist_data, "remote_files", lambda base_urls=None: real((url,)))
     monkeypatch.delenv("SAMEDGE_DATA_DIR", raising=False)
+    monkeypatch.delenv("SAMEDGE_OFFLINE", raising=False)  # downloads allowed: from 127.0.0.1 only
     import pooch
 
     # pooch's logger keeps the stderr of the first test that used it, which pytest then closes.
@@ -273,7 +274,7 @@ def test_same_configuration_completed_needs_overwrite(tmp_path, capsys, no_data_
     RunStore(tmp_path / "run").finish("completed", {})
     rc = cli.main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and "already holds a completed run of this configuration; pass --overwrite" in err
+    assert rc == 2 and "already holds a run of this configuration, completed; pass --overwrite" in err
     assert cli.main(argv + ["--resume"]) == 0  # nothing to resume: said, not an error
     assert "already completed; nothing to resume" in capsys.readouterr().out
 

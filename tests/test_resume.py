@@ -86,7 +86,7 @@ def _small_shakespeare() -> list[str]:
 def env(tmp_path_factory, data_dir):
     cache = tmp_path_factory.mktemp("xla-cache")
     return os.environ | {
-        "PYTHONPATH": str(ROOT / "src"), "SAMEDGE_DATA_DIR": str(data_dir), "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(ROOT / "src"), "SAMEDGE_DATA_DIR": str(data_dir), "JAX_PLATFORMS": "cpu", "SAMEDGE_OFFLINE": "1",
         "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }

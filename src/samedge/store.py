@@ -194,7 +194,7 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
         _check_writable(path)
         return True
     if status == "completed":
-        raise RunDirError(f"{path} already holds a completed run of this configuration; "
+        raise RunDirError(f"{path} already holds a run of this configuration, completed; "
                           f"pass --overwrite to run it again")
     raise RunDirError(f"{path} holds an unfinished run of this configuration ({status}); continue it with "
                       f"`samedge resume {path}` (or --resume), or pass --overwrite to start again")
