@@ -89,7 +89,7 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
         checkpoint.load(tmp_path, other.params, other.opt_state)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 10, None])
+@pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 10, None], ids=["empty", "garbage", "truncated"])
 def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
     ckpt = _state()
     checkpoint.save(tmp_path, ckpt)
