@@ -27,12 +27,16 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--eval-every", type=int, help="test metrics every K steps")
     p.add_argument("--topk", type=int, help="number of top Hessian eigenpairs tracked")
     p.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps, at measurement points (0: only on a signal)")
+    p.add_argument("--diverge-factor", type=float, help="stop as diverged when the loss exceeds this multiple of the initial loss")
+    p.add_argument("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
     p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
     if with_out:
         p.add_argument("--out", help="run folder (default: runs/<task>-<optimizer>-lr<eta>[-rho<rho>]-s<seed>)")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -54,11 +58,53 @@ def _parse_sets(items) -> dict:
 def _resolve(args, task: str):
     from samedge import config
 
-    return config.resolve(
-        task, args.preset, task_overrides=_parse_sets(args.set),
+    preset, from_file, task_file = _config_file(getattr(args, "config", None), task)
+    preset = args.preset if args.preset != "quick" or preset is None else preset
+    flags = dict(
         optimizer=args.optimizer, lr=args.lr, rho=args.rho, momentum=args.momentum, steps=args.steps,
         measure_every=args.measure_every, eval_every=args.eval_every, topk=args.topk, seed=args.seed,
+        checkpoint_every=getattr(args, "checkpoint_every", None), diverge_factor=getattr(args, "diverge_factor", None),
     )
+    return config.resolve(
+        task, preset, task_overrides=task_file | _parse_sets(args.set),
+        **(from_file | {k: v for k, v in flags.items() if v is not None}),
+    )
+
+
+def _config_file(name, task: str):
+    """``(preset or None, run settings, task settings)`` from a ``--config`` JSON file.
+
+    The file is an object of RunConfig settings, with the task's own under ``task_config``; a run's
+    ``config.json`` (settings under ``run``) works too. Unknown keys are errors (in resolve).
+    A ``preset`` in the file applies unless ``--preset`` names another than the default.
+    """
+    import json
+
+    from samedge.errors import ConfigError
+
+    if name is None:
+        return None, {}, {}
+    try:
+        with open(name) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {name}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"--config {name}: cannot read ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {name}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("run"), dict) and "task_info" in data:
+        data = data["run"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {name}: expected a JSON object of settings, got {type(data).__name__}")
+    data = dict(data)
+    if data.get("task", task) != task:
+        raise ConfigError(f"--config {name} is for task {data['task']!r}, the command line asks for {task!r}")
+    data.pop("task", None)
+    task_config = data.pop("task_config", {})
+    if not isinstance(task_config, dict):
+        raise ConfigError(f"--config {name}: task_config must be an object, got {type(task_config).__name__}")
+    return data.pop("preset", None), data, task_config
 
 
 def default_out(cfg) -> Path:
@@ -69,17 +115,22 @@ def default_out(cfg) -> Path:
 
 
 def execute(cfg, out, *, data_dir=None, overwrite=False, progress=True, allow_fallback=False,
-            task=None) -> dict:
-    """Build the task, create the run folder, train, and draw the run's figures."""
+            task=None, resume=False) -> dict:
+    """Build the task, create the run folder (or, with ``resume``, continue the run in it), train,
+    and draw the run's figures. The folder is checked before any data is read."""
     from samedge import plots, tasks, train
-    from samedge.store import RunStore
+    from samedge.store import RunStore, check_out
 
+    resuming = check_out(out, cfg.to_dict(), overwrite=overwrite, resume=resume)
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                                 data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
-    store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
+    if resuming:
+        store = RunStore.reopen(out, task.info)
+    else:
+        store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
     try:
-        summary = train.train(cfg, task, store, progress=progress)
+        summary = train.train(cfg, task, store, progress=progress, resume=resuming)
     finally:
         plots.plot_run(out)
     return summary
@@ -88,10 +139,55 @@ def execute(cfg, out, *, data_dir=None, overwrite=False, progress=True, allow_fa
 def _cmd_run(args) -> int:
     cfg = _resolve(args, args.task)
     out = Path(args.out) if args.out else default_out(cfg)
+    if args.resume and args.overwrite:
+        raise SamedgeError("--resume and --overwrite contradict each other; choose one")
+    if args.resume and _finished(out, cfg.to_dict()):
+        return 0
     summary = execute(cfg, out, data_dir=args.data_dir, overwrite=args.overwrite,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, resume=args.resume)
+    return _report(out, summary)
+
+
+def _finished(out, run_config=None) -> bool:
+    """True (after saying so) when ``out`` holds a finished run (of ``run_config``): nothing to resume."""
+    from samedge.store import require_same_config, run_status
+
+    status = run_status(out)
+    if status not in ("completed", "diverged"):
+        return False
+    if run_config is not None:
+        require_same_config(out, run_config)
+    print(f"{out}: already {status}; nothing to resume")
+    return True
+
+
+def _report(out, summary) -> int:
     _print_summary(out, summary)
+    if summary["status"] == "interrupted":
+        print(f"checkpoint at step {summary.get('checkpoint_step', 0)}; continue with `samedge resume {out}`")
     return 0 if summary["status"] in ("completed", "diverged") else 1
+
+
+def _cmd_resume(args) -> int:
+    from samedge import config
+    from samedge.store import read_run_config
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        raise SamedgeError(f"{out}: no such run folder")
+    cfg = config.from_dict(read_run_config(out)["run"])
+    if _finished(out):
+        return 0
+    summary = execute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, resume=True)
+    return _report(out, summary)
+
+
+def _add_resume(sub) -> None:
+    p = sub.add_parser("resume", help="continue a stopped run from its config.json and last checkpoint")
+    p.add_argument("dir", help="the run folder")
+    p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_resume)
 
 
 def _print_summary(out, summary) -> None:
@@ -297,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_edge, _add_demo, _add_sweep, _add_report, _add_reproduce):
+    for add in (_add_run, _add_resume, _add_edge, _add_demo, _add_sweep, _add_report, _add_reproduce):
         add(sub)
     return parser
 

@@ -20,6 +20,7 @@ from typing import Mapping
 from samedge.errors import RunDirError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.csv", "summary.json"
+CHECKPOINT = "checkpoint.msgpack"  # written by samedge.checkpoint; removed with the run on --overwrite
 # The columns every run has first, in this order; the rest follow as the measurement gives them.
 LEADING = ("step", "time_s", "loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio",
            "align_grad", "align_sam_grad")
@@ -91,18 +92,51 @@ class RunStore:
             probe.unlink()
         except OSError as exc:
             raise RunDirError(f"cannot write to {path}: {exc.strerror or exc}") from None
-        for name in (METRICS, SUMMARY):
+        for name in (METRICS, SUMMARY, CHECKPOINT):
             (path / name).unlink(missing_ok=True)
         store = cls(path)
         write_json_atomic(path / CONFIG, dict(config) | {"versions": package_versions()})
         return store
 
+    @classmethod
+    def reopen(cls, path, task_info: Mapping | None = None) -> "RunStore":
+        """The store of an existing run, to continue it: its ``summary.json`` goes (the run is
+        running again); ``task_info`` (sizes, parameter count) must match what the run recorded."""
+        path = Path(path)
+        saved = read_run_config(path)
+        if task_info is not None:
+            old = {k: v for k, v in saved.get("task_info", {}).items() if k != "data_source"}
+            new = {k: v for k, v in json.loads(json.dumps(dict(task_info), default=_json_default)).items()
+                   if k != "data_source"}
+            if old != new:
+                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise RunDirError(f"{path}: the task's data or model differ from the run's "
+                                  f"({', '.join(f'{k} {old.get(k)} then, {new.get(k)} now' for k in changed)})")
+        (path / SUMMARY).unlink(missing_ok=True)
+        return cls(path)
+
+    def rewrite(self, rows) -> None:
+        """Replace ``metrics.csv`` by ``rows`` (atomically): on resume, the rows of the checkpoint."""
+        tmp = self.path / (METRICS + ".tmp")
+        tmp.unlink(missing_ok=True)
+        self._columns = None
+        target = self.path / METRICS
+        for row in rows:
+            self._append_to(tmp, row)
+        if rows:
+            os.replace(tmp, target)
+        else:
+            target.unlink(missing_ok=True)
+
     def append(self, row: Mapping) -> None:
+        self._append_to(self.path / METRICS, row)
+
+    def _append_to(self, target: Path, row: Mapping) -> None:
         if self._columns is None:
             self._columns = [c for c in LEADING if c in row] + [c for c in row if c not in LEADING]
-            with open(self.path / METRICS, "w", newline="") as f:
+            with open(target, "w", newline="") as f:
                 csv.writer(f).writerow(self._columns)
-        with open(self.path / METRICS, "a", newline="") as f:
+        with open(target, "a", newline="") as f:
             csv.writer(f).writerow(["" if row.get(c) is None else _fmt(row[c]) for c in self._columns])
             f.flush()
 
@@ -110,6 +144,87 @@ class RunStore:
         data = {"status": status} | {k: _clean(v) for k, v in summary.items()}
         write_json_atomic(self.path / SUMMARY, data)
         return data
+
+
+def read_run_config(path) -> dict:
+    """``config.json`` of the run in ``path``; a missing or unreadable one is a :class:`RunDirError`."""
+    source = Path(path) / CONFIG
+    if not source.is_file():
+        raise RunDirError(f"{path} holds no run ({CONFIG} not found)")
+    try:
+        data = read_json(source)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{source}: unreadable ({exc}); pass --overwrite to start the run afresh") from None
+    if not isinstance(data, dict) or not isinstance(data.get("run"), dict):
+        raise RunDirError(f"{source}: not a samedge run configuration (no \"run\" object)")
+    return data
+
+
+def run_status(path) -> str | None:
+    """``None`` (no run), ``"unfinished"`` (no summary: running or killed), or the summary's status."""
+    path = Path(path)
+    if not (path / CONFIG).exists():
+        return None
+    try:
+        return str(read_json(path / SUMMARY).get("status", "unfinished"))
+    except (OSError, ValueError, AttributeError):
+        return "unfinished"
+
+
+def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: bool = False) -> bool:
+    """Decide, before any compute, what to do with the run folder ``path``; True means resume.
+
+    A folder without a run is used as is (it is created later). A run of another configuration is
+    refused unless ``overwrite``. A run of the same configuration is continued with ``resume``;
+    without it an unfinished or interrupted one is refused with the command that continues it,
+    and a finished one is refused unless ``overwrite``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a folder; choose another --out")
+    status = run_status(path)
+    if status is None or overwrite:
+        _check_writable(path)
+        return False
+    require_same_config(path, run_config)
+    if resume:
+        if status in ("completed", "diverged"):
+            raise RunDirError(f"{path} holds a run of this configuration that already {status}; "
+                              f"nothing to resume (pass --overwrite to run it again)")
+        _check_writable(path)
+        return True
+    if status == "completed":
+        raise RunDirError(f"{path} already holds a run of this configuration, completed; "
+                          f"pass --overwrite to run it again")
+    raise RunDirError(f"{path} holds an unfinished run of this configuration ({status}); continue it with "
+                      f"`samedge resume {path}` (or --resume), or pass --overwrite to start again")
+
+
+def require_same_config(path, run_config: Mapping) -> None:
+    """Refuse (:class:`RunDirError`) when the run in ``path`` has another configuration, naming the
+    settings that differ."""
+    saved = read_run_config(path)["run"]
+    wanted = json.loads(json.dumps(dict(run_config), default=_json_default))
+    if saved != wanted:
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        detail = ", ".join(f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in changed[:4])
+        raise RunDirError(f"{path} holds a run with another configuration ({detail}); "
+                          f"choose another --out, or pass --overwrite to replace it")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a folder that cannot be created or written, before any data is read."""
+    probe_dir = path
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise RunDirError(f"cannot create {path}: {probe_dir} is not a folder")
+    probe = probe_dir / f".samedge-write-test-{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"cannot write to {probe_dir}: {exc.strerror or exc}") from None
 
 
 def _fmt(value):

