@@ -1,6 +1,5 @@
 """The command line: the edge calculator, a run end to end, the demo offline, bad input."""
 
-import json
 
 import pytest
 

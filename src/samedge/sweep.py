@@ -22,7 +22,6 @@ file system every Ray node sees. Either way a run that raises or whose worker di
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -33,8 +32,8 @@ from typing import Callable, Iterable, Sequence
 
 from samedge import config as config_mod
 from samedge import tasks
-from samedge.errors import ConfigError, RunDirError
-from samedge.store import CONFIG, SUMMARY, _clean, read_json, write_json_atomic
+from samedge.errors import ConfigError
+from samedge.store import SUMMARY, _clean, read_json, require_same_config, run_status, write_json_atomic
 
 FINISHED = ("completed", "diverged")  # statuses a re-run of the sweep skips
 WORKER_FILE = "worker.json"  # who ran (or is running) this folder: pid, host, CPUs, attempt start
@@ -96,39 +95,24 @@ def jobs_for(configs: Iterable[config_mod.RunConfig], out) -> list[Job]:
     return [Job(cfg, Path(out) / run_name(cfg)) for cfg in configs]
 
 
-def _same_config(saved: dict, cfg: config_mod.RunConfig) -> bool:
-    # Compare through JSON so tuples/lists and int/float spellings of the same value agree.
-    return json.loads(json.dumps(saved.get("run", {}))) == json.loads(json.dumps(cfg.to_dict()))
-
-
 def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
     """``new`` (no run yet), ``finished`` (completed or diverged) or ``unfinished``.
 
     With ``cfg``, a folder holding another configuration raises :class:`RunDirError`.
     """
-    path = Path(path)
-    if not (path / CONFIG).exists():
+    status = run_status(path)
+    if status is None:
         return "new"
-    if cfg is not None and not _same_config(read_json(path / CONFIG), cfg):
-        raise RunDirError(f"{path} holds a run with another configuration; choose another --out or remove it")
-    if (path / SUMMARY).exists():
-        try:
-            status = read_json(path / SUMMARY).get("status")
-        except (OSError, ValueError):
-            status = None
-        if status in FINISHED:
-            return "finished"
-    return "unfinished"
+    if cfg is not None:
+        require_same_config(path, cfg.to_dict())
+    return "finished" if status in FINISHED else "unfinished"
 
 
 def continue_run(cfg, path: Path, *, data_dir=None) -> dict:
-    """Carry on an unfinished run. For now: start it again from scratch over the old files.
-
-    (The one place to switch to resuming from a checkpoint once the run store keeps them.)
-    """
+    """Carry on an unfinished run from its last checkpoint (from step 0 if it has none)."""
     from samedge.cli import execute
 
-    return execute(cfg, path, data_dir=data_dir, overwrite=True, progress=False)
+    return execute(cfg, path, data_dir=data_dir, resume=True, progress=False)
 
 
 def train_point(cfg, path: Path, *, data_dir=None) -> dict:
