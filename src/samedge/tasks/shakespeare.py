@@ -56,7 +56,16 @@ def _is_int(value) -> bool:
 
 
 PRESETS = {
-    # Sized for 2 CPU cores. Measured (see the branch report): filled in below after tuning.
+    # Sized for 2 CPU cores: 2 layers, d = 64, 4 heads of key size 16, sequence 32, batch 32, SAM
+    # eta 0.2, rho 0.1, 1,000 steps; the test loss on the first 2,048 test windows (65,536 of the
+    # 260,433 test characters) to keep each evaluation under a second of CPU. Measured here with
+    # seed 0 on a machine at load ~25 on 2 cores (wall times pessimistic, see the branch report):
+    # loss 4.87 -> 2.45, test loss 2.46 nats/char (unigram entropy of the training text 3.31);
+    # lambda_max / SAM-edge over steps 500-1000 on the step's minibatch: median 1.20 (p10 1.03,
+    # p90 1.65, 21 points); on a fixed batch of 256 windows (--set measure_batch=256
+    # --measure-every 50): median 1.32 (p10 1.01, p90 1.56). The fixed batch reads a lower
+    # lambda_max (median 5.7 vs 6.3) but also a smaller gradient norm (0.36 vs 0.56, less sampling
+    # noise), so its SAM-edge is lower too (4.5 vs 5.2) and the ratio ends higher.
     "quick": Preset(
         name="quick",
         description="2-layer, d=64, 4-head Transformer, sequence 32, batch 32, minibatch SAM",
