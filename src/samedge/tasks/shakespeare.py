@@ -61,8 +61,8 @@ PRESETS = {
     # 260,433 test characters) to keep each evaluation under a second of CPU. Measured with seed 0
     # (`samedge run shakespeare --preset quick --optimizer sam --rho 0.1`): 95 s of CPU, 245 s wall
     # at load ~17 on the 2 cores (121 s CPU, 420 s at load ~21-25 while the ascent-point
-    # measurement was still on; same columns otherwise, bit for bit); loss 4.87 -> 2.45, test loss 2.46 nats/char against a
-    # unigram entropy of 3.31. lambda_max / SAM-edge over steps 500-1000 (21 points):
+    # measurement was still on; same columns otherwise, bit for bit); loss 4.87 -> 2.45, test
+    # loss 2.46 nats/char against a unigram entropy of 3.31. lambda_max / SAM-edge over steps 500-1000 (21 points):
     #   on the step's minibatch (the paper's way): median 1.23 (p10 1.01, p90 1.64);
     #   on a fixed batch of 256 windows (add --set measure_batch=256 --measure-every 50; the same
     #   training trajectory, test losses identical): median 1.32 (p10 1.01, p90 1.56).
