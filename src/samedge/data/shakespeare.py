@@ -125,6 +125,9 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
+FEISTEL_ROUNDS = 4  # four rounds: the Luby-Rackoff construction of a pseudo-random permutation
+
+
 def _mix32(x):
     """A 32-bit integer hash (multiply / xor-shift finaliser): the Feistel round function."""
     x = x ^ (x >> 16)
@@ -162,9 +165,6 @@ def feistel_permutation(j, m: int, round_keys):
 def num_windows(n_tokens: int, seq_len: int) -> int:
     """Training windows ``[s, s + T]`` (``T + 1`` characters) inside ``N`` tokens: ``W = N - T``."""
     return n_tokens - seq_len
-
-
-FEISTEL_ROUNDS = 4  # four rounds: the Luby-Rackoff construction of a pseudo-random permutation
 
 
 def make_batch_fn(n_tokens: int, seq_len: int, batch_size: int, key: jax.Array):
