@@ -13,7 +13,9 @@ from typing import Any, Mapping
 from samedge import tasks
 from samedge.errors import ConfigError
 
-OPTIMIZERS = ("gd", "sam")
+OPTIMIZERS = ("gd", "sam", "momentum", "nesterov", "usam", "sam_momentum")
+# beta when --momentum is not given: 0.9 is the common choice for the momentum optimizers.
+DEFAULT_MOMENTUM = {"momentum": 0.9, "nesterov": 0.9, "sam_momentum": 0.9}
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ def resolve(task: str, preset: str = "quick", *, task_overrides: Mapping[str, An
         optimizer=optimizer,
         lr=p.default_lr(optimizer) if isinstance(optimizer, str) else None,
         rho=p.rho,
+        momentum=DEFAULT_MOMENTUM.get(optimizer, 0.0) if isinstance(optimizer, str) else None,
         steps=p.steps,
         measure_every=p.measure_every,
         eval_every=p.eval_every,

@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from samedge import curvature, edges
 from samedge.config import RunConfig
-from samedge.steps import Optimizer, global_norm, sam_ascent_point
+from samedge.steps import Optimizer, ascent_point_fn, global_norm
 from samedge.tasks import Task
 
 
@@ -35,7 +35,9 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
     ``row`` is a dict of scalar arrays (see module docstring).
     """
     k = cfg.topk
-    measure_sam = cfg.measure_sam_point and cfg.optimizer in ("sam",) and cfg.rho > 0
+    # The ascent point of SAM-type steps (normalised for sam/sam_momentum, w + rho g for usam).
+    ascent_fn = ascent_point_fn(cfg.optimizer, cfg.rho)
+    measure_sam = cfg.measure_sam_point and ascent_fn is not None and cfg.rho > 0
 
     def top_eigen(params, batch, v0):
         matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
@@ -72,7 +74,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             row[f"lambda_{i + 1}"] = eig.values[i]
             row[f"resid_{i + 1}"] = eig.residuals[i]
         if measure_sam:
-            ascent = sam_ascent_point(params, grad, cfg.rho)
+            ascent = ascent_fn(params, grad)
             sam_eig = curvature.lanczos(
                 curvature.flat_hvp(lambda p: task.loss_fn(p, batch), ascent)[0],
                 eig.vectors[0], k=1, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol,
