@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--preset", default="quick", help="named settings of the task (quick, paper)")
-    p.add_argument("--optimizer", help="gd or sam (default: sam)")
+    p.add_argument("--optimizer", help="gd, sam, momentum, nesterov, usam or sam_momentum (default: sam)")
     p.add_argument("--lr", type=float, help="step size eta (default: the preset's for the optimizer)")
     p.add_argument("--rho", type=float, help="SAM radius (default: the preset's)")
     p.add_argument("--momentum", type=float, help="momentum beta, for the momentum optimizers")
@@ -63,8 +63,10 @@ def _resolve(args, task: str):
 
 def default_out(cfg) -> Path:
     name = f"{cfg.task}-{cfg.optimizer}-lr{cfg.lr:g}"
-    if cfg.optimizer != "gd":
+    if cfg.optimizer not in ("gd", "momentum", "nesterov"):
         name += f"-rho{cfg.rho:g}"
+    if cfg.optimizer in ("momentum", "nesterov", "sam_momentum"):
+        name += f"-m{cfg.momentum:g}"
     return Path("runs") / f"{name}-s{cfg.seed}"
 
 
@@ -168,11 +170,54 @@ def _add_demo(sub) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _cmd_theory(args) -> int:
+    import numpy as np
+
+    from samedge import plots_edges, theory
+
+    names = args.optimizers.split(",") if args.optimizers else list(theory.THEORY_OPTIMIZERS)
+    bad = [n for n in names if n not in theory.THEORY_OPTIMIZERS]
+    if bad:
+        raise SamedgeError(f"unknown optimizer(s) {', '.join(bad)}; choose from {', '.join(theory.THEORY_OPTIMIZERS)}")
+    if not args.grad_norm > 0 or args.steps < 10:
+        raise SamedgeError("--grad-norm must be > 0 and --steps >= 10")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    worst_all = 0.0
+    bounds = []
+    print(f"{'optimizer':<13} {'points':>6} {'growth@0.98 (max)':>18} {'growth@1.02 (min)':>18} {'max |sim/pred-1|':>17}")
+    for name in names:
+        grid = theory.default_grid(name)
+        p = len(grid.eta)
+        both = theory.Grid(*(np.concatenate([a, a]) for a in grid))
+        grown = theory.growth(name, both, np.repeat([0.98, 1.02], p), grad_norm=args.grad_norm, num_steps=args.steps)
+        b = theory.Boundary(name, grid, args.grad_norm, theory.predicted_edge(name, grid, args.grad_norm),
+                            theory.find_thresholds(name, grid, grad_norm=args.grad_norm, num_steps=args.steps))
+        bounds.append(b)
+        worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
+        worst_all = max(worst_all, worst)
+        ok = grown[:p].max() <= 1 and grown[p:].min() >= 1e3
+        print(f"{name:<13} {p:>6} {grown[:p].max():>18.3g} {grown[p:].min():>18.3g} {worst:>17.2e}"
+              + ("" if ok else "   FAILED"))
+    paths = plots_edges.plot_boundaries(bounds, out / "boundaries")
+    print(f"figure: {paths[0]} (and .pdf); growth = max |w_0| over the second half / |w_0| at the start")
+    return 0 if worst_all < 1e-2 else 1
+
+
+def _add_theory(sub) -> None:
+    p = sub.add_parser("theory", help="check every optimizer's edge on quadratics and plot the stability boundaries")
+    p.add_argument("--out", default="samedge-theory", help="folder for boundaries.png/.pdf")
+    p.add_argument("--optimizers", help="comma-separated subset (default: all)")
+    p.add_argument("--grad-norm", type=float, default=1.0, help="gradient norm held by the quadratic")
+    p.add_argument("--steps", type=int, default=1000, help="simulated steps per run")
+    p.set_defaults(handler=_cmd_theory)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_edge, _add_demo):
+    for add in (_add_run, _add_edge, _add_demo, _add_theory):
         add(sub)
     return parser
 
