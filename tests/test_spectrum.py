@@ -80,7 +80,7 @@ def test_slq_of_a_model_hessian_matches_dense_eigh(x64):
     """On a tiny tanh network's loss, SLQ's moments equal those of eigh(jax.hessian)."""
     rng = np.random.default_rng(0)
     x, y = jnp.asarray(rng.normal(size=(20, 3))), jnp.asarray(rng.normal(size=(20,)))
-    params = {"w1": jnp.asarray(rng.normal(size=(3, 5))), "w2": jnp.asarray(rng.normal(size=(5,)))}
+    params = {"w1": jnp.asarray(rng.normal(size=(3, 3))), "w2": jnp.asarray(rng.normal(size=(3,)))}
     loss = lambda p: jnp.mean((jnp.tanh(x @ p["w1"]) @ p["w2"] - y) ** 2)  # noqa: E731
     eigs = np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(loss, params)))
     matvec, n = curvature.flat_hvp(loss, params)

@@ -27,6 +27,8 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--eval-every", type=int, help="test metrics every K steps")
     p.add_argument("--topk", type=int, help="number of top Hessian eigenpairs tracked")
     p.add_argument("--seed", type=int, help="seed for initialisation and data order (default 0)")
+    p.add_argument("--track-fraction", type=float,
+                   help="also track every Hessian eigenvalue above this fraction of the edge (0 = off)")
     p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
@@ -58,6 +60,7 @@ def _resolve(args, task: str):
         task, args.preset, task_overrides=_parse_sets(args.set),
         optimizer=args.optimizer, lr=args.lr, rho=args.rho, momentum=args.momentum, steps=args.steps,
         measure_every=args.measure_every, eval_every=args.eval_every, topk=args.topk, seed=args.seed,
+        track_fraction=getattr(args, "track_fraction", None),
     )
 
 
@@ -213,11 +216,54 @@ def _add_theory(sub) -> None:
     p.set_defaults(handler=_cmd_theory)
 
 
+def _cmd_spectrum(args) -> int:
+    import json
+
+    import numpy as np
+
+    from samedge import plots_edges, spectrum, tasks
+
+    cfg = _resolve(args, args.task)
+    try:
+        at = sorted({int(x) for x in args.at.split(",")})
+    except ValueError:
+        raise SamedgeError(f"--at expects comma-separated step numbers, got {args.at!r}") from None
+    if at[0] < 0 or at[-1] > cfg.steps:
+        raise SamedgeError(f"--at steps must lie in [0, {cfg.steps}], got {args.at}")
+    if args.probes < 1 or args.matvecs < 2:
+        raise SamedgeError("--probes must be >= 1 and --matvecs >= 2")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
+                            data_dir=args.data_dir, seed=cfg.seed)
+    spectra = spectrum.spectra_along_run(cfg, task, at, num_probes=args.probes, num_matvecs=args.matvecs)
+    np.savez(out / "spectra.npz", **{f"{k}_{s.step}": getattr(s, k) for s in spectra
+                                     for k in ("grid", "density", "nodes", "weights")})
+    (out / "spectra.json").write_text(json.dumps({"run": cfg.to_dict(), "steps": [
+        {"step": s.step, "edge": s.edge, "lambda_max": s.lambda_max} for s in spectra]}, indent=2))
+    paths = plots_edges.plot_spectra(spectra, out / "spectrum", title=f"{cfg.task} {cfg.optimizer} lr={cfg.lr:g}")
+    for s in spectra:
+        print(f"step {s.step:>6}: lambda_max {s.lambda_max:.4g}  edge {s.edge:.4g}  ratio {s.lambda_max / s.edge:.3f}")
+    print(f"figure: {paths[0]} (and .pdf); data: {out / 'spectra.npz'}")
+    return 0
+
+
+def _add_spectrum(sub) -> None:
+    p = sub.add_parser("spectrum", help="train a run and plot the Hessian's spectral density (SLQ) at chosen steps")
+    p.add_argument("task", help="mnist, cifar10 or shakespeare")
+    _run_options(p, with_out=False)
+    p.add_argument("--at", default="0,500,1000", help="comma-separated steps at which to take the spectrum")
+    p.add_argument("--probes", type=int, default=8, help="random probes (Lanczos runs) per spectrum")
+    p.add_argument("--matvecs", type=int, default=40, help="Hessian-vector products per probe")
+    p.add_argument("--out", default="samedge-spectrum", help="folder for spectrum.png/.pdf and spectra.npz")
+    p.set_defaults(handler=_cmd_spectrum)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_edge, _add_demo, _add_theory):
+    for add in (_add_run, _add_edge, _add_demo, _add_theory, _add_spectrum):
         add(sub)
     return parser
 

@@ -34,6 +34,8 @@ class RunConfig:
     lanczos_max_iters: int = 64  # most Hessian-vector products one Lanczos run may spend
     lanczos_tol: float = 1e-3  # stop when every tracked pair has ||Hv - lam v|| / |lam| <= tol
     measure_sam_point: bool = True  # also measure lambda_max at the SAM ascent point (rho > 0)
+    track_fraction: float = 0.0  # 0 = off; else also track every eigenvalue above this fraction of the edge
+    track_max: int = 12  # most eigenvalues tracked that way (the square loss on 10 classes shows ~10 outliers)
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
 
     def validate(self) -> "RunConfig":
@@ -43,6 +45,8 @@ class RunConfig:
         _number("rho", self.rho, lambda v: v >= 0, "must be >= 0")
         _number("momentum", self.momentum, lambda v: 0 <= v < 1, "must be in [0, 1)")
         _number("lanczos_tol", self.lanczos_tol, lambda v: v > 0, "must be > 0")
+        _number("track_fraction", self.track_fraction, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        _integer("track_max", self.track_max, 1)
         for name in ("steps", "measure_every", "eval_every", "topk", "lanczos_max_iters"):
             _integer(name, getattr(self, name), 1)
         _integer("seed", self.seed, 0)

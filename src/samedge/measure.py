@@ -28,6 +28,11 @@ def initial_vectors(params, k: int, seed: int) -> jax.Array:
     return v / jnp.linalg.norm(v, axis=1, keepdims=True)
 
 
+def num_vectors(cfg: RunConfig) -> int:
+    """Rows of the vectors carried between measurements: top-k, then the adaptively tracked ones."""
+    return cfg.topk + (cfg.track_max if cfg.track_fraction > 0 else 0)
+
+
 def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
     """A jitted ``measure(params, data, step, vectors) -> (row, vectors)``.
 
@@ -82,6 +87,31 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
+        if cfg.track_fraction > 0:
+            row_t, tracked = _track_outliers(task, cfg, params, batch, vectors[k:], edge, step)
+            return row | row_t, jnp.concatenate([eig.vectors, tracked.astype(eig.vectors.dtype)])
         return row, eig.vectors
 
     return jax.jit(measure)
+
+
+def _track_outliers(task: Task, cfg: RunConfig, params, batch, previous, edge, step):
+    """Every eigenvalue above ``track_fraction * edge`` (see :func:`curvature.lanczos_above`).
+
+    Warm start: the previously tracked vectors summed (zero rows for none) plus a seeded random part
+    of one tenth their weight, so that new outliers enter the Krylov space. Row keys: ``n_outliers``,
+    ``hvps_outliers`` (the matvec count), ``outlier_i`` and ``outlier_resid_i`` (NaN when not found).
+    """
+    matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
+    noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), step), previous.shape[1:])
+    start = previous.sum(0)  # (n,)
+    scale = jnp.maximum(jnp.linalg.norm(start), 1.0)
+    v0 = start + 0.1 * scale * noise / jnp.linalg.norm(noise)
+    out = curvature.lanczos_above(matvec, v0.astype(previous.dtype), cfg.track_fraction * edge,
+                                  k_max=cfg.track_max, max_iters=max(cfg.lanczos_max_iters, cfg.track_max + 8),
+                                  tol=cfg.lanczos_tol)
+    row = {"n_outliers": out.count, "hvps_outliers": out.num_matvecs}
+    for i in range(cfg.track_max):
+        row[f"outlier_{i + 1}"] = out.values[i]
+        row[f"outlier_resid_{i + 1}"] = out.residuals[i]
+    return row, out.vectors
