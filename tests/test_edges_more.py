@@ -156,3 +156,11 @@ def test_momentum_conventions_by_hand(x64):
 
     for kind, got in zip(kinds, steps_of(w0)):
         np.testing.assert_allclose(got, by_hand(kind), rtol=1e-12)
+
+
+def test_ascent_points_of_the_new_optimizers():
+    w = {"a": jnp.array([1.0, 2.0])}
+    g = {"a": jnp.array([3.0, 4.0])}
+    np.testing.assert_allclose(steps.ascent_point_fn("usam", 0.5)(w, g)["a"], [2.5, 4.0])
+    np.testing.assert_allclose(steps.ascent_point_fn("sam_momentum", 0.5)(w, g)["a"], [1.3, 2.4], rtol=1e-6)
+    assert steps.ascent_point_fn("momentum", 0.5) is None and steps.ascent_point_fn("nesterov", 0.5) is None

@@ -42,3 +42,14 @@ def test_bisected_thresholds_match_predicted_edges(name):
     simulated = theory.find_thresholds(name, grid, grad_norm=0.5, num_steps=500, iters=14)
     predicted = theory.predicted_edge(name, grid, grad_norm=0.5)
     np.testing.assert_allclose(simulated, predicted, rtol=5e-3)
+
+
+def test_theory_command_prints_the_table_and_writes_the_figure(tmp_path, capsys):
+    from samedge import cli
+
+    rc = cli.main(["theory", "--out", str(tmp_path), "--optimizers", "usam", "--steps", "200"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "usam" in out and "FAILED" not in out
+    assert (tmp_path / "boundaries.png").stat().st_size > 0 and (tmp_path / "boundaries.pdf").exists()
+    assert cli.main(["theory", "--out", str(tmp_path), "--optimizers", "adam"]) == 2

@@ -87,7 +87,7 @@ def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
     ax.set_ylim(1e-7, None)
     ax.set_xlabel(r"Hessian eigenvalue $\lambda$")
     ax.set_ylabel("density (SLQ)")
-    ax.set_title((title + "\n" if title else "") + r"dashed: the optimizer's edge; $\triangledown$: $\lambda_{max}$ by Lanczos",
+    ax.set_title((title + "\n" if title else "") + r"dashed: the optimizer's edge; $\triangledown$: the largest node (the top Ritz value)",
                  fontsize=8)
     ax.legend(fontsize=7)
     written = save(fig, out_stem)
