@@ -4,7 +4,10 @@ At a check point it computes, on the task's measurement batch: loss, accuracy, g
 norm, the top-k Hessian eigenpairs by Lanczos (warm-started from the previous ones), the active
 edge of the optimizer, 2/eta, their ratio, the alignments of the gradient and of the gradient the
 step descends along with the top eigenvector, and for SAM (rho > 0) the top eigenvalue at the
-ascent point ``w + rho g/||g||``. Each eigenvalue comes with its HVP count and relative residual.
+ascent point ``w + rho g/||g||`` (``w + rho g`` for USAM). Each eigenvalue comes with its HVP count
+and relative residual. With ``track_fraction > 0`` it also tracks every eigenvalue above that
+fraction of the active edge (:func:`samedge.curvature.lanczos_above`, warm-started from the vectors
+tracked at the previous check point), logging how many there are and the HVPs spent.
 """
 
 from __future__ import annotations
