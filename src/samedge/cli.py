@@ -18,7 +18,7 @@ EXIT_USER_ERROR = 2
 
 def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--preset", default="quick", help="named settings of the task (quick, paper)")
-    p.add_argument("--optimizer", help="gd or sam (default: sam)")
+    p.add_argument("--optimizer", help="gd, sam, momentum, nesterov, usam or sam_momentum (default: sam)")
     p.add_argument("--lr", type=float, help="step size eta (default: the preset's for the optimizer)")
     p.add_argument("--rho", type=float, help="SAM radius (default: the preset's)")
     p.add_argument("--momentum", type=float, help="momentum beta, for the momentum optimizers")
@@ -30,6 +30,8 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps, at measurement points (0: only on a signal)")
     p.add_argument("--diverge-factor", type=float, help="stop as diverged when the loss exceeds this multiple of the initial loss")
     p.add_argument("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
+    p.add_argument("--track-fraction", type=float,
+                   help="also track every Hessian eigenvalue above this fraction of the edge (0 = off)")
     p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
@@ -64,6 +66,7 @@ def _resolve(args, task: str):
         optimizer=args.optimizer, lr=args.lr, rho=args.rho, momentum=args.momentum, steps=args.steps,
         measure_every=args.measure_every, eval_every=args.eval_every, topk=args.topk, seed=args.seed,
         checkpoint_every=getattr(args, "checkpoint_every", None), diverge_factor=getattr(args, "diverge_factor", None),
+        track_fraction=getattr(args, "track_fraction", None),
     )
     return config.resolve(
         task, preset, task_overrides=task_file | _parse_sets(args.set),
@@ -109,8 +112,10 @@ def _config_file(name, task: str):
 
 def default_out(cfg) -> Path:
     name = f"{cfg.task}-{cfg.optimizer}-lr{cfg.lr:g}"
-    if cfg.optimizer != "gd":
+    if cfg.optimizer not in ("gd", "momentum", "nesterov"):
         name += f"-rho{cfg.rho:g}"
+    if cfg.optimizer in ("momentum", "nesterov", "sam_momentum"):
+        name += f"-m{cfg.momentum:g}"
     return Path("runs") / f"{name}-s{cfg.seed}"
 
 
@@ -389,11 +394,98 @@ def _add_reproduce(sub) -> None:
     p.set_defaults(handler=_cmd_reproduce)
 
 
+def _cmd_theory(args) -> int:
+    import numpy as np
+
+    from samedge import plots_edges, theory
+
+    names = args.optimizers.split(",") if args.optimizers else list(theory.THEORY_OPTIMIZERS)
+    bad = [n for n in names if n not in theory.THEORY_OPTIMIZERS]
+    if bad:
+        raise SamedgeError(f"unknown optimizer(s) {', '.join(bad)}; choose from {', '.join(theory.THEORY_OPTIMIZERS)}")
+    if not args.grad_norm > 0 or args.steps < 10:
+        raise SamedgeError("--grad-norm must be > 0 and --steps >= 10")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    worst_all = 0.0
+    bounds = []
+    print(f"{'optimizer':<13} {'points':>6} {'growth@0.98 (max)':>18} {'growth@1.02 (min)':>18} {'max |sim/pred-1|':>17}")
+    for name in names:
+        grid = theory.default_grid(name)
+        p = len(grid.eta)
+        both = theory.Grid(*(np.concatenate([a, a]) for a in grid))
+        grown = theory.growth(name, both, np.repeat([0.98, 1.02], p), grad_norm=args.grad_norm, num_steps=args.steps)
+        b = theory.Boundary(name, grid, args.grad_norm, theory.predicted_edge(name, grid, args.grad_norm),
+                            theory.find_thresholds(name, grid, grad_norm=args.grad_norm, num_steps=args.steps))
+        bounds.append(b)
+        worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
+        worst_all = max(worst_all, worst)
+        ok = grown[:p].max() <= 1 and grown[p:].min() >= 1e3
+        print(f"{name:<13} {p:>6} {grown[:p].max():>18.3g} {grown[p:].min():>18.3g} {worst:>17.2e}"
+              + ("" if ok else "   FAILED"))
+    paths = plots_edges.plot_boundaries(bounds, out / "boundaries")
+    print(f"figure: {paths[0]} (and .pdf); growth = max |w_0| over the second half / |w_0| at the start")
+    return 0 if worst_all < 1e-2 else 1
+
+
+def _add_theory(sub) -> None:
+    p = sub.add_parser("theory", help="check every optimizer's edge on quadratics and plot the stability boundaries")
+    p.add_argument("--out", default="samedge-theory", help="folder for boundaries.png/.pdf")
+    p.add_argument("--optimizers", help="comma-separated subset (default: all)")
+    p.add_argument("--grad-norm", type=float, default=1.0, help="gradient norm held by the quadratic")
+    p.add_argument("--steps", type=int, default=1000, help="simulated steps per run")
+    p.set_defaults(handler=_cmd_theory)
+
+
+def _cmd_spectrum(args) -> int:
+    import json
+
+    import numpy as np
+
+    from samedge import plots_edges, spectrum, tasks
+
+    cfg = _resolve(args, args.task)
+    try:
+        at = sorted({int(x) for x in args.at.split(",")})
+    except ValueError:
+        raise SamedgeError(f"--at expects comma-separated step numbers, got {args.at!r}") from None
+    if at[0] < 0 or at[-1] > cfg.steps:
+        raise SamedgeError(f"--at steps must lie in [0, {cfg.steps}], got {args.at}")
+    if args.probes < 1 or args.matvecs < 2:
+        raise SamedgeError("--probes must be >= 1 and --matvecs >= 2")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
+                            data_dir=args.data_dir, seed=cfg.seed)
+    spectra = spectrum.spectra_along_run(cfg, task, at, num_probes=args.probes, num_matvecs=args.matvecs)
+    np.savez(out / "spectra.npz", **{f"{k}_{s.step}": getattr(s, k) for s in spectra
+                                     for k in ("grid", "density", "nodes", "weights")})
+    (out / "spectra.json").write_text(json.dumps({"run": cfg.to_dict(), "steps": [
+        {"step": s.step, "edge": s.edge, "lambda_max": s.lambda_max} for s in spectra]}, indent=2))
+    paths = plots_edges.plot_spectra(spectra, out / "spectrum", title=f"{cfg.task} {cfg.optimizer} lr={cfg.lr:g}")
+    for s in spectra:
+        print(f"step {s.step:>6}: lambda_max {s.lambda_max:.4g}  edge {s.edge:.4g}  ratio {s.lambda_max / s.edge:.3f}")
+    print(f"figure: {paths[0]} (and .pdf); data: {out / 'spectra.npz'}")
+    return 0
+
+
+def _add_spectrum(sub) -> None:
+    p = sub.add_parser("spectrum", help="train a run and plot the Hessian's spectral density (SLQ) at chosen steps")
+    p.add_argument("task", help="mnist, cifar10 or shakespeare")
+    _run_options(p, with_out=False)
+    p.add_argument("--at", default="0,500,1000", help="comma-separated steps at which to take the spectrum")
+    p.add_argument("--probes", type=int, default=8, help="random probes (Lanczos runs) per spectrum")
+    p.add_argument("--matvecs", type=int, default=40, help="Hessian-vector products per probe")
+    p.add_argument("--out", default="samedge-spectrum", help="folder for spectrum.png/.pdf and spectra.npz")
+    p.set_defaults(handler=_cmd_spectrum)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="samedge", description=__doc__.splitlines()[0])
     parser.add_argument("--traceback", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_run, _add_resume, _add_edge, _add_demo, _add_sweep, _add_report, _add_reproduce):
+    for add in (_add_run, _add_resume, _add_edge, _add_demo, _add_sweep, _add_report, _add_reproduce,
+                _add_theory, _add_spectrum):
         add(sub)
     return parser
 

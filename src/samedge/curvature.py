@@ -196,3 +196,117 @@ def alignment(g: jax.Array, v: jax.Array) -> jax.Array:
     """``|<g, v>| / (||g|| ||v||)``, 0 when either vector is zero."""
     denom = jnp.linalg.norm(g) * jnp.linalg.norm(v)
     return jnp.where(denom > 0, jnp.abs(jnp.vdot(g, v)) / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+# --- Adaptive tracking: every eigenvalue above a threshold ---------------------------------------
+
+
+class Outliers(NamedTuple):
+    """The eigenvalues above a threshold, found by :func:`lanczos_above`.
+
+    values: (k_max,) the ``count`` largest Ritz values above the threshold, decreasing; NaN beyond.
+    vectors: (k_max, n) their unit Ritz vectors; zero rows beyond ``count``.
+    residuals: (k_max,) relative residuals; NaN beyond ``count``.
+    count: () int, how many eigenvalues lie above the threshold (at most ``k_max``).
+    num_matvecs: () int, matrix-vector products spent.
+    """
+
+    values: jax.Array
+    vectors: jax.Array
+    residuals: jax.Array
+    count: jax.Array
+    num_matvecs: jax.Array
+
+
+def lanczos_above(
+    matvec: Matvec,
+    v0: jax.Array,
+    threshold,
+    *,
+    k_max: int = 10,
+    max_iters: int = 96,
+    min_iters: int = 12,
+    tol: float = 1e-3,
+) -> Outliers:
+    """Every eigenvalue above ``threshold`` (up to ``k_max`` of them) by Lanczos, growing k as needed.
+
+    Lanczos with full reorthogonalisation from ``v0`` (warm start: the previous vectors summed,
+    plus some noise). After each matvec the Ritz values above ``threshold`` are counted; the run
+    stops once (after at least ``min_iters`` matvecs) each of them has relative residual
+    ``<= tol`` and the next Ritz value is certified below the threshold: ``theta + |beta s| <
+    threshold``, where ``|beta s|`` is its residual norm, which bounds its distance to an
+    eigenvalue. ``k_max`` counted pairs, ``max_iters`` matvecs or an invariant Krylov space also stop it.
+    Like every Krylov method it can miss an eigenvalue the start vector (nearly) lacks; the noise
+    in the start guards against that. ``threshold`` may be traced (e.g. a fraction of the edge).
+    """
+    if not 1 <= k_max <= max_iters:
+        raise ValueError(f"need 1 <= k_max <= max_iters, got k_max={k_max}, max_iters={max_iters}")
+    n = v0.shape[0]
+    m = min(max_iters, n)
+    k_max = min(k_max, m)
+    dtype = v0.dtype
+    eps = jnp.finfo(dtype).eps
+
+    def ritz(alphas, betas, j):
+        # The (k_max + 1) largest live Ritz values (see :func:`lanczos` for the padding).
+        idx = jnp.arange(m)
+        live = idx <= j
+        off = jnp.where(idx[:-1] < j, betas[:-1], 0.0)
+        t = jnp.diag(jnp.where(live, alphas, 0.0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
+        theta, s = jnp.linalg.eigh(t)
+        mass = jnp.sum(jnp.where(live[:, None], s**2, 0.0), axis=0)
+        key = jnp.where(mass > 0.5, theta, -jnp.inf)
+        order = jnp.argsort(-key)[: min(k_max + 1, m)]
+        theta_k = jnp.where(jnp.isfinite(key[order]), theta[order], -jnp.inf)  # (k_max + 1,)
+        s_k = s[:, order]  # (m, k_max + 1)
+        abs_resid = jnp.abs(betas[j] * s_k[j])
+        return theta_k, s_k, abs_resid
+
+    def status(alphas, betas, j):
+        theta, s, abs_resid = ritz(alphas, betas, j)
+        above = theta[:k_max] > threshold  # (k_max,) a prefix, theta being sorted
+        count = jnp.sum(above)
+        rel = abs_resid[:k_max] / jnp.maximum(jnp.abs(theta[:k_max]), eps)
+        converged = jnp.all(jnp.where(above, rel <= tol, True))
+        if theta.shape[0] > k_max:  # the next candidate must be certified below the threshold
+            nxt = jnp.take(theta, count), jnp.take(abs_resid, count)
+            below = (count == k_max) | (nxt[0] + nxt[1] < threshold)
+        else:
+            below = jnp.asarray(True)
+        return theta, s, rel, count, converged & below
+
+    def cond(state):
+        j, _, _, _, done = state
+        return (j < m) & ~done
+
+    def body(state):
+        j, basis, alphas, betas, _ = state
+        q = basis[j]
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
+        w = _orthogonalise(w, basis)
+        beta = jnp.linalg.norm(w)
+        alphas = alphas.at[j].set(alpha)
+        betas = betas.at[j].set(beta)
+        invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
+        basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
+        ok = status(alphas, betas, j)[-1]
+        return j + 1, basis, alphas, betas, invariant | ((j + 1 >= min_iters) & ok)
+
+    v0 = v0 / jnp.linalg.norm(v0)
+    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
+    zeros = jnp.zeros((m,), dtype)
+    j, basis, alphas, betas, _ = jax.lax.while_loop(
+        cond, body, (jnp.asarray(0), basis, zeros, zeros, jnp.asarray(False))
+    )
+    theta, s, rel, count, _ = status(alphas, betas, j - 1)
+    keep = jnp.arange(k_max) < count  # (k_max,)
+    vectors = s[:, :k_max].T @ basis[:m]  # (k_max, n)
+    vectors = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
+    return Outliers(
+        jnp.where(keep, theta[:k_max], jnp.nan),
+        jnp.where(keep[:, None], vectors, 0.0),
+        jnp.where(keep, rel, jnp.nan),
+        count,
+        j,
+    )

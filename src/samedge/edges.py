@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gd_edge", "sam_edge", "sam_edge_paper_form"]
+__all__ = [
+    "gd_edge", "sam_edge", "sam_edge_paper_form",
+    "momentum_edge", "nesterov_edge", "usam_edge", "sam_momentum_edge",
+]
 
 
 def _xp(*values):
@@ -75,3 +78,84 @@ def sam_edge_paper_form(eta, rho, grad_norm):
     catastrophically when ``rho/(eta ||g||)`` is small and is undefined at ``rho = 0``.
     """
     return (grad_norm / (2.0 * rho)) * (np.sqrt(1.0 + 8.0 * rho / (eta * grad_norm)) - 1.0)
+
+
+def momentum_edge(eta, beta):
+    """Edge of heavy-ball momentum, ``v' = beta v + g; w' = w - eta v'``: ``(2 + 2 beta) / eta``.
+
+    Along an eigenvector of eigenvalue ``lam`` the coordinate obeys
+    ``x_{t+1} = (1 + beta - eta lam) x_t - beta x_{t-1}`` (use ``eta v_{t+1} = x_t - x_{t+1}``), with
+    characteristic polynomial ``z**2 - (1 + beta - eta lam) z + beta``. Its roots have product
+    ``beta < 1`` and never cross ``+1`` for ``lam > 0``; a root reaches ``-1`` when
+    ``1 + (1 + beta - eta lam) + beta = 0``, i.e. at ``lam = (2 + 2 beta) / eta``.
+
+    >>> round(float(momentum_edge(0.1, 0.9)), 12)
+    38.0
+    >>> momentum_edge(0.1, 0.0) == gd_edge(0.1)
+    True
+    """
+    return (2.0 + 2.0 * beta) / eta
+
+
+def nesterov_edge(eta, beta):
+    """Edge of Nesterov momentum in optax's form: ``(2 + 2 beta) / (eta (1 + 2 beta))``.
+
+    The step (``optax.sgd(eta, momentum=beta, nesterov=True)``) is ``v' = g + beta v``,
+    ``w' = w - eta (g + beta v')`` with ``g`` the gradient at ``w``. Along an eigenvector the state
+    ``(x, v)`` is multiplied by ``[[1 - eta lam (1 + beta), -eta beta**2], [lam, beta]]``, whose
+    trace is ``1 + beta - eta lam (1 + beta)`` and determinant ``beta (1 - eta lam)``. An eigenvalue
+    reaches ``-1`` when ``1 + trace + det = 2 + 2 beta - eta lam (1 + 2 beta) = 0``; the other Jury
+    conditions (``1 - trace + det = eta lam > 0``, ``|det| < 1``) hold there.
+
+    >>> round(float(nesterov_edge(0.1, 0.5)), 12)
+    15.0
+    >>> nesterov_edge(0.1, 0.0) == gd_edge(0.1)
+    True
+    """
+    return (2.0 + 2.0 * beta) / (eta * (1.0 + 2.0 * beta))
+
+
+def usam_edge(eta, rho):
+    """Edge of unnormalised SAM, ``w' = w - eta grad L(w + rho grad L(w))``, in its stable form.
+
+    On the quadratic the ascent point's gradient along an eigenvector is ``lam (1 + rho lam) x``,
+    so the factor is ``1 - eta lam (1 + rho lam)``. It reaches -1 at ``eta lam (1 + rho lam) = 2``,
+    i.e. ``rho lam**2 + lam - 2/eta = 0``, whose positive root times its conjugate gives
+
+        usam_edge = 4 / (eta * (1 + sqrt(1 + 8 rho / eta)))
+
+    a constant (no gradient norm), equal to ``2/eta`` at ``rho = 0``.
+
+    >>> round(float(usam_edge(0.1, 0.1)), 12)
+    10.0
+    >>> round(float(usam_edge(0.1, 0.0)), 12)
+    20.0
+    """
+    xp = _xp(eta, rho)
+    return 4.0 / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * xp.asarray(rho) / eta)))
+
+
+def sam_momentum_edge(eta, rho, beta, grad_norm):
+    """Edge of SAM feeding heavy-ball momentum, in its stable form.
+
+    The step is ``v' = beta v + grad L(w + rho g/||g||)``, ``w' = w - eta v'``. On the quadratic
+    (``||g||`` held fixed) the SAM gradient along an eigenvector is ``lam (1 + rho lam/||g||) x``:
+    heavy ball on the effective curvature ``lam (1 + rho lam/||g||)``, so by :func:`momentum_edge`
+    the edge solves ``eta lam (1 + rho lam/||g||) = 2 (1 + beta)``. The positive root of
+    ``(rho/||g||) lam**2 + lam - 2 (1 + beta)/eta = 0`` times its conjugate gives
+
+        sam_momentum_edge = 4 (1 + beta) / (eta (1 + sqrt(1 + 8 rho (1 + beta) / (eta ||g||))))
+
+    which is :func:`sam_edge` at ``beta = 0`` and :func:`momentum_edge` at ``rho = 0``;
+    ``grad_norm = 0`` with ``rho > 0`` gives 0.
+
+    >>> round(float(sam_momentum_edge(0.1, 0.0, 0.9, 1.0)), 12)
+    38.0
+    >>> round(float(sam_momentum_edge(0.1, 0.1, 0.0, 1.0)), 12) == round(float(sam_edge(0.1, 0.1, 1.0)), 12)
+    True
+    """
+    xp = _xp(eta, rho, beta, grad_norm)
+    eta = xp.asarray(eta, dtype=float) if xp is np else eta
+    rho_over_g = _safe_ratio(xp, rho, grad_norm)
+    c = 1.0 + beta
+    return 4.0 * c / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * c * rho_over_g / eta)))

@@ -4,7 +4,10 @@ At a check point it computes, on the task's measurement batch: loss, accuracy, g
 norm, the top-k Hessian eigenpairs by Lanczos (warm-started from the previous ones), the active
 edge of the optimizer, 2/eta, their ratio, the alignments of the gradient and of the gradient the
 step descends along with the top eigenvector, and for SAM (rho > 0) the top eigenvalue at the
-ascent point ``w + rho g/||g||``. Each eigenvalue comes with its HVP count and relative residual.
+ascent point ``w + rho g/||g||`` (``w + rho g`` for USAM). Each eigenvalue comes with its HVP count
+and relative residual. With ``track_fraction > 0`` it also tracks every eigenvalue above that
+fraction of the active edge (:func:`samedge.curvature.lanczos_above`, warm-started from the vectors
+tracked at the previous check point), logging how many there are and the HVPs spent.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 from samedge import curvature, edges
 from samedge.config import RunConfig
-from samedge.steps import Optimizer, global_norm, sam_ascent_point
+from samedge.steps import Optimizer, ascent_point_fn, global_norm
 from samedge.tasks import Task
 
 
@@ -28,6 +31,11 @@ def initial_vectors(params, k: int, seed: int) -> jax.Array:
     return v / jnp.linalg.norm(v, axis=1, keepdims=True)
 
 
+def num_vectors(cfg: RunConfig) -> int:
+    """Rows of the vectors carried between measurements: top-k, then the adaptively tracked ones."""
+    return cfg.topk + (cfg.track_max if cfg.track_fraction > 0 else 0)
+
+
 def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
     """A jitted ``measure(params, data, step, vectors) -> (row, vectors)``.
 
@@ -35,7 +43,9 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
     ``row`` is a dict of scalar arrays (see module docstring).
     """
     k = cfg.topk
-    measure_sam = cfg.measure_sam_point and cfg.optimizer in ("sam",) and cfg.rho > 0
+    # The ascent point of SAM-type steps (normalised for sam/sam_momentum, w + rho g for usam).
+    ascent_fn = ascent_point_fn(cfg.optimizer, cfg.rho)
+    measure_sam = cfg.measure_sam_point and ascent_fn is not None and cfg.rho > 0
 
     def top_eigen(params, batch, v0):
         matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
@@ -72,7 +82,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             row[f"lambda_{i + 1}"] = eig.values[i]
             row[f"resid_{i + 1}"] = eig.residuals[i]
         if measure_sam:
-            ascent = sam_ascent_point(params, grad, cfg.rho)
+            ascent = ascent_fn(params, grad)
             sam_eig = curvature.lanczos(
                 curvature.flat_hvp(lambda p: task.loss_fn(p, batch), ascent)[0],
                 eig.vectors[0], k=1, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol,
@@ -80,6 +90,31 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
+        if cfg.track_fraction > 0:
+            row_t, tracked = _track_outliers(task, cfg, params, batch, vectors[k:], edge, step)
+            return row | row_t, jnp.concatenate([eig.vectors, tracked.astype(eig.vectors.dtype)])
         return row, eig.vectors
 
     return jax.jit(measure)
+
+
+def _track_outliers(task: Task, cfg: RunConfig, params, batch, previous, edge, step):
+    """Every eigenvalue above ``track_fraction * edge`` (see :func:`curvature.lanczos_above`).
+
+    Warm start: the previously tracked vectors summed (zero rows for none) plus a seeded random part
+    of one tenth their weight, so that new outliers enter the Krylov space. Row keys: ``n_outliers``,
+    ``hvps_outliers`` (the matvec count), ``outlier_i`` and ``outlier_resid_i`` (NaN when not found).
+    """
+    matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
+    noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(cfg.seed + 1), step), previous.shape[1:])
+    start = previous.sum(0)  # (n,)
+    scale = jnp.maximum(jnp.linalg.norm(start), 1.0)
+    v0 = start + 0.1 * scale * noise / jnp.linalg.norm(noise)
+    out = curvature.lanczos_above(matvec, v0.astype(previous.dtype), cfg.track_fraction * edge,
+                                  k_max=cfg.track_max, max_iters=max(cfg.lanczos_max_iters, cfg.track_max + 8),
+                                  tol=cfg.lanczos_tol)
+    row = {"n_outliers": out.count, "hvps_outliers": out.num_matvecs}
+    for i in range(cfg.track_max):
+        row[f"outlier_{i + 1}"] = out.values[i]
+        row[f"outlier_resid_{i + 1}"] = out.residuals[i]
+    return row, out.vectors

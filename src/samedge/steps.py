@@ -26,7 +26,10 @@ import optax
 
 from samedge import edges
 
-__all__ = ["Optimizer", "gd", "sam", "sam_ascent_point", "global_norm"]
+__all__ = [
+    "Optimizer", "gd", "sam", "sam_ascent_point", "global_norm",
+    "momentum", "nesterov", "usam", "sam_momentum", "usam_ascent_point", "ascent_point_fn",
+]
 
 Params = Any
 GradFn = Callable[[Params], tuple[jax.Array, Params]]
@@ -50,6 +53,11 @@ def sam_ascent_point(params, grad, rho):
     norm = global_norm(grad)
     scale = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 0.0)
     return jax.tree.map(lambda w, g: w + (scale * g).astype(w.dtype), params, grad)
+
+
+def usam_ascent_point(params, grad, rho):
+    """``w + rho * g``: the ascent point of unnormalised SAM (no division, so no zero-gradient case)."""
+    return jax.tree.map(lambda w, g: w + (rho * g).astype(w.dtype), params, grad)
 
 
 def _descend(base: optax.GradientTransformation):
@@ -103,4 +111,93 @@ def build(name: str, lr: float, rho: float = 0.0, momentum: float = 0.0) -> Opti
         return gd(lr)
     if name == "sam":
         return sam(lr, rho)
+    if name in _MORE:
+        return _MORE[name](lr, rho, momentum)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+# --- Momentum and unnormalised variants -------------------------------------------------------
+# Hyperparameters may be traced arrays (the quadratic simulations of samedge.theory vmap over them).
+
+
+def _plain(name: str, base: optax.GradientTransformation, edge) -> Optimizer:
+    """A step that descends along ``grad L(w)`` through ``base`` (which may keep a velocity)."""
+    descend = _descend(base)
+
+    def update(params, state, grad_fn):
+        loss, grad = grad_fn(params)
+        params, state = descend(params, state, grad)
+        return params, state, loss
+
+    def gradient_at(params, grad_fn):
+        return grad_fn(params)[1]
+
+    return Optimizer(name, base.init, update, edge, gradient_at)
+
+
+def _ascending(name: str, base: optax.GradientTransformation, ascent, edge) -> Optimizer:
+    """A step that feeds ``grad L(ascent(w, g))`` to ``base``; ``g = grad L(w)`` on the same batch."""
+    descend = _descend(base)
+
+    def gradient_at(params, grad_fn):
+        _, grad = grad_fn(params)
+        return grad_fn(ascent(params, grad))[1]
+
+    def update(params, state, grad_fn):
+        loss, grad = grad_fn(params)
+        _, ascent_grad = grad_fn(ascent(params, grad))
+        params, state = descend(params, state, ascent_grad)
+        return params, state, loss
+
+    return Optimizer(name, base.init, update, edge, gradient_at)
+
+
+def momentum(lr, beta) -> Optimizer:
+    """Heavy ball ``v' = beta v + grad L(w); w' = w - lr v'`` (``optax.sgd(lr, momentum=beta)``).
+
+    Edge :func:`edges.momentum_edge` ``(2 + 2 beta)/lr``. ``gradient_at`` is ``grad L(w)``, the
+    gradient fed to the velocity (the velocity itself is state, not a gradient).
+    """
+    return _plain("momentum", optax.sgd(lr, momentum=beta),
+                  lambda grad_norm: edges.momentum_edge(lr, beta) + 0.0 * grad_norm)
+
+
+def nesterov(lr, beta) -> Optimizer:
+    """Nesterov momentum in optax's form: ``v' = g + beta v; w' = w - lr (g + beta v')``, ``g = grad L(w)``.
+
+    Edge :func:`edges.nesterov_edge` ``(2 + 2 beta)/(lr (1 + 2 beta))``, derived for exactly this form.
+    """
+    return _plain("nesterov", optax.sgd(lr, momentum=beta, nesterov=True),
+                  lambda grad_norm: edges.nesterov_edge(lr, beta) + 0.0 * grad_norm)
+
+
+def usam(lr, rho) -> Optimizer:
+    """Unnormalised SAM ``w' = w - lr grad L(w + rho grad L(w))``; edge :func:`edges.usam_edge` (constant)."""
+    return _ascending("usam", optax.sgd(lr), lambda p, g: usam_ascent_point(p, g, rho),
+                      lambda grad_norm: edges.usam_edge(lr, rho) + 0.0 * grad_norm)
+
+
+def sam_momentum(lr, rho, beta) -> Optimizer:
+    """SAM feeding heavy ball: ``v' = beta v + grad L(w + rho g/||g||); w' = w - lr v'``.
+
+    Edge :func:`edges.sam_momentum_edge`; ``gradient_at`` is the SAM gradient fed to the velocity.
+    """
+    return _ascending("sam_momentum", optax.sgd(lr, momentum=beta), lambda p, g: sam_ascent_point(p, g, rho),
+                      lambda grad_norm: edges.sam_momentum_edge(lr, rho, beta, grad_norm))
+
+
+_MORE = {
+    "momentum": lambda lr, rho, beta: momentum(lr, beta),
+    "nesterov": lambda lr, rho, beta: nesterov(lr, beta),
+    "usam": lambda lr, rho, beta: usam(lr, rho),
+    "sam_momentum": lambda lr, rho, beta: sam_momentum(lr, rho, beta),
+}
+
+
+def ascent_point_fn(name: str, rho) -> Callable | None:
+    """``(params, grad) -> ascent point`` of the optimizer called ``name``, or None if it has none."""
+    if name in ("sam", "sam_momentum"):
+        return lambda params, grad: sam_ascent_point(params, grad, rho)
+    if name == "usam":
+        return lambda params, grad: usam_ascent_point(params, grad, rho)
+    return None

@@ -39,7 +39,9 @@ PRESETS = {
         steps=1000,
         measure_every=25,
         eval_every=250,
-        lr={"gd": 1.0, "*": 0.1},
+        # Measured at their edges (issue 7): usam lr 0.5 with rho 0.5 (config.DEFAULT_RHO; edge 2.0)
+        # and sam_momentum lr 0.1, rho 0.1, beta 0.9; the other momentum steps take the common 0.1.
+        lr={"gd": 1.0, "usam": 0.5, "*": 0.1},
         rho=0.1,
         grid_lr=(0.1, 0.3),
         grid_rho=(0.0, 0.1, 0.3),

@@ -1,0 +1,95 @@
+"""Figures for the other optimizers' edges: stability boundaries and Hessian spectral densities.
+
+Every function takes computed results and writes PNG and PDF files; nothing here computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from samedge.plots import _pyplot, save
+
+_TITLES = {
+    "gd": "GD: edge 2/eta",
+    "momentum": "heavy ball: (2+2b)/eta",
+    "nesterov": "Nesterov: (2+2b)/(eta(1+2b))",
+    "usam": "USAM: eta lam (1 + rho lam) = 2",
+    "sam": "SAM: eta lam (1 + rho lam/|g|) = 2",
+    "sam_momentum": "SAM + momentum: ... = 2(1+b)",
+}
+
+
+def _axis(b):
+    """The variable each boundary collapses onto, and its label."""
+    g = b.grid
+    if b.name in ("momentum", "nesterov"):
+        return g.beta, r"momentum $\beta$", False
+    if b.name == "usam":
+        return g.rho / g.eta, r"$\rho/\eta$", True
+    if b.name in ("sam", "sam_momentum"):
+        return g.rho / (g.eta * b.grad_norm), r"$\rho/(\eta\,\|g\|)$", True
+    return g.eta, r"$\eta$", True
+
+
+def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
+    """One panel per optimizer: ``eta * edge`` predicted (lines) against bisected thresholds (markers).
+
+    ``bounds`` are :class:`samedge.theory.Boundary`; a panel's lines are split by momentum ``beta``.
+    """
+    plt = _pyplot()
+    n = len(bounds)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, b in zip(axes.ravel(), bounds):
+        x, xlabel, logx = _axis(b)
+        eta = b.grid.eta
+        betas = np.unique(b.grid.beta) if b.name == "sam_momentum" else [None]
+        for i, beta in enumerate(betas):
+            sel = np.ones_like(x, bool) if beta is None else b.grid.beta == beta
+            order = np.argsort(x[sel])
+            lab = "" if beta is None else rf" $\beta$={beta:g}"
+            ax.plot(x[sel][order], (eta * b.predicted)[sel][order], color=f"C{i}", lw=1.2,
+                    label="predicted" + lab)
+            ax.plot(x[sel], (eta * b.simulated)[sel], ls="none", marker="o", mfc="none", color=f"C{i}",
+                    ms=6, label="simulated" + lab)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(r"$\eta\,\lambda$ at the edge")
+        ax.ticklabel_format(axis="y", useOffset=False)
+        worst = np.max(np.abs(b.simulated / b.predicted - 1))
+        ax.set_title(f"{_TITLES.get(b.name, b.name)}\nmax |sim/pred - 1| = {worst:.1e}", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    written = save(fig, out_stem)
+    plt.close(fig)
+    return written
+
+
+def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
+    """Spectral densities (log scale), one curve per step, with the edge and lambda_max marked.
+
+    ``spectra`` are :class:`samedge.spectrum.Spectrum` (grid, density, edge, lambda_max, step).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for i, s in enumerate(spectra):
+        ax.plot(s.grid, np.maximum(s.density, 1e-12), color=f"C{i}", lw=1.2, label=f"step {s.step}")
+        ax.axvline(s.edge, color=f"C{i}", ls="--", lw=0.9)
+        ax.plot([s.lambda_max], [1e-6], marker="v", color=f"C{i}", ms=7)
+    ax.set_yscale("log")
+    ax.set_ylim(1e-7, None)
+    ax.set_xlabel(r"Hessian eigenvalue $\lambda$")
+    ax.set_ylabel("density (SLQ)")
+    ax.set_title((title + "\n" if title else "") + r"dashed: the optimizer's edge; $\triangledown$: the largest node (the top Ritz value)",
+                 fontsize=8)
+    ax.legend(fontsize=7)
+    written = save(fig, out_stem)
+    plt.close(fig)
+    return written

@@ -1,0 +1,55 @@
+"""Each optimizer on the two-dimensional quadratic: bounded at 0.98 x its edge, growing at 1.02 x.
+
+The truth is the closed-form edge of :mod:`samedge.edges`; the simulation runs the implemented
+step of :mod:`samedge.steps` (float64), with the gradient norm held near its target where the
+edge depends on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from samedge import edges, theory
+
+GRID = dict(etas=(0.01, 0.3, 2.0), rhos=(0.01, 0.3), betas=(0.0, 0.5, 0.9))
+
+
+@pytest.mark.parametrize("name", theory.THEORY_OPTIMIZERS)
+def test_bounded_below_and_growing_above_the_edge(name):
+    grid = theory.default_grid(name, **GRID)
+    p = len(grid.eta)
+    both = theory.Grid(*(np.concatenate([a, a]) for a in grid))
+    factor = np.repeat([0.98, 1.02], p)
+    grown = theory.growth(name, both, factor, grad_norm=0.5, num_steps=500)
+    assert np.all(grown[:p] <= 1.0), grown[:p]  # the top component decays below the edge
+    assert np.all(grown[p:] >= 1e3), grown[p:]  # and explodes (or saturates far out) above it
+
+
+def test_the_held_gradient_norm_is_the_one_the_edge_uses():
+    """A SAM edge evaluated at the wrong ||g|| (2x) is visibly wrong: the check has teeth."""
+    grid = theory.default_grid("sam", etas=(0.1,), rhos=(0.3,))
+    right = edges.sam_edge(0.1, 0.3, 0.5)
+    wrong = edges.sam_edge(0.1, 0.3, 1.0)
+    # at lam = 1.02 x the right edge it grows; that lam is far below the wrong edge
+    assert theory.growth("sam", grid, 1.02, grad_norm=0.5, num_steps=500)[0] >= 1e3
+    assert 1.02 * right < 0.8 * wrong
+
+
+@pytest.mark.parametrize("name", ["nesterov", "sam_momentum"])
+def test_bisected_thresholds_match_predicted_edges(name):
+    grid = theory.default_grid(name, etas=(0.05, 1.0), rhos=(0.05,), betas=(0.3, 0.9))
+    simulated = theory.find_thresholds(name, grid, grad_norm=0.5, num_steps=500, iters=14)
+    predicted = theory.predicted_edge(name, grid, grad_norm=0.5)
+    np.testing.assert_allclose(simulated, predicted, rtol=5e-3)
+
+
+def test_theory_command_prints_the_table_and_writes_the_figure(tmp_path, capsys):
+    from samedge import cli
+
+    rc = cli.main(["theory", "--out", str(tmp_path), "--optimizers", "usam", "--steps", "200"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "usam" in out and "FAILED" not in out
+    assert (tmp_path / "boundaries.png").stat().st_size > 0 and (tmp_path / "boundaries.pdf").exists()
+    assert cli.main(["theory", "--out", str(tmp_path), "--optimizers", "adam"]) == 2
