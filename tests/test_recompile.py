@@ -39,7 +39,8 @@ def tiny(data_dir):
     # A small MNIST MLP on real images: compiles in seconds, same code paths as the quick preset.
     task_config = dict(n_train=128, n_test=64, width=32, depth=3)
     cfg = config.resolve("mnist", "quick", optimizer="sam", task_overrides=task_config,
-                         steps=30, measure_every=10, eval_every=10, lanczos_max_iters=12)
+                         steps=30, measure_every=10, eval_every=10, lanczos_max_iters=12,
+                         measure_sam_point=True)  # the fullest measurement program
     task = tasks.build_task("mnist", tasks.make_task_config("mnist", cfg.task_config), data_dir=data_dir)
     return cfg, task
 
