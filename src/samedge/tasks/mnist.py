@@ -92,7 +92,9 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
     test = (jnp.asarray(x_test), jnp.asarray(y_test))
 
     @jax.jit
-    def evaluate_jit(params):
+    def evaluate_jit(params, test):
+        # ``test`` is an argument, not a closed-over constant: XLA would otherwise constant-fold
+        # the test set through the model at compile time (seconds, every run).
         return {"test_loss": loss_fn(params, test), "test_acc": accuracy_fn(params, test)}
 
     def full_batch(data, step):
@@ -108,7 +110,7 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
         data=data,
         batch_fn=full_batch,
         measure_batch_fn=full_batch,
-        evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params).items()},
+        evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test).items()},
         info={"data_source": raw.source, "n_train": int(x.shape[0]), "n_test": int(x_test.shape[0]),
               "n_params": n_params},
     )
