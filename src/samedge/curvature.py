@@ -71,19 +71,16 @@ _BLOCK = 8  # basis rows per Gram-Schmidt block: cost grows with the rows in use
 
 
 def _orthogonalise(w, basis, j):
-    # Two passes of classical Gram-Schmidt against the stored vectors ("twice is enough"), only
-    # over the blocks that hold rows 0..j: the pass is memory-bound, so touching the unused
-    # (zero) rows of a max_iters-sized basis would cost as much as a Hessian-vector product.
-    # basis: (m + 1, n) with m + 1 a multiple of _BLOCK; rows > j are zero and contribute nothing.
-    blocks = j // _BLOCK + 1
-
+    # One pass of classical Gram-Schmidt against the stored vectors, after the three-term
+    # recurrence has already removed the two large components (together the two passes of "twice
+    # is enough"), and only over the blocks that hold rows 0..j: the pass is memory-bound, so
+    # touching the unused (zero) rows of a max_iters-sized basis would cost as much as an HVP.
+    # basis: (rows, n) with rows a multiple of _BLOCK; rows > j are zero and contribute nothing.
     def one_block(b, w):
         rows = jax.lax.dynamic_slice_in_dim(basis, b * _BLOCK, _BLOCK)  # (_BLOCK, n)
         return w - rows.T @ (rows @ w)
 
-    for _ in range(2):
-        w = jax.lax.fori_loop(0, blocks, one_block, w)
-    return w
+    return jax.lax.fori_loop(0, j // _BLOCK + 1, one_block, w)
 
 
 def _select(theta, which, k):
@@ -151,6 +148,8 @@ def lanczos(
         q = basis[j]
         w = matvec(q)
         alpha = jnp.vdot(q, w)
+        beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+        w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
         w = _orthogonalise(w, basis, j)
         beta = jnp.linalg.norm(w)
         alphas = alphas.at[j].set(alpha)
