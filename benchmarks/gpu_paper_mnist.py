@@ -10,6 +10,7 @@ Meant to finish in well under 5 minutes on one GPU.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -24,8 +25,11 @@ from samedge import config, measure, steps, tasks, train
 import points
 
 
-def main() -> int:
-    cfg = config.resolve("mnist", "paper", optimizer="sam")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", help="paper (the point); quick for a CPU smoke run")
+    args = parser.parse_args(argv)
+    cfg = config.resolve("mnist", args.preset, optimizer="sam")
     task = tasks.build_task("mnist", tasks.make_task_config("mnist", cfg.task_config), data_dir=points.data_dir())
     device = jax.devices()[0]
     print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}); {task.info}")
