@@ -24,7 +24,7 @@ def test_schedule():
 
 def test_sam_run_rows_and_edges(tiny_task, tmp_path):
     cfg = config.resolve("mnist", "quick", task_overrides=TINY, optimizer="sam", lr=0.1, rho=0.1,
-                         steps=30, measure_every=10, eval_every=20)
+                         steps=30, measure_every=10, eval_every=20, measure_sam_point=True)
     store = RunStore.create(tmp_path / "run", {"run": cfg.to_dict()})
     summary = train.train(cfg, tiny_task, store, progress=False)
     assert summary["status"] == "completed" and summary["steps_done"] == 30

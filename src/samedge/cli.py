@@ -30,6 +30,8 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every K steps, at measurement points (0: only on a signal)")
     p.add_argument("--diverge-factor", type=float, help="stop as diverged when the loss exceeds this multiple of the initial loss")
     p.add_argument("--config", metavar="FILE", help="JSON file of settings (a run's config.json works); flags override it")
+    p.add_argument("--measure-sam-point", action=argparse.BooleanOptionalAction, default=None,
+                   help="also measure lambda_max at the SAM ascent point (default: the preset's)")
     p.add_argument("--track-fraction", type=float,
                    help="also track every Hessian eigenvalue above this fraction of the edge (0 = off)")
     p.add_argument("--data-dir", help="folder holding <task>/ data (else $SAMEDGE_DATA_DIR, the cache, a download)")
@@ -67,6 +69,7 @@ def _resolve(args, task: str):
         measure_every=args.measure_every, eval_every=args.eval_every, topk=args.topk, seed=args.seed,
         checkpoint_every=getattr(args, "checkpoint_every", None), diverge_factor=getattr(args, "diverge_factor", None),
         track_fraction=getattr(args, "track_fraction", None),
+        measure_sam_point=getattr(args, "measure_sam_point", None),
     )
     return config.resolve(
         task, preset, task_overrides=task_file | _parse_sets(args.set),

@@ -67,12 +67,20 @@ def dense_hessian(loss_fn: Callable, params) -> jax.Array:
     return jax.hessian(lambda x: loss_fn(unravel(x)))(flat)
 
 
-def _orthogonalise(w, basis):
-    # Two passes of classical Gram-Schmidt against all stored vectors ("twice is enough").
-    # Rows of ``basis`` not yet filled are zero and contribute nothing.
-    for _ in range(2):
-        w = w - basis.T @ (basis @ w)
-    return w
+_BLOCK = 8  # basis rows per Gram-Schmidt block: cost grows with the rows in use, not max_iters
+
+
+def _orthogonalise(w, basis, j):
+    # One pass of classical Gram-Schmidt against the stored vectors, after the three-term
+    # recurrence has already removed the two large components (together the two passes of "twice
+    # is enough"), and only over the blocks that hold rows 0..j: the pass is memory-bound, so
+    # touching the unused (zero) rows of a max_iters-sized basis would cost as much as an HVP.
+    # basis: (rows, n) with rows a multiple of _BLOCK; rows > j are zero and contribute nothing.
+    def one_block(b, w):
+        rows = jax.lax.dynamic_slice_in_dim(basis, b * _BLOCK, _BLOCK)  # (_BLOCK, n)
+        return w - rows.T @ (rows @ w)
+
+    return jax.lax.fori_loop(0, j // _BLOCK + 1, one_block, w)
 
 
 def _select(theta, which, k):
@@ -140,7 +148,9 @@ def lanczos(
         q = basis[j]
         w = matvec(q)
         alpha = jnp.vdot(q, w)
-        w = _orthogonalise(w, basis)
+        beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+        w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
+        w = _orthogonalise(w, basis, j)
         beta = jnp.linalg.norm(w)
         alphas = alphas.at[j].set(alpha)
         betas = betas.at[j].set(beta)
@@ -152,7 +162,8 @@ def lanczos(
         return j + 1, basis, alphas, betas, done
 
     v0 = v0 / jnp.linalg.norm(v0)
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
+    rows = -(-(m + 1) // _BLOCK) * _BLOCK  # m + 1 rounded up to whole blocks
+    basis = jnp.zeros((rows, n), dtype).at[0].set(v0)
     alphas = jnp.zeros((m,), dtype)
     betas = jnp.zeros((m,), dtype)
     j, basis, alphas, betas, _ = jax.lax.while_loop(

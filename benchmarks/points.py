@@ -1,0 +1,75 @@
+"""Shared set-up of the benchmarks: a trained quick-MNIST point, its loss, a float64 truth, timing.
+
+The eigen-solvers are compared where it is hard for them: after a few hundred SAM steps the run
+sits at its edge of stability and the top eigenvalues of the Hessian are close together.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from samedge import config, curvature, steps, tasks, train
+
+
+def data_dir():
+    return os.environ.get("SAMEDGE_DATA_DIR", "/work/shared/data")
+
+
+def quick_task(name: str = "mnist", **overrides):
+    """``(cfg, task)`` for the quick preset of task ``name``."""
+    cfg = config.resolve(name, "quick", **overrides)
+    task = tasks.build_task(name, tasks.make_task_config(name, cfg.task_config), data_dir=data_dir(),
+                            seed=cfg.seed)
+    return cfg, task
+
+
+def trained_point(train_steps: int = 400, chunk: int = 50):
+    """``(cfg, task, params)`` after ``train_steps`` SAM steps (lr 0.1, rho 0.1) on quick MNIST."""
+    cfg, task = quick_task("mnist", optimizer="sam")
+    optimizer = steps.build("sam", cfg.lr, cfg.rho)
+    params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    state = optimizer.init(params)
+    run_chunk = train.make_chunk(task, optimizer, chunk)
+    for start in range(0, train_steps, chunk):
+        params, state, losses = run_chunk(params, state, task.data, jnp.asarray(start))
+    jax.block_until_ready(losses)
+    return cfg, task, params
+
+
+def random_start(params, seed: int = 1):
+    n = ravel_pytree(params)[0].shape[0]
+    return jax.random.normal(jax.random.PRNGKey(seed), (n,))
+
+
+def truth(task, params, iters: int = 100) -> tuple[float, float]:
+    """``(lambda_max, residual)`` by a ``iters``-step Lanczos in float64 (cold start, tol 1e-12)."""
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        d64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           task.data)
+        v0 = random_start(p64, seed=7).astype(jnp.float64)
+
+        @jax.jit
+        def solve(p, d, v0):
+            matvec, _ = curvature.flat_hvp(lambda q: task.loss_fn(q, d), p)
+            return curvature.lanczos(matvec, v0, k=1, max_iters=iters, tol=1e-12)
+
+        eig = solve(p64, d64, v0)
+        return float(abs(eig.values[0])), float(eig.residuals[0])
+
+
+def timed(fn, *args, repeats: int = 3):
+    """``(result, median seconds)`` of ``fn(*args)`` after one untimed call (the compile)."""
+    out = jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return out, statistics.median(times)

@@ -1,0 +1,210 @@
+"""samedge's speed, as ratios that hold across noisy machines, in one process.
+
+    PYTHONPATH=src /work/venv/bin/python benchmarks/run.py
+
+Prints a table and, as its last line, one JSON object:
+
+- ``p1_sam_step_over_two_grads``: median SAM step time inside the compiled training chunk over
+  twice the median time of one compiled gradient, worst over the quick tasks that import
+  (each task of ``samedge.tasks.TASKS``; a task whose module or data is missing is skipped).
+- ``p2_lanczos_time_over_power``, ``p2_lanczos_relerr``, ``p2_power_relerr``: at a trained
+  quick-MNIST point (400 SAM steps: at the edge, top eigenvalues close), the time our Lanczos takes
+  to reach relative error <= 1e-4 (stopping on its own residual rule: the loosest residual
+  tolerance among 1e-3, 3e-4, 1e-4, 3e-5 that gets there) over the time the original method
+  (power iteration on central finite-difference HVPs, step 1e-3, stopped at a 0.1% change; see
+  ``baselines.py``) takes to stop, both from the same random start; errors against a 100-step
+  float64 Lanczos.
+- ``p3_tracking_overhead``: the share of a whole quick-MNIST SAM run's wall time (default preset,
+  default cadence, compiles included) spent in the curvature measurement; also without compiles.
+- ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+import baselines
+import points
+from samedge import curvature, measure, steps, tasks, train
+
+P2_TARGET = 1e-4
+TOLERANCES = (1e-3, 3e-4, 1e-4, 3e-5)
+
+
+def p1_task(name: str) -> dict:
+    """Median SAM step (in a compiled chunk) and median gradient of the quick preset of ``name``."""
+    cfg, task = points.quick_task(name, optimizer="sam")
+    optimizer = steps.build("sam", cfg.lr, cfg.rho)
+    params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    state = optimizer.init(params)
+
+    @jax.jit
+    def gradient(params, data, step):
+        return jax.value_and_grad(task.loss_fn)(params, task.batch_fn(data, step))
+
+    length = 10
+    chunk = train.make_chunk(task, optimizer, length)
+    params, state, losses = chunk(params, state, task.data, jnp.asarray(0))  # compile
+    jax.block_until_ready(losses)
+    # Wall time is what counts; CPU time (all threads) is also kept because it is far less
+    # disturbed by other jobs on a shared machine.
+    per_step, per_step_cpu = [], []
+    for i in range(1, 6):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        params, state, losses = chunk(params, state, task.data, jnp.asarray(i * length))
+        jax.block_until_ready(losses)
+        per_step.append((time.perf_counter() - start) / length)
+        per_step_cpu.append((time.process_time() - start_cpu) / length)
+    jax.block_until_ready(gradient(params, task.data, jnp.asarray(0)))  # compile
+    grads, grads_cpu = [], []
+    for i in range(15):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        jax.block_until_ready(gradient(params, task.data, jnp.asarray(i)))
+        grads.append(time.perf_counter() - start)
+        grads_cpu.append(time.process_time() - start_cpu)
+    step_s, grad_s = statistics.median(per_step), statistics.median(grads)
+    return {"task": name, "sam_step_s": step_s, "grad_s": grad_s, "ratio": step_s / (2 * grad_s),
+            "ratio_cpu": statistics.median(per_step_cpu) / (2 * statistics.median(grads_cpu))}
+
+
+def p1() -> tuple[list[dict], list[str]]:
+    results, skipped = [], []
+    for name in tasks.TASKS:
+        try:
+            tasks.task_module(name)
+        except Exception as exc:  # a task still being built on another branch
+            skipped.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        try:
+            results.append(p1_task(name))
+        except Exception as exc:  # e.g. its data is not on this machine
+            skipped.append(f"{name}: {type(exc).__name__}: {exc}")
+    return results, skipped
+
+
+def p2() -> dict:
+    cfg, task, params = points.trained_point()
+    lam, truth_resid = points.truth(task, params)
+    v0 = points.random_start(params)
+    err = lambda eig: abs(abs(float(eig.values[0])) - lam) / lam
+
+    @jax.jit
+    def baseline(params, data, v0):
+        return baselines.fd_power_iteration(lambda p: task.loss_fn(p, data), params, v0)
+
+    base, base_s = points.timed(baseline, params, task.data, v0)
+    out = {"truth": lam, "truth_resid": truth_resid, "power_s": base_s, "power_relerr": err(base),
+           "power_fd_hvps": int(base.num_matvecs), "lanczos": []}
+    for tol in TOLERANCES:
+        @jax.jit
+        def lanczos(params, data, v0, tol=tol):
+            matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, data), params)
+            return curvature.lanczos(matvec, v0, k=1, max_iters=cfg.lanczos_max_iters, tol=tol)
+
+        eig, seconds = points.timed(lanczos, params, task.data, v0)
+        out["lanczos"].append({"tol": tol, "s": seconds, "relerr": err(eig), "hvps": int(eig.num_matvecs)})
+        if err(eig) <= P2_TARGET:
+            break
+    return out
+
+
+def p3() -> dict:
+    """A whole default quick-MNIST SAM run with the measurement calls timed (they sync anyway)."""
+    cfg, task = points.quick_task("mnist", optimizer="sam")
+    calls: list[tuple[float, dict]] = []
+    cpu: list[float] = []
+    original = measure.make_measure
+
+    def timed_make_measure(*args, **kwargs):
+        fn = original(*args, **kwargs)
+
+        def timed_fn(*a):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = jax.block_until_ready(fn(*a))
+            calls.append((time.perf_counter() - start, out[0]))
+            cpu.append(time.process_time() - start_cpu)
+            return out
+
+        return timed_fn
+
+    measure.make_measure = timed_make_measure
+    try:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        summary = train.train(cfg, task, progress=False)
+        wall, wall_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    finally:
+        measure.make_measure = original
+    seconds = [s for s, _ in calls]
+    hvps = [int(row["hvps"]) + int(row.get("hvps_sam", 0)) for _, row in calls]
+    return {"wall_s": wall, "measure_s": sum(seconds), "first_measure_s": seconds[0], "measurements": len(calls),
+            "overhead": sum(seconds) / wall,
+            # without the first measurement's compile, against the wall time less that compile
+            "overhead_steady": sum(seconds[1:]) / (wall - seconds[0]),
+            "overhead_cpu": sum(cpu) / wall_cpu,
+            "hvps_median": statistics.median(hvps), "hvps_max": max(hvps),
+            "measure_every": cfg.measure_every, "measure_sam_point": cfg.measure_sam_point,
+            "lanczos_tol": cfg.lanczos_tol, "ratio_median": summary.get("ratio_median"),
+            "status": summary["status"]}
+
+
+def main() -> int:
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+    p1_rows, skipped = p1()
+    print("\nP1  SAM step (in a compiled chunk) / 2 gradients, quick presets")
+    print(f"{'task':<12} {'SAM step ms':>12} {'gradient ms':>12} {'ratio':>7} {'ratio (CPU time)':>17}")
+    for r in p1_rows:
+        print(f"{r['task']:<12} {1e3 * r['sam_step_s']:>12.2f} {1e3 * r['grad_s']:>12.2f} {r['ratio']:>7.3f} "
+              f"{r['ratio_cpu']:>17.3f}")
+    for s in skipped:
+        print(f"  skipped {s}")
+
+    r2 = p2()
+    print(f"\nP2  top eigenvalue at a trained quick-MNIST point; truth {r2['truth']:.7f} "
+          f"(float64 Lanczos, residual {r2['truth_resid']:.1e})")
+    print(f"{'method':<34} {'products':>9} {'time s':>8} {'rel. error':>11}")
+    print(f"{'FD power iteration (baseline)':<34} {r2['power_fd_hvps']:>9} {r2['power_s']:>8.3f} "
+          f"{r2['power_relerr']:>11.2e}")
+    for r in r2["lanczos"]:
+        print(f"{'Lanczos, residual tol ' + format(r['tol'], 'g'):<34} {r['hvps']:>9} {r['s']:>8.3f} {r['relerr']:>11.2e}")
+    print("  (an FD product costs two gradients, an exact HVP about 1.7)")
+    chosen = r2["lanczos"][-1]
+
+    r3 = p3()
+    print(f"\nP3  quick-MNIST SAM run, measure every {r3['measure_every']} steps, SAM-point measurement "
+          f"{'on' if r3['measure_sam_point'] else 'off'}, Lanczos tol {r3['lanczos_tol']:g}")
+    print(f"  wall {r3['wall_s']:.1f} s, measurement {r3['measure_s']:.1f} s in {r3['measurements']} calls "
+          f"(first, with its compile: {r3['first_measure_s']:.1f} s); HVPs per measurement median "
+          f"{r3['hvps_median']}, max {r3['hvps_max']}")
+    print(f"  overhead {r3['overhead']:.3f} (without the first compile {r3['overhead_steady']:.3f}; "
+          f"in CPU time {r3['overhead_cpu']:.3f}); "
+          f"run status {r3['status']}, ratio median {r3['ratio_median']}")
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak memory (max RSS) {peak_mb:.0f} MB")
+    result = {
+        "p1_sam_step_over_two_grads": max(r["ratio"] for r in p1_rows) if p1_rows else None,
+        "p1_tasks": {r["task"]: round(r["ratio"], 4) for r in p1_rows},
+        "p1_cpu_time": max(r["ratio_cpu"] for r in p1_rows) if p1_rows else None,
+        "p2_lanczos_time_over_power": chosen["s"] / r2["power_s"],
+        "p2_lanczos_relerr": chosen["relerr"],
+        "p2_lanczos_tol": chosen["tol"],
+        "p2_power_relerr": r2["power_relerr"],
+        "p3_tracking_overhead": r3["overhead"],
+        "p3_tracking_overhead_steady": r3["overhead_steady"],
+        "p3_tracking_overhead_cpu": r3["overhead_cpu"],
+        "p3_hvps_per_measurement_median": r3["hvps_median"],
+        "peak_rss_mb": round(peak_mb, 1),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
