@@ -83,9 +83,74 @@ def _orthogonalise(w, basis, j):
     return jax.lax.fori_loop(0, j // _BLOCK + 1, one_block, w)
 
 
-def _select(theta, which, k):
-    key = jnp.abs(theta) if which == "LM" else theta
-    return jnp.argsort(-key)[:k]
+class _Krylov(NamedTuple):
+    """The state of a Lanczos run: ``j`` matvecs done, the basis and the tridiagonal coefficients."""
+
+    j: jax.Array  # () int
+    basis: jax.Array  # (rows, n); rows 0..j hold the Lanczos vectors, the rest are zero
+    alphas: jax.Array  # (m,) diagonal of T
+    betas: jax.Array  # (m,) off-diagonal of T; betas[j] is the residual coefficient after step j
+
+
+def _ritz(krylov: _Krylov, j):
+    """Eigen-decomposition of the leading ``(j+1) x (j+1)`` block of T inside an ``m x m`` array.
+
+    The zero padding adds exact zero eigenvalues whose eigenvectors live on the padding; they are
+    told apart by where their mass sits. Returns ``theta (m,)``, ``s (m, m)`` and ``live (m,)``
+    (True for the Ritz pairs of the real block), and the absolute residual norms ``|beta_j s_j|``,
+    which equal ``||A y - theta y||`` for the Ritz vector ``y`` (no matvec needed).
+    """
+    m = krylov.alphas.shape[0]
+    idx = jnp.arange(m)
+    live_rows = idx <= j
+    off = jnp.where(idx[:-1] < j, krylov.betas[:-1], 0.0)
+    t = jnp.diag(jnp.where(live_rows, krylov.alphas, 0.0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    theta, s = jnp.linalg.eigh(t)
+    live = jnp.sum(jnp.where(live_rows[:, None], s**2, 0.0), axis=0) > 0.5
+    abs_resid = jnp.abs(krylov.betas[j] * s[j])
+    return theta, s, live, abs_resid
+
+
+def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array]) -> _Krylov:
+    """Lanczos with full reorthogonalisation until ``stop(krylov, j)`` holds after matvec ``j + 1``,
+    ``m`` matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``."""
+    n = v0.shape[0]
+    dtype = v0.dtype
+    eps = jnp.finfo(dtype).eps
+
+    def cond(state):
+        krylov, done = state
+        return (krylov.j < m) & ~done
+
+    def body(state):
+        (j, basis, alphas, betas), _ = state
+        q = basis[j]
+        w = matvec(q)
+        alpha = jnp.vdot(q, w)
+        beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+        w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
+        w = _orthogonalise(w, basis, j)
+        beta = jnp.linalg.norm(w)
+        alphas = alphas.at[j].set(alpha)
+        betas = betas.at[j].set(beta)
+        invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
+        basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
+        krylov = _Krylov(j + 1, basis, alphas, betas)
+        return krylov, invariant | stop(krylov, j)
+
+    rows = -(-(m + 1) // _BLOCK) * _BLOCK  # m + 1 rounded up to whole blocks
+    basis = jnp.zeros((rows, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    zeros = jnp.zeros((m,), dtype)
+    krylov, _ = jax.lax.while_loop(cond, body, (_Krylov(jnp.asarray(0), basis, zeros, zeros), jnp.asarray(False)))
+    return krylov
+
+
+def _ritz_vectors(krylov: _Krylov, s_k: jax.Array) -> jax.Array:
+    """``(k, n)`` unit Ritz vectors from the ``(m, k)`` eigenvectors of T."""
+    m = krylov.alphas.shape[0]
+    vectors = s_k.T @ krylov.basis[:m]
+    eps = jnp.finfo(vectors.dtype).eps
+    return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
 
 
 def lanczos(
@@ -117,62 +182,22 @@ def lanczos(
         raise ValueError(f"which must be 'LM' or 'LA', got {which!r}")
     if not 1 <= k <= max_iters:
         raise ValueError(f"need 1 <= k <= max_iters, got k={k}, max_iters={max_iters}")
-    n = v0.shape[0]
-    m = min(max_iters, n)
+    m = min(max_iters, v0.shape[0])
     k = min(k, m)
-    dtype = v0.dtype
-    eps = jnp.finfo(dtype).eps
+    eps = jnp.finfo(v0.dtype).eps
 
-    def ritz(alphas, betas, j):
-        # T is m x m with the first j+1 rows filled; the zero padding adds exact zero eigenvalues
-        # whose eigenvectors live on the padding, so they are told apart by where their mass sits.
-        idx = jnp.arange(m)
-        live = idx <= j
-        diag = jnp.where(live, alphas, 0.0)
-        off = jnp.where(idx[:-1] < j, betas[:-1], 0.0)
-        t = jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        theta, s = jnp.linalg.eigh(t)
-        mass = jnp.sum(jnp.where(live[:, None], s**2, 0.0), axis=0)
-        key = jnp.where(mass > 0.5, jnp.abs(theta) if which == "LM" else theta, -jnp.inf)
+    def top(krylov, j):
+        theta, s, live, abs_resid = _ritz(krylov, j)
+        key = jnp.where(live, jnp.abs(theta) if which == "LM" else theta, -jnp.inf)
         order = jnp.argsort(-key)[:k]
-        theta_k, s_k = theta[order], s[:, order]
-        resid = jnp.abs(betas[j] * s_k[j]) / jnp.maximum(jnp.abs(theta_k), eps)
-        return theta_k, s_k, resid
+        return theta[order], s[:, order], abs_resid[order] / jnp.maximum(jnp.abs(theta[order]), eps)
 
-    def cond(state):
-        j, _, _, _, done = state
-        return (j < m) & ~done
+    def stop(krylov, j):
+        return (j + 1 >= k) & jnp.all(top(krylov, j)[2] <= tol)
 
-    def body(state):
-        j, basis, alphas, betas, _ = state
-        q = basis[j]
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
-        w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
-        w = _orthogonalise(w, basis, j)
-        beta = jnp.linalg.norm(w)
-        alphas = alphas.at[j].set(alpha)
-        betas = betas.at[j].set(beta)
-        invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
-        q_next = jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta))
-        basis = basis.at[j + 1].set(q_next)
-        _, _, resid = ritz(alphas, betas, j)
-        done = invariant | ((j + 1 >= k) & jnp.all(resid <= tol))
-        return j + 1, basis, alphas, betas, done
-
-    v0 = v0 / jnp.linalg.norm(v0)
-    rows = -(-(m + 1) // _BLOCK) * _BLOCK  # m + 1 rounded up to whole blocks
-    basis = jnp.zeros((rows, n), dtype).at[0].set(v0)
-    alphas = jnp.zeros((m,), dtype)
-    betas = jnp.zeros((m,), dtype)
-    j, basis, alphas, betas, _ = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), basis, alphas, betas, jnp.asarray(False))
-    )
-    theta, s, resid = ritz(alphas, betas, j - 1)
-    vectors = s.T @ basis[:m]
-    vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-    return Eigen(theta, vectors, resid, j)
+    krylov = _run_lanczos(matvec, v0, m, stop)
+    theta, s_k, resid = top(krylov, krylov.j - 1)
+    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j)
 
 
 def power_iteration(
@@ -252,72 +277,34 @@ def lanczos_above(
     """
     if not 1 <= k_max <= max_iters:
         raise ValueError(f"need 1 <= k_max <= max_iters, got k_max={k_max}, max_iters={max_iters}")
-    n = v0.shape[0]
-    m = min(max_iters, n)
+    m = min(max_iters, v0.shape[0])
     k_max = min(k_max, m)
-    dtype = v0.dtype
-    eps = jnp.finfo(dtype).eps
+    eps = jnp.finfo(v0.dtype).eps
 
-    def ritz(alphas, betas, j):
-        # The (k_max + 1) largest live Ritz values (see :func:`lanczos` for the padding).
-        idx = jnp.arange(m)
-        live = idx <= j
-        off = jnp.where(idx[:-1] < j, betas[:-1], 0.0)
-        t = jnp.diag(jnp.where(live, alphas, 0.0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
-        theta, s = jnp.linalg.eigh(t)
-        mass = jnp.sum(jnp.where(live[:, None], s**2, 0.0), axis=0)
-        key = jnp.where(mass > 0.5, theta, -jnp.inf)
-        order = jnp.argsort(-key)[: min(k_max + 1, m)]
-        theta_k = jnp.where(jnp.isfinite(key[order]), theta[order], -jnp.inf)  # (k_max + 1,)
-        s_k = s[:, order]  # (m, k_max + 1)
-        abs_resid = jnp.abs(betas[j] * s_k[j])
-        return theta_k, s_k, abs_resid
-
-    def status(alphas, betas, j):
-        theta, s, abs_resid = ritz(alphas, betas, j)
+    def status(krylov, j):
+        theta, s, live, abs_resid = _ritz(krylov, j)
+        key = jnp.where(live, theta, -jnp.inf)
+        order = jnp.argsort(-key)[: min(k_max + 1, m)]  # the (k_max + 1) largest live Ritz values
+        theta = jnp.where(jnp.isfinite(key[order]), theta[order], -jnp.inf)  # (k_max + 1,)
+        s, abs_resid = s[:, order], abs_resid[order]
         above = theta[:k_max] > threshold  # (k_max,) a prefix, theta being sorted
         count = jnp.sum(above)
         rel = abs_resid[:k_max] / jnp.maximum(jnp.abs(theta[:k_max]), eps)
         converged = jnp.all(jnp.where(above, rel <= tol, True))
         if theta.shape[0] > k_max:  # the next candidate must be certified below the threshold
-            nxt = jnp.take(theta, count), jnp.take(abs_resid, count)
-            below = (count == k_max) | (nxt[0] + nxt[1] < threshold)
+            below = (count == k_max) | (jnp.take(theta, count) + jnp.take(abs_resid, count) < threshold)
         else:
             below = jnp.asarray(True)
         return theta, s, rel, count, converged & below
 
-    def cond(state):
-        j, _, _, _, done = state
-        return (j < m) & ~done
-
-    def body(state):
-        j, basis, alphas, betas, _ = state
-        q = basis[j]
-        w = matvec(q)
-        alpha = jnp.vdot(q, w)
-        w = _orthogonalise(w, basis)
-        beta = jnp.linalg.norm(w)
-        alphas = alphas.at[j].set(alpha)
-        betas = betas.at[j].set(beta)
-        invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
-        basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
-        ok = status(alphas, betas, j)[-1]
-        return j + 1, basis, alphas, betas, invariant | ((j + 1 >= min_iters) & ok)
-
-    v0 = v0 / jnp.linalg.norm(v0)
-    basis = jnp.zeros((m + 1, n), dtype).at[0].set(v0)
-    zeros = jnp.zeros((m,), dtype)
-    j, basis, alphas, betas, _ = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), basis, zeros, zeros, jnp.asarray(False))
-    )
-    theta, s, rel, count, _ = status(alphas, betas, j - 1)
+    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1])
+    theta, s, rel, count, _ = status(krylov, krylov.j - 1)
     keep = jnp.arange(k_max) < count  # (k_max,)
-    vectors = s[:, :k_max].T @ basis[:m]  # (k_max, n)
-    vectors = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
+    vectors = _ritz_vectors(krylov, s[:, :k_max])  # (k_max, n)
     return Outliers(
         jnp.where(keep, theta[:k_max], jnp.nan),
         jnp.where(keep[:, None], vectors, 0.0),
         jnp.where(keep, rel, jnp.nan),
         count,
-        j,
+        krylov.j,
     )
