@@ -68,56 +68,9 @@ def _descend(base: optax.GradientTransformation):
     return apply
 
 
-def gd(lr: float) -> Optimizer:
-    """Gradient descent ``w' = w - lr * grad L(w)``; edge ``2 / lr``."""
-    base = optax.sgd(lr)
-    descend = _descend(base)
-
-    def update(params, state, grad_fn):
-        loss, grad = grad_fn(params)
-        params, state = descend(params, state, grad)
-        return params, state, loss
-
-    def gradient_at(params, grad_fn):
-        return grad_fn(params)[1]
-
-    return Optimizer("gd", base.init, update, lambda grad_norm: edges.gd_edge(lr), gradient_at)
-
-
-def sam(lr: float, rho: float) -> Optimizer:
-    """SAM ``w' = w - lr * grad L(w + rho g/||g||)`` with ``g = grad L(w)``; edge :func:`edges.sam_edge`.
-
-    With ``rho = 0`` the ascent point is ``w`` itself and the step equals :func:`gd` exactly.
-    """
-    base = optax.sgd(lr)
-    descend = _descend(base)
-
-    def gradient_at(params, grad_fn):
-        _, grad = grad_fn(params)
-        return grad_fn(sam_ascent_point(params, grad, rho))[1]
-
-    def update(params, state, grad_fn):
-        loss, grad = grad_fn(params)
-        _, sam_grad = grad_fn(sam_ascent_point(params, grad, rho))
-        params, state = descend(params, state, sam_grad)
-        return params, state, loss
-
-    return Optimizer("sam", base.init, update, lambda g: edges.sam_edge(lr, rho, g), gradient_at)
-
-
-def build(name: str, lr: float, rho: float = 0.0, momentum: float = 0.0) -> Optimizer:
-    """The optimizer called ``name`` (see :data:`samedge.config.OPTIMIZERS`)."""
-    if name == "gd":
-        return gd(lr)
-    if name == "sam":
-        return sam(lr, rho)
-    if name in _MORE:
-        return _MORE[name](lr, rho, momentum)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-# --- Momentum and unnormalised variants -------------------------------------------------------
-# Hyperparameters may be traced arrays (the quadratic simulations of samedge.theory vmap over them).
+# Every step is one of two shapes: it descends along grad L(w) through an optax base (which may
+# keep a velocity), or along the gradient at an ascent point computed from g = grad L(w) on the
+# same batch. Hyperparameters may be traced arrays (samedge.theory vmaps over them).
 
 
 def _plain(name: str, base: optax.GradientTransformation, edge) -> Optimizer:
@@ -150,6 +103,20 @@ def _ascending(name: str, base: optax.GradientTransformation, ascent, edge) -> O
         return params, state, loss
 
     return Optimizer(name, base.init, update, edge, gradient_at)
+
+
+def gd(lr) -> Optimizer:
+    """Gradient descent ``w' = w - lr * grad L(w)``; edge ``2 / lr``."""
+    return _plain("gd", optax.sgd(lr), lambda grad_norm: edges.gd_edge(lr) + 0.0 * grad_norm)
+
+
+def sam(lr, rho) -> Optimizer:
+    """SAM ``w' = w - lr * grad L(w + rho g/||g||)`` with ``g = grad L(w)``; edge :func:`edges.sam_edge`.
+
+    With ``rho = 0`` the ascent point is ``w`` itself and the step equals :func:`gd` exactly.
+    """
+    return _ascending("sam", optax.sgd(lr), lambda p, g: sam_ascent_point(p, g, rho),
+                      lambda grad_norm: edges.sam_edge(lr, rho, grad_norm))
 
 
 def momentum(lr, beta) -> Optimizer:
@@ -186,12 +153,21 @@ def sam_momentum(lr, rho, beta) -> Optimizer:
                       lambda grad_norm: edges.sam_momentum_edge(lr, rho, beta, grad_norm))
 
 
-_MORE = {
+_BUILDERS = {
+    "gd": lambda lr, rho, beta: gd(lr),
+    "sam": lambda lr, rho, beta: sam(lr, rho),
     "momentum": lambda lr, rho, beta: momentum(lr, beta),
     "nesterov": lambda lr, rho, beta: nesterov(lr, beta),
     "usam": lambda lr, rho, beta: usam(lr, rho),
     "sam_momentum": lambda lr, rho, beta: sam_momentum(lr, rho, beta),
 }
+
+
+def build(name: str, lr, rho=0.0, momentum=0.0) -> Optimizer:
+    """The optimizer called ``name`` (see :data:`samedge.config.OPTIMIZERS`)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown optimizer {name!r}")
+    return _BUILDERS[name](lr, rho, momentum)
 
 
 def ascent_point_fn(name: str, rho) -> Callable | None:
