@@ -48,9 +48,9 @@ def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):
 
     from samedge import curvature, measure, steps
 
-    small = tasks.build_task("mnist", tasks.make_task_config("mnist", dict(n_train=32, n_test=8, width=8, depth=3)),
+    small = tasks.build_task("mnist", tasks.make_task_config("mnist", dict(n_train=32, n_test=8, width=4, depth=3)),
                              data_dir=tiny_task.info["data_source"].rsplit("/mnist", 1)[0])
-    cfg = config.resolve("mnist", "quick", task_overrides=dict(n_train=32, n_test=8, width=8, depth=3),
+    cfg = config.resolve("mnist", "quick", task_overrides=dict(n_train=32, n_test=8, width=4, depth=3),
                          optimizer="gd", lr=0.5, topk=2, lanczos_tol=1e-6)
     params = small.init_params(jax.random.PRNGKey(0))
     row, _ = measure.make_measure(small, steps.build("gd", 0.5), cfg)(
