@@ -47,9 +47,9 @@ PRESETS = {
     #   while the loss falls 0.24 -> 0.084; final train acc 0.36, test acc 0.19. 2,182 s wall
     #   here (load ~20). (At lr 0.008 the issue saw 0.88-0.93 x 2/eta: too far below the edge.)
     # - SAM lr 0.003, rho 0.1 (2/eta = 667): lambda_max / SAM-edge 1.06 (step 0), 1.15 (20), then
-    #   1.02-1.09 from step 40 to 360 (median over steps 200-360: 1.048) as the SAM-edge falls
-    #   281 -> 52 (far below 2/eta) and the loss 3.52 -> 0.19; 3,500 s wall to step 360 here (load
-    #   5-27). The issue measured the same setting at 1.02-1.07 x SAM-edge from step 75 to 825.
+    #   1.02-1.09 from step 40 to 400 (median over the second half 1.048, p10-p90 1.036-1.054) as
+    #   the SAM-edge falls 281 -> 50 (far below 2/eta) and the loss 3.52 -> 0.18; test acc 0.13.
+    #   3,598 s wall here (load 5-27). The issue measured the same setting at 1.02-1.07 x SAM-edge from step 75 to 825.
     "quick": Preset(
         name="quick",
         description="the paper's CNN with 8 base channels on the first 256 CIFAR-10 images, full batch",
