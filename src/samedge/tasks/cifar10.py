@@ -34,7 +34,7 @@ def _positive_int(name, value):
 
 
 PRESETS = {
-    # Sized for 2 CPU cores: 256 images, 8 base channels (11,690 parameters), 400 steps, measured
+    # First sized (by the CIFAR-10 session) at 256 images, 8 base channels (11,690 parameters), 400 steps, measured
     # every 20. Measured here (seed 0; the machine's 2 cores at load 22-27, so every time is
     # pessimistic, and these runs used a fully unrolled chunk, see benchmarks/cnn_scan_unroll.py):
     # - both start at loss 3.52, lambda_max 297, |g| 20.5.
@@ -46,17 +46,26 @@ PRESETS = {
     #   1.02-1.09 from step 40 to 400 (median over the second half 1.048, p10-p90 1.036-1.054) as
     #   the SAM-edge falls 281 -> 50 (far below 2/eta) and the loss 3.52 -> 0.18; test acc 0.13.
     #   3,598 s wall here (load 5-27). The issue measured the same setting at 1.02-1.07 x SAM-edge from step 75 to 825.
+    # Then, on the idle machine (integration): 20 unrolled SAM steps take 7.0 s (20 rolled: 33.8 s),
+    # one gradient 0.39 s, but a measurement 25 s, 18 of its HVPs at the SAM ascent point (HVPs of
+    # the CNN inside Lanczos' while_loop cost ~1.4 s each; 256 images and 200 steps still took
+    # ~6 min). So the quick preset takes the first 128 images, 200 steps (both optimizers settle by
+    # step 40) and no ascent-point measurement. Timed on the idle machine, seed 0:
+    # - SAM lr 0.003, rho 0.1: 180 s wall; lambda_max / SAM-edge 1.05-1.14 from step 40 on, median
+    #   over the second half 1.045 (p10 1.033, p90 1.084); SAM-edge 69 at the end, 2/eta = 667.
+    # - GD lr 0.01: 54 s wall; lambda_max 191-193 from step 40 on, eta * lambda_max / 2 median 0.966.
     "quick": Preset(
         name="quick",
-        description="the paper's CNN with 8 base channels on the first 256 CIFAR-10 images, full batch",
-        task=dict(n_train=256, n_test=2000, blocks=2, convs_per_block=1, base_channels=8),
-        steps=400,
+        description="the paper's CNN with 8 base channels on the first 128 CIFAR-10 images, full batch",
+        task=dict(n_train=128, n_test=2000, blocks=2, convs_per_block=1, base_channels=8),
+        steps=200,
         measure_every=20,
         eval_every=100,
         lr={"gd": 0.01, "*": 0.003},
         rho=0.1,
         grid_lr=(0.003, 0.01),
         grid_rho=(0.0, 0.1, 0.3),
+        run=dict(measure_sam_point=False),
     ),
     # The paper's setting: 1,000 images, 16 base channels (25,674 parameters), the paper's grid; a
     # GPU-sized job (~1.4 s a step on 2 cores per the issue). NOT measured here: a one-step run
