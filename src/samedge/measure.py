@@ -47,8 +47,8 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
     ascent_fn = ascent_point_fn(cfg.optimizer, cfg.rho)
     measure_sam = cfg.measure_sam_point and ascent_fn is not None and cfg.rho > 0
 
-    def top_eigen(params, batch, v0):
-        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), params)
+    def top_eigen(point, batch, v0, k):
+        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, batch), point)
         return curvature.lanczos(matvec, v0, k=k, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol)
 
     def measure(params, data, step, vectors):
@@ -61,7 +61,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
         # the Krylov space is never trapped in an invariant subspace.
         noise = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), step), vectors.shape[1:])
         v0 = vectors.sum(0) + 0.01 * noise / jnp.linalg.norm(noise)
-        eig = top_eigen(params, batch, v0.astype(g_flat.dtype))
+        eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k)
         lambda_max = jnp.abs(eig.values[0])
         edge = optimizer.edge(grad_norm)
         descent = ravel_pytree(optimizer.gradient_at(params, lambda p: grad_fn(p, batch)))[0]
@@ -70,7 +70,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             "grad_norm": grad_norm,
             "lambda_max": lambda_max,
             "edge": edge,
-            "gd_edge": edges.gd_edge(cfg.lr) + 0.0 * loss,
+            "gd_edge": jnp.asarray(edges.gd_edge(cfg.lr), loss.dtype),
             "ratio": lambda_max / edge,
             "align_grad": curvature.alignment(g_flat, eig.vectors[0]),
             "align_sam_grad": curvature.alignment(descent, eig.vectors[0]),
@@ -82,11 +82,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
             row[f"lambda_{i + 1}"] = eig.values[i]
             row[f"resid_{i + 1}"] = eig.residuals[i]
         if measure_sam:
-            ascent = ascent_fn(params, grad)
-            sam_eig = curvature.lanczos(
-                curvature.flat_hvp(lambda p: task.loss_fn(p, batch), ascent)[0],
-                eig.vectors[0], k=1, max_iters=cfg.lanczos_max_iters, tol=cfg.lanczos_tol,
-            )
+            sam_eig = top_eigen(ascent_fn(params, grad), batch, eig.vectors[0], 1)
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
