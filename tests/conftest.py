@@ -47,6 +47,8 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMEDGE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("SAMEDGE_DATA_DIR", raising=False)
     monkeypatch.setenv("SAMEDGE_OFFLINE", "1")
+    # Nor may a test (or a worker it spawns) fill a compilation cache; test_jit_cache.py turns it on.
+    monkeypatch.setenv("SAMEDGE_JIT_CACHE", "off")
 
 
 @pytest.fixture

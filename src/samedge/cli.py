@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from samedge import jit_cache
 from samedge.errors import SamedgeError
 
 EXIT_USER_ERROR = 2
@@ -497,6 +498,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        jit_cache.enable()  # later runs of the same programs skip their compile
         return args.handler(args)
     except SamedgeError as exc:
         if args.traceback:

@@ -146,9 +146,24 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov,
 
 
 def _ritz_vectors(krylov: _Krylov, s_k: jax.Array) -> jax.Array:
-    """``(k, n)`` unit Ritz vectors from the ``(m, k)`` eigenvectors of T."""
-    m = krylov.alphas.shape[0]
-    vectors = s_k.T @ krylov.basis[:m]
+    """``(k, n)`` unit Ritz vectors from the ``(m, k)`` eigenvectors of T after ``krylov.j`` matvecs.
+
+    Only basis rows ``0 .. j-1`` carry the Ritz vectors, so only their blocks are read (like
+    :func:`_orthogonalise`: the product is memory-bound, and the whole basis of a 64-step run on a
+    335k-parameter model is 86 MB against ~10 MB for a typical warm-started run).
+    """
+    rows, n = krylov.basis.shape
+    last = krylov.j - 1  # the last live row
+    live = jnp.arange(s_k.shape[0]) <= last
+    s_pad = jnp.zeros((rows, s_k.shape[1]), s_k.dtype).at[: s_k.shape[0]].set(jnp.where(live[:, None], s_k, 0.0))
+
+    def one_block(b, acc):
+        basis_b = jax.lax.dynamic_slice_in_dim(krylov.basis, b * _BLOCK, _BLOCK)  # (_BLOCK, n)
+        s_b = jax.lax.dynamic_slice_in_dim(s_pad, b * _BLOCK, _BLOCK)  # (_BLOCK, k)
+        return acc + s_b.T @ basis_b
+
+    zeros = jnp.zeros((s_k.shape[1], n), krylov.basis.dtype)
+    vectors = jax.lax.fori_loop(0, jnp.maximum(last, 0) // _BLOCK + 1, one_block, zeros)
     eps = jnp.finfo(vectors.dtype).eps
     return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from samedge import config as config_mod
-from samedge import tasks
+from samedge import jit_cache, tasks
 from samedge.errors import ConfigError
 from samedge.store import SUMMARY, _clean, read_json, require_same_config, run_status, write_json_atomic
 
@@ -202,6 +202,7 @@ def limit_threads(cpus: Sequence[int]) -> None:
 def _local_main(cfg, path, cpus, data_dir, runner) -> None:
     # The first thing a spawned worker does, before anything imports JAX.
     limit_threads(cpus)
+    jit_cache.enable()
     summary = run_job(cfg, path, data_dir=data_dir, runner=runner, cpus=cpus)
     sys.exit(0 if summary.get("status") in FINISHED else 1)
 
@@ -249,6 +250,7 @@ def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=No
 
 
 def _ray_main(cfg, path, data_dir, runner) -> dict:
+    jit_cache.enable()  # per machine: the folder name carries the host and its CPU
     return run_job(cfg, path, data_dir=data_dir, runner=runner)
 
 
