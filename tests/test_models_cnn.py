@@ -74,8 +74,9 @@ def reference_forward(params, x, blocks, convs):
     return x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"]
 
 
-def test_forward_matches_a_second_implementation(x64):
-    model = CNN(blocks=2, convs_per_block=2, base_channels=3)
+@pytest.mark.parametrize("patches", [True, False])
+def test_forward_matches_a_second_implementation(x64, patches):
+    model = CNN(blocks=2, convs_per_block=2, base_channels=3, patches=patches)
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3), jnp.float64)
     params = jax.tree.map(lambda v: v.astype(jnp.float64), model.init(jax.random.PRNGKey(3), x))
     # Random LayerNorm scales and biases, so their placement is checked too.
@@ -97,3 +98,31 @@ def test_glorot_normal_initialisation():
         assert np.abs(np.asarray(w)).max() <= 2.0 * std / 0.87962566 + 1e-6
     assert np.all(np.asarray(params["Conv_0"]["bias"]) == 0.0)
     assert np.all(np.asarray(params["LayerNorm_0"]["scale"]) == 1.0)
+
+
+def test_patch_convolution_and_pool_match_lax_on_odd_sizes(x64):
+    # Odd sides, several channels, a random bias-free kernel: the patch product is XLA's convolution,
+    # the reshape pool is reduce_window's VALID pool (the odd last row and column dropped).
+    from samedge.models.cnn import conv3x3_patches, max_pool_2x2
+
+    x = jax.random.normal(jax.random.PRNGKey(5), (3, 7, 9, 4), jnp.float64)
+    kernel = jax.random.normal(jax.random.PRNGKey(6), (3, 3, 4, 5), jnp.float64)
+    want = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv3x3_patches(x, kernel), want, rtol=1e-12, atol=1e-12)
+    pooled = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    np.testing.assert_array_equal(max_pool_2x2(x), pooled)
+
+
+def test_both_forms_give_the_same_hessian_vector_product(x64):
+    # The Hessian is what samedge measures: the patch form must not change it.
+    from samedge import curvature
+
+    x = jax.random.normal(jax.random.PRNGKey(7), (6, 8, 8, 3), jnp.float64)
+    y = jax.nn.one_hot(jnp.arange(6) % 10, 10)
+    fast, slow = CNN(base_channels=2, patches=True), CNN(base_channels=2, patches=False)
+    params = jax.tree.map(lambda v: v.astype(jnp.float64), fast.init(jax.random.PRNGKey(8), x))
+    hv = {}
+    for name, model in (("fast", fast), ("slow", slow)):
+        matvec, n = curvature.flat_hvp(lambda p: 0.5 * jnp.mean(jnp.sum((model.apply(p, x) - y) ** 2, -1)), params)
+        hv[name] = matvec(jax.random.normal(jax.random.PRNGKey(9), (n,), jnp.float64))
+    np.testing.assert_allclose(hv["fast"], hv["slow"], rtol=1e-9, atol=1e-12)

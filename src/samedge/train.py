@@ -46,8 +46,7 @@ def make_chunk(task: Task, optimizer: steps.Optimizer, length: int) -> Callable:
             params, opt_state, loss = optimizer.update(params, opt_state, grad_fn)
             return (params, opt_state), loss
 
-        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(length),
-                                                   unroll=task.scan_unroll)
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), jnp.arange(length))
         return params, opt_state, losses
 
     return jax.jit(chunk, donate_argnums=(0, 1))

@@ -59,9 +59,6 @@ class Task:
     measure_batch_fn: Callable[[Any, Any], Any]
     evaluate: Callable[[Any], dict]  # params -> {"test_loss": .., "test_acc": ..}
     info: dict = field(default_factory=dict)  # data source, sizes, number of parameters
-    # How the training chunk's lax.scan is unrolled: 1 (rolled) suits dense models; True (fully
-    # unrolled) suits convolutions, which XLA's CPU backend runs far slower inside a rolled loop.
-    scan_unroll: int | bool = 1
 
 
 def task_module(name: str):
@@ -110,8 +107,7 @@ def square_loss(logits, targets):
     return jnp.mean((logits - targets) ** 2)
 
 
-def full_batch_classification(name: str, config, model, train, test, *, source: str,
-                              scan_unroll: int | bool = 1) -> Task:
+def full_batch_classification(name: str, config, model, train, test, *, source: str) -> Task:
     """A full-batch task with square loss on one-hot targets (the paper's MNIST and CIFAR-10 setups).
 
     ``model`` is a flax module mapping ``(N, ...)`` inputs to ``(N, C)`` outputs; ``train`` and
@@ -154,5 +150,4 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test_arrays).items()},
         info={"data_source": source, "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
               "n_params": count_params(init_params)},
-        scan_unroll=scan_unroll,
     )

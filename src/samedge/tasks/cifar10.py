@@ -34,31 +34,25 @@ def _positive_int(name, value):
 
 
 PRESETS = {
-    # First sized (by the CIFAR-10 session) at 256 images, 8 base channels (11,690 parameters), 400 steps, measured
-    # every 20. Measured here (seed 0; the machine's 2 cores at load 22-27, so every time is
-    # pessimistic, and these runs used a fully unrolled chunk, see benchmarks/cnn_scan_unroll.py):
-    # - both start at loss 3.52, lambda_max 297, |g| 20.5.
-    # - GD lr 0.01 (2/eta = 200, below the initial 297): lambda_max drops to 214 (step 20), then sits
-    #   at 189-192 = 0.94-0.96 x 2/eta from step 40 to 400 (median over the second half 0.948)
-    #   while the loss falls 0.24 -> 0.084; final train acc 0.36, test acc 0.19. 2,182 s wall
-    #   here (load ~20). (At lr 0.008 the issue saw 0.88-0.93 x 2/eta: too far below the edge.)
-    # - SAM lr 0.003, rho 0.1 (2/eta = 667): lambda_max / SAM-edge 1.06 (step 0), 1.15 (20), then
-    #   1.02-1.09 from step 40 to 400 (median over the second half 1.048, p10-p90 1.036-1.054) as
-    #   the SAM-edge falls 281 -> 50 (far below 2/eta) and the loss 3.52 -> 0.18; test acc 0.13.
-    #   3,598 s wall here (load 5-27). The issue measured the same setting at 1.02-1.07 x SAM-edge from step 75 to 825.
-    # Then, on the idle machine (integration): 20 unrolled SAM steps take 7.0 s (20 rolled: 33.8 s),
-    # one gradient 0.39 s, but a measurement 25 s, 18 of its HVPs at the SAM ascent point (HVPs of
-    # the CNN inside Lanczos' while_loop cost ~1.4 s each; 256 images and 200 steps still took
-    # ~6 min). So the quick preset takes the first 128 images, 200 steps (both optimizers settle by
-    # step 40) and no ascent-point measurement. Timed on the idle machine, seed 0:
-    # - SAM lr 0.003, rho 0.1: 180 s wall; lambda_max / SAM-edge 1.05-1.14 from step 40 on, median
-    #   over the second half 1.045 (p10 1.033, p90 1.084); SAM-edge 69 at the end, 2/eta = 667.
-    # - GD lr 0.01: 54 s wall; lambda_max 191-193 from step 40 on, eta * lambda_max / 2 median 0.966.
+    # The quick preset: 256 images, 8 base channels (11,690 parameters), 400 steps, measured every 20.
+    # History, for the record: the CIFAR-10 session sized it so (load 20+, SAM median ratio over the
+    # second half 1.048, GD eta*lambda/2 0.948); then XLA's convolution inside compiled loops (the
+    # training chunk, Lanczos' while_loop) was found ~6x slower than outside, and the preset was cut
+    # to 128 images and 200 steps, where SAM's ratio proved fragile (1.045 on 2 cores, 1.198 in a
+    # one-core sweep worker). With the patch-product convolution (models/cnn.py) it is back at 256
+    # images. Measured on the idle 2 cores, seed 0, before the last edit of this comment:
+    # - SAM lr 0.003 rho 0.1 (--measure-sam-point on): 116 s wall; lambda_max / SAM-edge 1.036-1.066
+    #   from step 100 on, median over the second half 1.048; SAM-edge 282 -> 52, 2/eta = 667.
+    # - one-core workers (taskset, XLA's Eigen threads off, as `samedge sweep` runs them): SAM rho 0.1
+    #   median 1.047, rho 0.3 1.050, 150 s each.
+    # - this preset as it stands (no ascent-point measurement), `samedge run cifar10 --preset quick
+    #   --optimizer sam|gd --rho 0.1`: SAM 91 s wall, median ratio 1.048 (1.036-1.066 from step 100
+    #   on); GD lr 0.01 50 s wall, eta * lambda_max / 2 0.957-0.944 from step 40 on, median 0.949.
     "quick": Preset(
         name="quick",
-        description="the paper's CNN with 8 base channels on the first 128 CIFAR-10 images, full batch",
-        task=dict(n_train=128, n_test=2000, blocks=2, convs_per_block=1, base_channels=8),
-        steps=200,
+        description="the paper's CNN with 8 base channels on the first 256 CIFAR-10 images, full batch",
+        task=dict(n_train=256, n_test=2000, blocks=2, convs_per_block=1, base_channels=8),
+        steps=400,
         measure_every=20,
         eval_every=100,
         lr={"gd": 0.01, "*": 0.003},
@@ -68,9 +62,7 @@ PRESETS = {
         run=dict(measure_sam_point=False),
     ),
     # The paper's setting: 1,000 images, 16 base channels (25,674 parameters), the paper's grid; a
-    # GPU-sized job (~1.4 s a step on 2 cores per the issue). NOT measured here: a one-step run
-    # (`run cifar10 --preset paper --optimizer sam --lr 0.01 --steps 1 --measure-every 1`) had not
-    # finished compiling after 10 min on the loaded machine. The issue saw initial loss ~48 and
+    # GPU-sized job (~1.4 s a step on 2 cores per the issue, measured with XLA's convolution). The issue saw initial loss ~48 and
     # lambda_max ~668; our quick model starts at loss 3.52, so check that figure. If the initial
     # lambda_max is ~668, the eta = 0.01 runs start far above 2/eta = 200 (and SAM's edge is lower
     # still): GD/SAM must first catapult down by a factor > 3, and the issue saw SAM at eta 0.01,
@@ -97,8 +89,4 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
     (x, y), (x_test, y_test) = cifar_data.preprocess(raw)
     model = CNN(blocks=config.blocks, convs_per_block=config.convs_per_block,
                 base_channels=config.base_channels, num_outputs=cifar_data.NUM_CLASSES)
-
-    # Convolutions inside a rolled lax.scan run several times slower on XLA's CPU backend than
-    # unrolled (benchmarks/cnn_scan_unroll.py: 8.7 s against 1.7 s a step), so the chunk is unrolled.
-    return full_batch_classification("cifar10", config, model, (x, y), (x_test, y_test), source=raw.source,
-                                     scan_unroll=True)
+    return full_batch_classification("cifar10", config, model, (x, y), (x_test, y_test), source=raw.source)
