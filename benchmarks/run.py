@@ -15,7 +15,10 @@ Prints a table and, as its last line, one JSON object:
   ``baselines.py``) takes to stop, both from the same random start; errors against a 100-step
   float64 Lanczos.
 - ``p3_tracking_overhead``: the share of a whole quick-MNIST SAM run's wall time (default preset,
-  default cadence, compiles included) spent in the curvature measurement; also without compiles.
+  default cadence, compiles included, empty compilation cache) spent in the curvature measurement;
+  ``p3_tracking_overhead_warm_cache`` the same run again with its programs in the persistent
+  compilation cache (``samedge.jit_cache``: every later run of the CLI reads them); also the steady
+  share (without the first measurement), and the other quick tasks at their own default cadence.
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
 """
 
@@ -25,6 +28,7 @@ import json
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -32,7 +36,7 @@ import jax.numpy as jnp
 
 import baselines
 import points
-from samedge import curvature, measure, steps, tasks, train
+from samedge import curvature, jit_cache, measure, steps, tasks, train
 
 P2_TARGET = 1e-4
 TOLERANCES = (1e-3, 3e-4, 1e-4, 3e-5)
@@ -115,9 +119,9 @@ def p2() -> dict:
     return out
 
 
-def p3() -> dict:
-    """A whole default quick-MNIST SAM run with the measurement calls timed (they sync anyway)."""
-    cfg, task = points.quick_task("mnist", optimizer="sam")
+def p3(name: str = "mnist") -> dict:
+    """A whole default quick SAM run of task ``name``, with the measurement calls timed (they sync anyway)."""
+    cfg, task = points.quick_task(name, optimizer="sam")
     calls: list[tuple[float, dict]] = []
     cpu: list[float] = []
     original = measure.make_measure
@@ -143,9 +147,10 @@ def p3() -> dict:
         measure.make_measure = original
     seconds = [s for s, _ in calls]
     hvps = [int(row["hvps"]) + int(row.get("hvps_sam", 0)) for _, row in calls]
-    return {"wall_s": wall, "measure_s": sum(seconds), "first_measure_s": seconds[0], "measurements": len(calls),
+    return {"task": name, "wall_s": wall, "measure_s": sum(seconds), "first_measure_s": seconds[0],
+            "measurements": len(calls), "steps": cfg.steps,
             "overhead": sum(seconds) / wall,
-            # without the first measurement's compile, against the wall time less that compile
+            # without the first measurement (its compile and cold start), against the wall time less it
             "overhead_steady": sum(seconds[1:]) / (wall - seconds[0]),
             "overhead_cpu": sum(cpu) / wall_cpu,
             "hvps_median": statistics.median(hvps), "hvps_max": max(hvps),
@@ -154,9 +159,20 @@ def p3() -> dict:
             "status": summary["status"]}
 
 
+def print_p3(r: dict, label: str) -> None:
+    print(f"  {r['task']:<12} {label:<11} {r['steps']:>5} {r['measure_every']:>6} {r['wall_s']:>7.1f} "
+          f"{r['measure_s']:>8.1f} {r['first_measure_s']:>6.2f} {r['hvps_median']:>5g} {r['overhead']:>9.3f} "
+          f"{r['overhead_steady']:>7.3f} {r['overhead_cpu']:>6.3f}  {r['ratio_median']:.3f} {r['status']}")
+
+
 def main() -> int:
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}")
+    # A fresh persistent compilation cache, as a first run on a new machine has: P3 runs the quick
+    # MNIST run twice, cold and then warm.
+    cache = tempfile.mkdtemp(prefix="samedge-bench-jit-")
+    jit_cache.enable(cache)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; compilation cache {cache}")
     p1_rows, skipped = p1()
+    skipped_names = {s.split(":")[0] for s in skipped}
     print("\nP1  SAM step (in a compiled chunk) / 2 gradients, quick presets")
     print(f"{'task':<12} {'SAM step ms':>12} {'gradient ms':>12} {'ratio':>7} {'ratio (CPU time)':>17}")
     for r in p1_rows:
@@ -176,15 +192,24 @@ def main() -> int:
     print("  (an FD product costs two gradients, an exact HVP about 1.7)")
     chosen = r2["lanczos"][-1]
 
-    r3 = p3()
-    print(f"\nP3  quick-MNIST SAM run, measure every {r3['measure_every']} steps, SAM-point measurement "
-          f"{'on' if r3['measure_sam_point'] else 'off'}, Lanczos tol {r3['lanczos_tol']:g}")
-    print(f"  wall {r3['wall_s']:.1f} s, measurement {r3['measure_s']:.1f} s in {r3['measurements']} calls "
-          f"(first, with its compile: {r3['first_measure_s']:.1f} s); HVPs per measurement median "
-          f"{r3['hvps_median']}, max {r3['hvps_max']}")
-    print(f"  overhead {r3['overhead']:.3f} (without the first compile {r3['overhead_steady']:.3f}; "
-          f"in CPU time {r3['overhead_cpu']:.3f}); "
-          f"run status {r3['status']}, ratio median {r3['ratio_median']}")
+    print("\nP3  share of a whole quick SAM run's wall time spent measuring, default preset and cadence")
+    print("    (cold: the first run of these programs, compiles included; warm: the same run again, its")
+    print("    compiled programs read from the persistent compilation cache, as any later run reads them)")
+    print(f"  {'task':<12} {'cache':<11} {'steps':>5} {'every':>6} {'wall s':>7} {'measure':>8} {'first':>6} "
+          f"{'HVPs':>5} {'overhead':>9} {'steady':>7} {'CPU':>6}  ratio status")
+    r3 = p3("mnist")
+    print_p3(r3, "cold")
+    r3w = p3("mnist")
+    print_p3(r3w, "warm")
+    others = []
+    for name in tasks.TASKS:
+        if name == "mnist" or name in skipped_names:
+            continue
+        others.append(p3(name))
+        print_p3(others[-1], "cold")
+    print(f"  (MNIST: Lanczos tol {r3['lanczos_tol']:g}, SAM-point measurement "
+          f"{'on' if r3['measure_sam_point'] else 'off'}; HVPs per measurement median {r3['hvps_median']:g}, "
+          f"max {r3['hvps_max']})")
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory (max RSS) {peak_mb:.0f} MB")
@@ -197,9 +222,12 @@ def main() -> int:
         "p2_lanczos_tol": chosen["tol"],
         "p2_power_relerr": r2["power_relerr"],
         "p3_tracking_overhead": r3["overhead"],
+        "p3_tracking_overhead_warm_cache": r3w["overhead"],
         "p3_tracking_overhead_steady": r3["overhead_steady"],
         "p3_tracking_overhead_cpu": r3["overhead_cpu"],
         "p3_hvps_per_measurement_median": r3["hvps_median"],
+        "p3_other_tasks": {r["task"]: {"overhead": round(r["overhead"], 4), "measure_every": r["measure_every"],
+                                       "steps": r["steps"]} for r in others},
         "peak_rss_mb": round(peak_mb, 1),
     }
     print(json.dumps(result))
