@@ -10,10 +10,24 @@ TINY = ["--set", "n_train=64", "--set", "n_test=32", "--set", "width=8", "--set"
 
 
 def test_edge_command(capsys):
-    assert cli.main(["edge", "--lr", "0.1", "--rho", "0.1", "--grad-norm", "0.5"]) == 0
+    assert cli.main(["edge", "--lr", "0.1", "--rho", "0.1", "--grad-norm", "0.5", "--momentum", "0.5"]) == 0
+    lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[2:]}
+    assert float(lines["gd"][1]) == 20.0 and float(lines["gd"][2]) == 1.0
+    assert float(lines["momentum"][1]) == pytest.approx(30.0, rel=1e-6)  # (2 + 2 * 0.5) / 0.1
+    assert float(lines["nesterov"][1]) == pytest.approx(15.0, rel=1e-6)  # 3 / (0.1 * 2)
+    assert float(lines["sam"][1]) == pytest.approx(float(edges.sam_edge(0.1, 0.1, 0.5)), rel=1e-5)
+    # The SAM-edge solves eta lam (1 + rho lam/|g|) = 2 (the quadratic's instability condition).
+    lam = float(lines["sam"][1])
+    assert 0.1 * lam * (1 + 0.1 * lam / 0.5) == pytest.approx(2.0, rel=1e-5)
+    assert float(lines["usam"][1]) == pytest.approx(float(edges.usam_edge(0.1, 0.1)), rel=1e-5)
+    assert float(lines["sam_momentum"][1]) == pytest.approx(float(edges.sam_momentum_edge(0.1, 0.1, 0.5, 0.5)),
+                                                              rel=1e-5)
+
+
+def test_edge_command_without_grad_norm(capsys):
+    assert cli.main(["edge", "--lr", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "= 20" in out
-    assert f"{float(edges.sam_edge(0.1, 0.1, 0.5)):.6g}" in out
+    assert "needs --grad-norm" in out and float(out.split("gd")[1].split()[0]) == 4.0
 
 
 def test_run_end_to_end(tmp_path, data_dir, capsys):

@@ -221,20 +221,38 @@ def _cmd_edge(args) -> int:
         raise SamedgeError(f"--lr must be > 0, got {args.lr}")
     if not args.rho >= 0:
         raise SamedgeError(f"--rho must be >= 0, got {args.rho}")
-    if not args.grad_norm >= 0:
+    if args.grad_norm is not None and not args.grad_norm >= 0:
         raise SamedgeError(f"--grad-norm must be >= 0, got {args.grad_norm}")
-    gd = edges.gd_edge(args.lr)
-    sam = float(edges.sam_edge(args.lr, args.rho, args.grad_norm))
-    print(f"GD edge  2/eta                                   = {gd:.6g}")
-    print(f"SAM-edge 4/(eta (1 + sqrt(1 + 8 rho/(eta |g|)))) = {sam:.6g}   ({sam / gd:.4f} x 2/eta)")
+    if not 0 <= args.momentum < 1:
+        raise SamedgeError(f"--momentum must be in [0, 1), got {args.momentum}")
+    eta, rho, beta, g = args.lr, args.rho, args.momentum, args.grad_norm
+    gd = edges.gd_edge(eta)
+    need_g = "(needs --grad-norm)"
+    rows = [
+        ("gd", gd, "2/eta"),
+        ("momentum", edges.momentum_edge(eta, beta), "(2 + 2 beta)/eta"),
+        ("nesterov", edges.nesterov_edge(eta, beta), "(2 + 2 beta)/(eta (1 + 2 beta))"),
+        ("sam", None if g is None else edges.sam_edge(eta, rho, g), "4/(eta (1 + sqrt(1 + 8 rho/(eta |g|))))"),
+        ("usam", edges.usam_edge(eta, rho), "4/(eta (1 + sqrt(1 + 8 rho/eta)))"),
+        ("sam_momentum", None if g is None else edges.sam_momentum_edge(eta, rho, beta, g),
+         "SAM's ascent feeding heavy ball (edges.py)"),
+    ]
+    print(f"eta {eta:g}, rho {rho:g}, momentum beta {beta:g}, |g| {'-' if g is None else format(g, 'g')}")
+    print(f"{'optimizer':<13} {'edge':>11} {'x 2/eta':>8}  formula")
+    for name, edge, formula in rows:
+        value = need_g if edge is None else f"{float(edge):.6g}"
+        ratio = "" if edge is None else f"{float(edge) / gd:.4f}"
+        print(f"{name:<13} {value:>11} {ratio:>8}  {formula}")
     return 0
 
 
 def _add_edge(sub) -> None:
-    p = sub.add_parser("edge", help="print the GD and SAM edges for a step size, radius and gradient norm")
-    p.add_argument("--lr", type=float, required=True)
-    p.add_argument("--rho", type=float, default=0.0)
-    p.add_argument("--grad-norm", type=float, required=True)
+    p = sub.add_parser("edge", help="print every optimizer's edge of stability for a step size, radius, "
+                                    "momentum and gradient norm")
+    p.add_argument("--lr", type=float, required=True, help="step size eta")
+    p.add_argument("--rho", type=float, default=0.0, help="SAM/USAM radius (default 0)")
+    p.add_argument("--momentum", type=float, default=0.9, help="beta of the momentum methods (default 0.9)")
+    p.add_argument("--grad-norm", type=float, default=None, help="|g|, which the SAM edges depend on")
     p.set_defaults(handler=_cmd_edge)
 
 

@@ -15,3 +15,7 @@ class DataError(SamedgeError):
 
 class RunDirError(SamedgeError):
     """The output folder cannot be used as asked (exists with another config, unwritable)."""
+
+
+class RunInUseError(RunDirError):
+    """Another live process is writing the run folder (it holds the folder's lock)."""

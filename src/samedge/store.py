@@ -4,6 +4,11 @@
 ``metrics.csv``, and ``summary.json`` is written only when the run ends (completed, diverged,
 interrupted or failed): a folder without ``summary.json``, or whose status is not ``completed``,
 never looks like a finished run.
+
+A process writing a run folder holds an exclusive lock on its ``.lock`` file (``flock``; released
+by :meth:`RunStore.finish`, :meth:`RunStore.close`, or the process's death), so a second process
+(another ``samedge run --overwrite``, a ``resume``, a sweep retry) is refused with
+:class:`~samedge.errors.RunInUseError` instead of writing the same files.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import json
 import math
 import os
 import platform
+import socket
 import sys
 from pathlib import Path
 from typing import Mapping
 
-from samedge.errors import RunDirError
+from samedge.errors import RunDirError, RunInUseError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.csv", "summary.json"
 CHECKPOINT = "checkpoint.msgpack"  # written by samedge.checkpoint; removed with the run on --overwrite
+LOCK = ".lock"  # flock-ed by the process writing the run; holds "pid N on HOST"
 # The columns every run has first, in this order; the rest follow as the measurement gives them.
 LEADING = ("step", "time_s", "loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio",
            "align_grad", "align_sam_grad")
@@ -66,12 +73,61 @@ def read_json(path: Path):
         return json.load(f)
 
 
-class RunStore:
-    """Writes one run's folder. Create it with :meth:`create`."""
+def _try_lock(path: Path):
+    """The open, exclusively locked ``.lock`` file of ``path``; :class:`RunInUseError` if another
+    process holds it. None where ``fcntl`` is missing (Windows: no locking)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    f = open(path / LOCK, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "an unknown process"
+        f.close()
+        raise RunInUseError(f"{path} is being written by another samedge process ({holder}); "
+                            f"wait for it to end or stop it") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    return f
 
-    def __init__(self, path: Path):
+
+def in_use(path) -> str | None:
+    """Who holds the lock of the run folder ``path`` (``"pid N on HOST"``), or None if nobody does."""
+    path = Path(path)
+    if not (path / LOCK).exists():
+        return None
+    try:
+        f = _try_lock(path)
+    except RunInUseError as exc:
+        holder = str(exc).split("(", 1)[1].split(")", 1)[0]
+        # This very process (a store not yet closed, e.g. while an error unwinds) is not "another".
+        return None if holder == f"pid {os.getpid()} on {socket.gethostname()}" else holder
+    except OSError:
+        return None
+    if f is not None:
+        f.close()
+    return None
+
+
+class RunStore:
+    """Writes one run's folder. Create it with :meth:`create` or :meth:`reopen`; it holds the
+    folder's lock until :meth:`finish` or :meth:`close`."""
+
+    def __init__(self, path: Path, lock=None):
         self.path = Path(path)
         self._columns: list[str] | None = None
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the folder's lock (idempotent)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @classmethod
     def create(cls, path, config: Mapping, *, overwrite: bool = False) -> "RunStore":
@@ -92,9 +148,12 @@ class RunStore:
             probe.unlink()
         except OSError as exc:
             raise RunDirError(f"cannot write to {path}: {exc.strerror or exc}") from None
+        store = cls(path, _try_lock(path))
+        if (path / CONFIG).exists() and not overwrite:  # made by a process that got here first
+            store.close()
+            raise RunDirError(f"{path} already holds a run; choose another --out, or pass --overwrite")
         for name in (METRICS, SUMMARY, CHECKPOINT):
             (path / name).unlink(missing_ok=True)
-        store = cls(path)
         write_json_atomic(path / CONFIG, dict(config) | {"versions": package_versions()})
         return store
 
@@ -104,16 +163,19 @@ class RunStore:
         running again); ``task_info`` (sizes, parameter count) must match what the run recorded."""
         path = Path(path)
         saved = read_run_config(path)
+        lock = _try_lock(path)
         if task_info is not None:
             old = {k: v for k, v in saved.get("task_info", {}).items() if k != "data_source"}
             new = {k: v for k, v in json.loads(json.dumps(dict(task_info), default=_json_default)).items()
                    if k != "data_source"}
             if old != new:
                 changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                if lock is not None:
+                    lock.close()
                 raise RunDirError(f"{path}: the task's data or model differ from the run's "
                                   f"({', '.join(f'{k} {old.get(k)} then, {new.get(k)} now' for k in changed)})")
         (path / SUMMARY).unlink(missing_ok=True)
-        return cls(path)
+        return cls(path, lock)
 
     def rewrite(self, rows) -> None:
         """Replace ``metrics.csv`` by ``rows`` (atomically): on resume, the rows of the checkpoint."""
@@ -141,8 +203,10 @@ class RunStore:
             f.flush()
 
     def finish(self, status: str, summary: Mapping) -> dict:
+        """Write ``summary.json`` and release the folder."""
         data = {"status": status} | {k: _clean(v) for k, v in summary.items()}
         write_json_atomic(self.path / SUMMARY, data)
+        self.close()
         return data
 
 
@@ -182,6 +246,10 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"{path} exists and is not a folder; choose another --out")
+    holder = in_use(path)
+    if holder is not None:
+        raise RunInUseError(f"{path} is being written by another samedge process ({holder}); "
+                            f"wait for it to end or stop it")
     status = run_status(path)
     if status is None or overwrite:
         _check_writable(path)

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 from samedge import config as config_mod
 from samedge import jit_cache, tasks
 from samedge.errors import ConfigError
-from samedge.store import SUMMARY, _clean, read_json, require_same_config, run_status, write_json_atomic
+from samedge.store import SUMMARY, _clean, in_use, read_json, require_same_config, run_status, write_json_atomic
 
 FINISHED = ("completed", "diverged")  # statuses a re-run of the sweep skips
 WORKER_FILE = "worker.json"  # who ran (or is running) this folder: pid, host, CPUs, attempt start
@@ -131,6 +131,9 @@ def record_failure(path: Path, error: str) -> dict:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    holder = in_use(path)
+    if holder is not None:  # a live process still writes this run: leave its files alone
+        return {"status": "failed", "error": f"{error} (run folder in use by {holder}; not recorded)"}
     try:
         rows = read_metrics(path)
     except Exception:  # a half-written metrics file must not hide the real error
