@@ -1,7 +1,7 @@
 """The persistent compilation cache: a later run of the same programs skips XLA's compile.
 
-A run compiles its training chunk and its measurement (about 2 s of a quick MNIST run on two CPU
-cores, most of it the measurement's Lanczos loop). JAX can keep compiled programs on disk; samedge
+A run compiles its training chunk and its measurement (on two CPU cores the quick MNIST
+measurement's first call takes 2.25 s cold and 0.99 s from the cache: BENCHMARKS.md). JAX can keep compiled programs on disk; samedge
 turns that on for its entry points (the CLI, sweep workers), never at import time, in a folder of
 the user's own cache: ``<cache>/jax/<host>-<cpu>``, where ``<cache>`` is ``$SAMEDGE_CACHE_DIR`` or
 the platform cache folder. The folder is per machine because an XLA:CPU entry is native code for the
