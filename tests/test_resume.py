@@ -4,7 +4,8 @@ Every run here is a subprocess of the real CLI (``python -m samedge.cli``), so a
 what a user's run would be. A small wrapper holds the child right after a chosen row is written
 (between two checkpoints) until the test has killed or signalled it: the kill point is chosen,
 not raced. The runs share a persistent XLA compilation cache so each compiles only once.
-Truth: the same configuration run in one go; every column but ``time_s`` must be equal as text.
+Truth: the same configuration run in one go; every column but the clocks (``time_s``,
+``measure_s``) must be equal as text.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from samedge import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-WALL_COLUMNS = {"time_s"}
+WALL_COLUMNS = {"time_s", "measure_s"}
 
 # Row cadence 10, checkpoints every 20: the checkpoints are at steps 20 and 40, the child is held
 # after the row of step 30 (so metrics.csv is one row ahead of the checkpoint), the run ends at 60.

@@ -39,7 +39,14 @@ def test_sam_run_rows_and_edges(tiny_task, tmp_path):
         assert r["resid_1"] <= 1e-3 or r["hvps"] == cfg.lanczos_max_iters
         assert 0 <= r["align_grad"] <= 1 and 0 <= r["align_sam_grad"] <= 1
         assert r["lambda_max_sam"] > 0
-    assert read_json(tmp_path / "run" / "summary.json")["status"] == "completed"
+    saved = read_json(tmp_path / "run" / "summary.json")
+    assert saved["status"] == "completed"
+    # Each row's measurement time lies inside the run's clock; the summary adds them up.
+    assert all(0 < r["measure_s"] for r in rows)
+    assert all(b["time_s"] - a["time_s"] >= b["measure_s"] for a, b in zip(rows, rows[1:]))
+    assert saved["measure_time_s"] == pytest.approx(sum(r["measure_s"] for r in rows), rel=1e-9)
+    assert 0 < saved["measure_share"] < 1
+    assert saved["measure_share"] == pytest.approx(saved["measure_time_s"] / saved["wall_time_s"], rel=1e-9)
 
 
 def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):

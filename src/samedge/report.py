@@ -26,7 +26,8 @@ from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
 
 COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "seed", "status", "steps", "final_train_loss",
            "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
-           "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "error")
+           "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "wall_time_s",
+           "measure_share", "error")
 EDGE_BAND = (0.85, 1.15)  # "at the edge": the acceptance band for a converged SAM run's median
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
@@ -80,7 +81,8 @@ def summary_row(run: Run, root: Path) -> dict:
         "ratio_p90": stats.get("ratio_p90"), "ratio_within_10pct": stats.get("ratio_within_10pct"),
         "lambda_over_gd_edge_median": stats.get("lambda_over_gd_edge_median"),
         "final_lambda_max": stats.get("final_lambda_max"), "final_edge": stats.get("final_edge"),
-        "final_gd_edge": stats.get("final_gd_edge"), "error": run.summary.get("error", ""),
+        "final_gd_edge": stats.get("final_gd_edge"), "wall_time_s": run.summary.get("wall_time_s"),
+        "measure_share": run.summary.get("measure_share"), "error": run.summary.get("error", ""),
     }
 
 

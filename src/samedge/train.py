@@ -107,8 +107,10 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
                     status = "diverged"
                     break
                 done = step
+            measure_start = time.perf_counter()
             values, vectors = measure_fn(params, task.data, jnp.asarray(step), vectors)
-            row = {"step": step, "time_s": None} | {k: _scalar(v) for k, v in values.items()}
+            row = {"step": step, "time_s": None} | {k: _scalar(v) for k, v in values.items()}  # syncs
+            row["measure_s"] = time.perf_counter() - measure_start
             if step in evals:
                 row |= task.evaluate(params)
             row["time_s"] = time.perf_counter() - start_time
@@ -143,8 +145,12 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
     finally:
         stop.__exit__(None, None, None)
     bar.close()
+    wall = time.perf_counter() - start_time
+    measuring = sum(r.get("measure_s") or 0.0 for r in rows)
     summary = analysis.summarize(rows) | {
-        "steps_done": done, "wall_time_s": time.perf_counter() - start_time,
+        "steps_done": done, "wall_time_s": wall,
+        # the share of the run spent in the curvature measurement (compiles of it included)
+        "measure_time_s": measuring, "measure_share": measuring / wall if wall > 0 else None,
     }
     if reason is not None:
         summary[f"{status}_reason"] = reason
