@@ -19,6 +19,7 @@ Prints a table and, as its last line, one JSON object:
   ``p3_tracking_overhead_warm_cache`` the same run again with its programs in the persistent
   compilation cache (``samedge.jit_cache``: every later run of the CLI reads them); also the steady
   share (without the first measurement), and the other quick tasks at their own default cadence.
+  The figures are the run's own: each row's ``measure_s`` and the summary's ``measure_share``.
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
 """
 
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 
 import baselines
 import points
-from samedge import curvature, jit_cache, measure, steps, tasks, train
+from samedge import curvature, jit_cache, steps, tasks, train
 
 P2_TARGET = 1e-4
 TOLERANCES = (1e-3, 3e-4, 1e-4, 3e-5)
@@ -120,39 +121,18 @@ def p2() -> dict:
 
 
 def p3(name: str = "mnist") -> dict:
-    """A whole default quick SAM run of task ``name``, with the measurement calls timed (they sync anyway)."""
+    """A whole default quick SAM run of task ``name``; the run times its own measurements (``measure_s``)."""
     cfg, task = points.quick_task(name, optimizer="sam")
-    calls: list[tuple[float, dict]] = []
-    cpu: list[float] = []
-    original = measure.make_measure
-
-    def timed_make_measure(*args, **kwargs):
-        fn = original(*args, **kwargs)
-
-        def timed_fn(*a):
-            start, start_cpu = time.perf_counter(), time.process_time()
-            out = jax.block_until_ready(fn(*a))
-            calls.append((time.perf_counter() - start, out[0]))
-            cpu.append(time.process_time() - start_cpu)
-            return out
-
-        return timed_fn
-
-    measure.make_measure = timed_make_measure
-    try:
-        start, start_cpu = time.perf_counter(), time.process_time()
-        summary = train.train(cfg, task, progress=False)
-        wall, wall_cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    finally:
-        measure.make_measure = original
-    seconds = [s for s, _ in calls]
-    hvps = [int(row["hvps"]) + int(row.get("hvps_sam", 0)) for _, row in calls]
-    return {"task": name, "wall_s": wall, "measure_s": sum(seconds), "first_measure_s": seconds[0],
-            "measurements": len(calls), "steps": cfg.steps,
-            "overhead": sum(seconds) / wall,
+    rows: list[dict] = []
+    summary = train.train(cfg, task, progress=False, on_row=rows.append)
+    seconds = [r["measure_s"] for r in rows]
+    wall = summary["wall_time_s"]
+    hvps = [int(r["hvps"]) + int(r.get("hvps_sam", 0)) for r in rows]
+    return {"task": name, "wall_s": wall, "measure_s": summary["measure_time_s"], "first_measure_s": seconds[0],
+            "measurements": len(rows), "steps": cfg.steps,
+            "overhead": summary["measure_share"],
             # without the first measurement (its compile and cold start), against the wall time less it
             "overhead_steady": sum(seconds[1:]) / (wall - seconds[0]),
-            "overhead_cpu": sum(cpu) / wall_cpu,
             "hvps_median": statistics.median(hvps), "hvps_max": max(hvps),
             "measure_every": cfg.measure_every, "measure_sam_point": cfg.measure_sam_point,
             "lanczos_tol": cfg.lanczos_tol, "ratio_median": summary.get("ratio_median"),
@@ -162,7 +142,7 @@ def p3(name: str = "mnist") -> dict:
 def print_p3(r: dict, label: str) -> None:
     print(f"  {r['task']:<12} {label:<11} {r['steps']:>5} {r['measure_every']:>6} {r['wall_s']:>7.1f} "
           f"{r['measure_s']:>8.1f} {r['first_measure_s']:>6.2f} {r['hvps_median']:>5g} {r['overhead']:>9.3f} "
-          f"{r['overhead_steady']:>7.3f} {r['overhead_cpu']:>6.3f}  {r['ratio_median']:.3f} {r['status']}")
+          f"{r['overhead_steady']:>7.3f}  {r['ratio_median']:.3f} {r['status']}")
 
 
 def main() -> int:
@@ -196,7 +176,7 @@ def main() -> int:
     print("    (cold: the first run of these programs, compiles included; warm: the same run again, its")
     print("    compiled programs read from the persistent compilation cache, as any later run reads them)")
     print(f"  {'task':<12} {'cache':<11} {'steps':>5} {'every':>6} {'wall s':>7} {'measure':>8} {'first':>6} "
-          f"{'HVPs':>5} {'overhead':>9} {'steady':>7} {'CPU':>6}  ratio status")
+          f"{'HVPs':>5} {'overhead':>9} {'steady':>7}  ratio status")
     r3 = p3("mnist")
     print_p3(r3, "cold")
     r3w = p3("mnist")
@@ -224,7 +204,6 @@ def main() -> int:
         "p3_tracking_overhead": r3["overhead"],
         "p3_tracking_overhead_warm_cache": r3w["overhead"],
         "p3_tracking_overhead_steady": r3["overhead_steady"],
-        "p3_tracking_overhead_cpu": r3["overhead_cpu"],
         "p3_hvps_per_measurement_median": r3["hvps_median"],
         "p3_other_tasks": {r["task"]: {"overhead": round(r["overhead"], 4), "measure_every": r["measure_every"],
                                        "steps": r["steps"]} for r in others},
