@@ -44,6 +44,9 @@ def test_folder_off_path_and_default(tmp_path, monkeypatch):
     monkeypatch.setenv(jit_cache.ENV, str(tmp_path / "jc"))
     assert jit_cache.folder() == tmp_path / "jc"
     monkeypatch.delenv(jit_cache.ENV)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "theirs"))
+    assert jit_cache.folder() == tmp_path / "theirs"  # the user's own JAX setting is kept
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
     monkeypatch.setenv("SAMEDGE_CACHE_DIR", str(tmp_path / "cache"))
     default = jit_cache.folder()
     # per machine: the user's cache, then jax/, then host and CPU

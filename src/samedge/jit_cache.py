@@ -1,12 +1,13 @@
 """The persistent compilation cache: a later run of the same programs skips XLA's compile.
 
 A run compiles its training chunk and its measurement (on two CPU cores the quick MNIST
-measurement's first call takes 2.25 s cold and 0.99 s from the cache: BENCHMARKS.md). JAX can keep compiled programs on disk; samedge
-turns that on for its entry points (the CLI, sweep workers), never at import time, in a folder of
-the user's own cache: ``<cache>/jax/<host>-<cpu>``, where ``<cache>`` is ``$SAMEDGE_CACHE_DIR`` or
+measurement's first call takes 2.25 s cold and 0.99 s from the cache: BENCHMARKS.md). JAX can keep
+compiled programs on disk; samedge turns that on for its entry points (the CLI, sweep workers),
+never at import time, in a folder of the user's own cache: ``<cache>/jax/<host>-<cpu>``, where ``<cache>`` is ``$SAMEDGE_CACHE_DIR`` or
 the platform cache folder. The folder is per machine because an XLA:CPU entry is native code for the
 CPU that built it, and run folders (so possibly caches) may sit on a file system several machines
-share. ``SAMEDGE_JIT_CACHE=off`` turns it off; ``SAMEDGE_JIT_CACHE=/some/folder`` puts it there.
+share. ``SAMEDGE_JIT_CACHE=off`` turns it off; ``SAMEDGE_JIT_CACHE=/some/folder`` puts it there; a
+``JAX_COMPILATION_CACHE_DIR`` the user set is kept when ``SAMEDGE_JIT_CACHE`` is unset.
 
 The cache is trusted code: JAX runs what it finds there. Keep it private (the default is).
 """
@@ -44,6 +45,8 @@ def folder() -> Path | None:
         return None
     if env:
         return Path(env).expanduser()
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # the user's own JAX setting wins over our default
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
     from samedge.data.common import cache_dir
 
     return cache_dir() / "jax" / f"{socket.gethostname()}-{_cpu_tag()}"
