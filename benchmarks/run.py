@@ -79,18 +79,19 @@ def p1_task(name: str) -> dict:
             "ratio_cpu": statistics.median(per_step_cpu) / (2 * statistics.median(grads_cpu))}
 
 
-def p1() -> tuple[list[dict], list[str]]:
-    results, skipped = [], []
+def p1() -> tuple[list[dict], dict[str, str]]:
+    """P1 rows of the quick tasks, and the tasks skipped with why."""
+    results, skipped = [], {}
     for name in tasks.TASKS:
         try:
             tasks.task_module(name)
         except Exception as exc:  # a task still being built on another branch
-            skipped.append(f"{name}: {type(exc).__name__}: {exc}")
+            skipped[name] = f"{type(exc).__name__}: {exc}"
             continue
         try:
             results.append(p1_task(name))
         except Exception as exc:  # e.g. its data is not on this machine
-            skipped.append(f"{name}: {type(exc).__name__}: {exc}")
+            skipped[name] = f"{type(exc).__name__}: {exc}"
     return results, skipped
 
 
@@ -152,14 +153,13 @@ def main() -> int:
     jit_cache.enable(cache)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}; compilation cache {cache}")
     p1_rows, skipped = p1()
-    skipped_names = {s.split(":")[0] for s in skipped}
     print("\nP1  SAM step (in a compiled chunk) / 2 gradients, quick presets")
     print(f"{'task':<12} {'SAM step ms':>12} {'gradient ms':>12} {'ratio':>7} {'ratio (CPU time)':>17}")
     for r in p1_rows:
         print(f"{r['task']:<12} {1e3 * r['sam_step_s']:>12.2f} {1e3 * r['grad_s']:>12.2f} {r['ratio']:>7.3f} "
               f"{r['ratio_cpu']:>17.3f}")
-    for s in skipped:
-        print(f"  skipped {s}")
+    for name, why in skipped.items():
+        print(f"  skipped {name}: {why}")
 
     r2 = p2()
     print(f"\nP2  top eigenvalue at a trained quick-MNIST point; truth {r2['truth']:.7f} "
@@ -183,7 +183,7 @@ def main() -> int:
     print_p3(r3w, "warm")
     others = []
     for name in tasks.TASKS:
-        if name == "mnist" or name in skipped_names:
+        if name == "mnist" or name in skipped:
             continue
         others.append(p3(name))
         print_p3(others[-1], "cold")

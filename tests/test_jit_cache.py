@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from samedge import jit_cache
 
-SRC = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Compiles one samedge program (a Lanczos loop: ~0.5 s to compile, above MIN_COMPILE_S), runs it,
 # and prints JAX's cache-hit count and the top eigenvalue.
@@ -51,7 +53,7 @@ def test_folder_off_path_and_default(tmp_path, monkeypatch):
     default = jit_cache.folder()
     # per machine: the user's cache, then jax/, then host and CPU
     assert default.parent == tmp_path / "cache" / "jax"
-    assert default.name.startswith(__import__("socket").gethostname() + "-")
+    assert default.name.startswith(socket.gethostname() + "-")
 
 
 def test_second_process_reads_what_the_first_wrote(tmp_path):

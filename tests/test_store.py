@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import socket
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ def test_in_use_names_another_process_and_not_this_one(tmp_path):
     mine.close()
     holder = _hold_lock_in_child(run)
     try:
-        assert store.in_use(run) == f"pid {holder.pid} on {__import__('socket').gethostname()}"
+        assert store.in_use(run) == f"pid {holder.pid} on {socket.gethostname()}"
         with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
             store.check_out(run, CONFIG["run"], overwrite=True)
         with pytest.raises(RunInUseError):
@@ -90,6 +90,5 @@ def _hold_lock_in_child(run: Path) -> subprocess.Popen:
     """)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             env=os.environ | {"PYTHONPATH": SRC})
-    deadline = time.time() + 60
-    assert proc.stdout.readline().strip() == "locked" and time.time() < deadline
+    assert proc.stdout.readline().strip() == "locked"  # "" if the child died first
     return proc

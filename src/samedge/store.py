@@ -73,13 +73,18 @@ def read_json(path: Path):
         return json.load(f)
 
 
-def _try_lock(path: Path):
-    """The open, exclusively locked ``.lock`` file of ``path``; :class:`RunInUseError` if another
-    process holds it. None where ``fcntl`` is missing (Windows: no locking)."""
+def _me() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def _acquire(path: Path):
+    """``(file, None)``: the open ``.lock`` of ``path``, exclusively locked; ``(None, holder)`` when
+    another open lock holds it (``holder`` as written in the file); ``(None, None)`` where ``fcntl``
+    is missing (Windows: no locking)."""
     try:
         import fcntl
     except ImportError:
-        return None
+        return None, None
     f = open(path / LOCK, "a+")
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,31 +92,42 @@ def _try_lock(path: Path):
         f.seek(0)
         holder = f.read().strip() or "an unknown process"
         f.close()
-        raise RunInUseError(f"{path} is being written by another samedge process ({holder}); "
-                            f"wait for it to end or stop it") from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    f.flush()
+        return None, holder
+    return f, None
+
+
+def _in_use_error(path: Path, holder: str) -> RunInUseError:
+    return RunInUseError(f"{path} is being written by another samedge process ({holder}); "
+                         f"wait for it to end or stop it")
+
+
+def _try_lock(path: Path):
+    """The open, exclusively locked ``.lock`` file of ``path``, now naming this process;
+    :class:`RunInUseError` if another process holds it. None where there is no locking."""
+    f, holder = _acquire(path)
+    if holder is not None:
+        raise _in_use_error(path, holder)
+    if f is not None:
+        f.seek(0)
+        f.truncate()
+        f.write(_me() + "\n")
+        f.flush()
     return f
 
 
 def in_use(path) -> str | None:
-    """Who holds the lock of the run folder ``path`` (``"pid N on HOST"``), or None if nobody does."""
+    """Who else holds the lock of the run folder ``path`` (``"pid N on HOST"``), or None. This very
+    process (a store not yet closed, e.g. while an error unwinds) is not "else"."""
     path = Path(path)
     if not (path / LOCK).exists():
         return None
     try:
-        f = _try_lock(path)
-    except RunInUseError as exc:
-        holder = str(exc).split("(", 1)[1].split(")", 1)[0]
-        # This very process (a store not yet closed, e.g. while an error unwinds) is not "another".
-        return None if holder == f"pid {os.getpid()} on {socket.gethostname()}" else holder
+        f, holder = _acquire(path)
     except OSError:
         return None
     if f is not None:
         f.close()
-    return None
+    return None if holder == _me() else holder
 
 
 class RunStore:
@@ -248,8 +264,7 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
         raise RunDirError(f"{path} exists and is not a folder; choose another --out")
     holder = in_use(path)
     if holder is not None:
-        raise RunInUseError(f"{path} is being written by another samedge process ({holder}); "
-                            f"wait for it to end or stop it")
+        raise _in_use_error(path, holder)
     status = run_status(path)
     if status is None or overwrite:
         _check_writable(path)
