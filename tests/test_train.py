@@ -69,6 +69,40 @@ def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):
     assert float(row["ratio"]) == pytest.approx(0.5 * abs(top[0]) / 2, rel=1e-4)
 
 
+@pytest.mark.parametrize("name", ["sam", "gd"])
+def test_alignments_against_dense_eigenvector(tiny_task, x64, name):
+    # Independent truth: the top eigenvector of the dense Hessian, the gradient by jax.grad and the
+    # SAM gradient written out here (not through samedge.steps).
+    import jax
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from samedge import curvature, measure, steps
+
+    shape = dict(n_train=32, n_test=8, width=4, depth=3)
+    small = tasks.build_task("mnist", tasks.make_task_config("mnist", shape),
+                             data_dir=tiny_task.info["data_source"].rsplit("/mnist", 1)[0])
+    cfg = config.resolve("mnist", "quick", task_overrides=shape, optimizer=name, lr=0.1, rho=0.2, lanczos_tol=1e-8)
+    params = small.init_params(jax.random.PRNGKey(1))
+    row, _ = measure.make_measure(small, steps.build(name, 0.1, 0.2), cfg)(
+        params, small.data, 0, measure.initial_vectors(params, 1, 0))
+    loss = lambda p: small.loss_fn(p, small.data)
+    dense_values, dense_vectors = np.linalg.eigh(np.asarray(curvature.dense_hessian(loss, params)))
+    top = dense_vectors[:, np.argmax(np.abs(dense_values))]
+    g = jax.grad(loss)(params)
+    flat_g = np.asarray(ravel_pytree(g)[0])
+    if name == "sam":
+        norm = np.linalg.norm(flat_g)
+        descent = np.asarray(ravel_pytree(jax.grad(loss)(jax.tree.map(lambda w, d: w + 0.2 * d / norm, params, g)))[0])
+    else:
+        descent = flat_g
+    cosine = lambda a: abs(a @ top) / np.linalg.norm(a)
+    assert float(row["align_grad"]) == pytest.approx(cosine(flat_g), rel=1e-5, abs=1e-8)
+    assert float(row["align_sam_grad"]) == pytest.approx(cosine(descent), rel=1e-5, abs=1e-8)
+    if name == "sam":
+        assert abs(cosine(descent) - cosine(flat_g)) > 1e-3  # the two columns measure different gradients
+
+
 def test_divergence_stops_the_run_and_keeps_rows(tiny_task, tmp_path):
     cfg = config.resolve("mnist", "quick", task_overrides=TINY, optimizer="gd", lr=500.0,
                          steps=60, measure_every=5, eval_every=60)
