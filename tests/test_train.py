@@ -74,7 +74,6 @@ def test_alignments_against_dense_eigenvector(tiny_task, x64, name):
     # Independent truth: the top eigenvector of the dense Hessian, the gradient by jax.grad and the
     # SAM gradient written out here (not through samedge.steps).
     import jax
-    import jax.numpy as jnp
     from jax.flatten_util import ravel_pytree
 
     from samedge import curvature, measure, steps
