@@ -125,9 +125,10 @@ def p2() -> dict:
     return out
 
 
-def p3(name: str = "mnist") -> dict:
-    """A whole default quick SAM run of task ``name``; the run times its own measurements (``measure_s``)."""
-    cfg, task = points.quick_task(name, optimizer="sam")
+def p3(name: str = "mnist", **overrides) -> dict:
+    """A whole quick SAM run of task ``name`` (the preset, or ``overrides`` of its settings); the run
+    times its own measurements (``measure_s``)."""
+    cfg, task = points.quick_task(name, optimizer="sam", **overrides)
     rows: list[dict] = []
     summary = train.train(cfg, task, progress=False, on_row=rows.append)
     seconds = [r["measure_s"] for r in rows]
@@ -141,7 +142,7 @@ def p3(name: str = "mnist") -> dict:
             "hvps_median": statistics.median(hvps), "hvps_max": max(hvps),
             "measure_every": cfg.measure_every, "measure_sam_point": cfg.measure_sam_point,
             "lanczos_tol": cfg.lanczos_tol, "ratio_median": summary.get("ratio_median"),
-            "status": summary["status"]}
+            "lambda_max": {r["step"]: r["lambda_max"] for r in rows}, "status": summary["status"]}
 
 
 def print_p3(r: dict, label: str) -> None:

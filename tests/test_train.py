@@ -11,9 +11,17 @@ from samedge.store import RunStore, read_json, read_metrics
 TINY = dict(n_train=128, n_test=64, width=16, depth=3)
 
 
+SMALL = dict(n_train=32, n_test=8, width=4, depth=3)  # small enough for a dense Hessian
+
+
 @pytest.fixture(scope="module")
 def tiny_task(data_dir):
     return tasks.build_task("mnist", tasks.make_task_config("mnist", TINY), data_dir=data_dir)
+
+
+@pytest.fixture(scope="module")
+def small_task(data_dir):
+    return tasks.build_task("mnist", tasks.make_task_config("mnist", SMALL), data_dir=data_dir)
 
 
 def test_schedule():
@@ -49,16 +57,14 @@ def test_sam_run_rows_and_edges(tiny_task, tmp_path):
     assert saved["measure_share"] == pytest.approx(saved["measure_time_s"] / saved["wall_time_s"], rel=1e-9)
 
 
-def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):
+def test_measured_lambda_max_is_the_hessian_norm(small_task, x64):
     # Independent truth: the dense Hessian of the same loss at the same parameters.
     import jax
 
     from samedge import curvature, measure, steps
 
-    small = tasks.build_task("mnist", tasks.make_task_config("mnist", dict(n_train=32, n_test=8, width=4, depth=3)),
-                             data_dir=tiny_task.info["data_source"].rsplit("/mnist", 1)[0])
-    cfg = config.resolve("mnist", "quick", task_overrides=dict(n_train=32, n_test=8, width=4, depth=3),
-                         optimizer="gd", lr=0.5, topk=2, lanczos_tol=1e-6)
+    small = small_task
+    cfg = config.resolve("mnist", "quick", task_overrides=SMALL, optimizer="gd", lr=0.5, topk=2, lanczos_tol=1e-6)
     params = small.init_params(jax.random.PRNGKey(0))
     row, _ = measure.make_measure(small, steps.build("gd", 0.5), cfg)(
         params, small.data, 0, measure.initial_vectors(params, 2, 0))
@@ -70,7 +76,7 @@ def test_measured_lambda_max_is_the_hessian_norm(tiny_task, x64):
 
 
 @pytest.mark.parametrize("name", ["sam", "gd"])
-def test_alignments_against_dense_eigenvector(tiny_task, x64, name):
+def test_alignments_against_dense_eigenvector(small_task, x64, name):
     # Independent truth: the top eigenvector of the dense Hessian, the gradient by jax.grad and the
     # SAM gradient written out here (not through samedge.steps).
     import jax
@@ -78,10 +84,8 @@ def test_alignments_against_dense_eigenvector(tiny_task, x64, name):
 
     from samedge import curvature, measure, steps
 
-    shape = dict(n_train=32, n_test=8, width=4, depth=3)
-    small = tasks.build_task("mnist", tasks.make_task_config("mnist", shape),
-                             data_dir=tiny_task.info["data_source"].rsplit("/mnist", 1)[0])
-    cfg = config.resolve("mnist", "quick", task_overrides=shape, optimizer=name, lr=0.1, rho=0.2, lanczos_tol=1e-8)
+    small = small_task
+    cfg = config.resolve("mnist", "quick", task_overrides=SMALL, optimizer=name, lr=0.1, rho=0.2, lanczos_tol=1e-8)
     params = small.init_params(jax.random.PRNGKey(1))
     row, _ = measure.make_measure(small, steps.build(name, 0.1, 0.2), cfg)(
         params, small.data, 0, measure.initial_vectors(params, 1, 0))

@@ -64,9 +64,7 @@ def make_measure(task: Task, optimizer: Optimizer, cfg: RunConfig) -> Callable:
         eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k)
         lambda_max = jnp.abs(eig.values[0])
         edge = optimizer.edge(grad_norm)
-        # the step's own gradient; its gradient at ``params`` is the one just taken (not traced twice)
-        descent = ravel_pytree(optimizer.gradient_at(
-            params, lambda p: (loss, grad) if p is params else grad_fn(p, batch)))[0]
+        descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch)))[0]
         row = {
             "loss": loss,
             "grad_norm": grad_norm,

@@ -9,8 +9,9 @@ An :class:`Optimizer` is a named tuple of pure functions, in the manner of optax
   before the step;
 - ``edge(grad_norm)``: the optimizer's edge of stability at the current gradient norm
   (see :mod:`samedge.edges`);
-- ``gradient_at(params, grad_fn) -> grad``: the gradient the step actually descends along
-  (the SAM gradient for SAM), used by the measurements for alignments.
+- ``gradient_at(params, grad, grad_fn) -> grad``: the gradient the step actually descends along
+  (the SAM gradient for SAM), given ``grad = grad L(params)`` already taken; used by the
+  measurements for alignments and by the SAM-type steps themselves.
 
 The descent itself is an optax transformation (plain SGD here), so momentum variants differ only
 in the base they wrap.
@@ -40,7 +41,7 @@ class Optimizer(NamedTuple):
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, GradFn], tuple[Params, Any, jax.Array]]
     edge: Callable[[jax.Array], jax.Array]
-    gradient_at: Callable[[Params, GradFn], Params]
+    gradient_at: Callable[[Params, Params, GradFn], Params]
 
 
 def global_norm(tree) -> jax.Array:
@@ -82,8 +83,8 @@ def _plain(name: str, base: optax.GradientTransformation, edge) -> Optimizer:
         params, state = descend(params, state, grad)
         return params, state, loss
 
-    def gradient_at(params, grad_fn):
-        return grad_fn(params)[1]
+    def gradient_at(params, grad, grad_fn):
+        return grad
 
     return Optimizer(name, base.init, update, edge, gradient_at)
 
@@ -92,14 +93,12 @@ def _ascending(name: str, base: optax.GradientTransformation, ascent, edge) -> O
     """A step that feeds ``grad L(ascent(w, g))`` to ``base``; ``g = grad L(w)`` on the same batch."""
     descend = _descend(base)
 
-    def gradient_at(params, grad_fn):
-        _, grad = grad_fn(params)
+    def gradient_at(params, grad, grad_fn):
         return grad_fn(ascent(params, grad))[1]
 
     def update(params, state, grad_fn):
         loss, grad = grad_fn(params)
-        _, ascent_grad = grad_fn(ascent(params, grad))
-        params, state = descend(params, state, ascent_grad)
+        params, state = descend(params, state, gradient_at(params, grad, grad_fn))
         return params, state, loss
 
     return Optimizer(name, base.init, update, edge, gradient_at)

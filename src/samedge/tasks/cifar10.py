@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from samedge.data import cifar10 as cifar_data
 from samedge.errors import ConfigError
 from samedge.models.cnn import CNN
