@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from samedge import checkpoint
+from samedge import checkpoint, train, store
 from samedge.config import RunConfig
 from samedge.errors import RunDirError
 from samedge.store import RunStore, read_metrics
@@ -63,18 +63,22 @@ def test_no_checkpoint_is_none(tmp_path):
     assert checkpoint.load(tmp_path, ckpt.params, ckpt.opt_state) is None
 
 
-def test_crash_in_the_middle_of_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+# store._write is the seam of every atomic write; checkpoint._write reaches only the checkpoint's
+# (tests/test_resume.py uses it in a subprocess).
+@pytest.mark.parametrize("seam", [store, checkpoint], ids=["store._write", "checkpoint._write"])
+def test_crash_in_the_middle_of_a_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, seam):
     first = _state(seed=0)
     checkpoint.save(tmp_path, first)
+    assert checkpoint.path(tmp_path) == tmp_path / store.CHECKPOINT
 
     def dies_half_way(f, data):
         f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write", dies_half_way)
+    monkeypatch.setattr(seam, "_write", dies_half_way)
     with pytest.raises(OSError):
         checkpoint.save(tmp_path, _state(seed=1)._replace(step=20))
-    assert checkpoint.path(tmp_path).with_name(checkpoint.FILE + ".tmp").stat().st_size > 0
+    assert (tmp_path / (store.CHECKPOINT + ".tmp")).stat().st_size > 0
     back = checkpoint.load(tmp_path, first.params, first.opt_state)
     assert back.step == 10 and _same_bits(back.params, first.params)
     monkeypatch.undo()
@@ -101,7 +105,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
 
 def test_stop_signals_first_asks_then_interrupts():
     before = signal.getsignal(signal.SIGTERM)
-    with checkpoint.StopSignals() as stop:
+    with train.StopSignals() as stop:
         assert stop.requested is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested == "SIGTERM"

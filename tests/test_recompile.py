@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from samedge import config, measure, steps, tasks, train
+from samedge import config, measure, tasks, train
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
@@ -47,7 +47,7 @@ def tiny(data_dir):
 
 def test_chunk_compiles_once(tiny):
     cfg, task = tiny
-    optimizer = steps.build("sam", cfg.lr, cfg.rho)
+    optimizer = train.build_optimizer(cfg)
     params = task.init_params(jax.random.PRNGKey(0))
     state = optimizer.init(params)
     chunk = train.make_chunk(task, optimizer, 5)
@@ -67,18 +67,21 @@ def test_chunk_compiles_once(tiny):
 
 def test_measure_compiles_once(tiny):
     cfg, task = tiny
-    optimizer = steps.build("sam", cfg.lr, cfg.rho)
+    optimizer = train.build_optimizer(cfg)
     params = task.init_params(jax.random.PRNGKey(0))
-    measure_fn = measure.make_measure(task, optimizer, cfg)
-    vectors = measure.initial_vectors(params, cfg.topk, cfg.seed)
-    row, vectors = measure_fn(params, task.data, jnp.asarray(0), vectors)
+    m = measure.measurement(task.loss_fn, optimizer, train.measure_settings(cfg, optimizer),
+                            accuracy_fn=task.accuracy_fn)
+    state = m.init(params, jax.random.PRNGKey(0))
+    opt_state = optimizer.init(params)
+    row, state = m.measure(params, task.data, state, jax.random.PRNGKey(1), opt_state)
     first = float(row["lambda_max"])
     moved = jax.tree.map(lambda a: a * 1.5, params)  # new values, same shapes
     with count_compiles() as seen:
-        row, vectors = measure_fn(moved, task.data, jnp.asarray(10), vectors)
+        for i in range(3):  # new parameters, new keys, new state: one program
+            row, state = m.measure(moved, task.data, state, jax.random.PRNGKey(10 + i), opt_state)
+            moved = jax.tree.map(lambda a: a * 0.9, moved)
         jax.block_until_ready(row)
     assert seen == []
-    assert measure_fn._cache_size() == 1
     assert float(row["lambda_max"]) != first  # it measured the new point
 
 

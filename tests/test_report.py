@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from samedge import cli, config, report
+from samedge import cli, config, report, run
 from samedge.store import RunStore
 
 # Second half (steps >= 4 of 0..8) ratios, and their statistics worked out by hand:
@@ -30,8 +30,8 @@ def _rows(ratios, edge, gd_edge):
 
 
 def _make(root, optimizer, lr, rho, rows, status="completed", error=None):
-    cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho)
-    path = root / cli.default_out(cfg).name
+    cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho if optimizer != "gd" else None)
+    path = root / run.default_out(cfg).name
     store = RunStore.create(path, {"run": cfg.to_dict()})
     for r in rows:
         store.append(r)
@@ -81,7 +81,7 @@ def test_summary_csv_statistics_match_hand_computed_values(sweep_dir):
             assert (sweep_dir / "figures" / f"{name}_mnist_quick_s0.{ext}").stat().st_size > 1000
     assert written[-1] == sweep_dir / "report.html"
     md = (sweep_dir / "report.md").read_text()
-    assert "| mnist | sam | 0.1 | 0.1 | 0 | completed | 8 |" in md
+    assert "| mnist | sam | 0.1 | rho=0.1 | 0 | completed | 8 |" in md
     assert "1 of 1" in md  # the one converged SAM run sits in [0.85, 1.15]
     assert "DataError: boom" in md
 
@@ -118,7 +118,7 @@ def test_html_is_self_contained_with_table_and_png_figures(sweep_dir):
     assert len(page.rows) == 4
     statuses = sorted(r[5] for r in page.rows)
     assert statuses == ["completed", "completed", "failed", "unfinished"]
-    sam = next(r for r in page.rows if r[:4] == ["mnist", "sam", "0.1", "0.1"])
+    sam = next(r for r in page.rows if r[:4] == ["mnist", "sam", "0.1", "rho=0.1"])
     assert sam[10] == "1"  # median ratio, formatted
     assert len(page.imgs) == 3
     for img in page.imgs:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from samedge import checkpoint
+from samedge import checkpoint, store
 
 ROOT = Path(__file__).resolve().parents[1]
 WALL_COLUMNS = {"time_s", "measure_s"}
@@ -197,7 +197,7 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(env, r
     proc, _, _ = _start_held(env, tmp_path, ["run", task, *sets, *SCHEDULE, "--out", str(out), "--no-progress"], "crash-write")
     proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL  # died inside the write of the step-40 checkpoint
-    partial = checkpoint.path(out).with_name(checkpoint.FILE + ".tmp")
+    partial = checkpoint.path(out).with_name(store.CHECKPOINT + ".tmp")
     assert partial.exists() and partial.stat().st_size > 0
     assert _checkpoint_step(out) == CHECKPOINT_STEP  # the step-20 checkpoint is whole
     assert [int(r["step"]) for r in _table(out)] == [0, 10, 20, 30, 40]

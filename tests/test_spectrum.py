@@ -68,7 +68,7 @@ def test_average_matches_the_dense_spectrum(bulk_slq):
 
 def test_density_integrates_to_one_and_shows_the_outlier(bulk_slq):
     eigs, _, nodes, weights = bulk_slq
-    s = spectrum._to_spectrum(0, nodes, weights, edge=6.0)
+    s = spectrum.to_spectrum(0, nodes, weights, edge=6.0)
     assert abs(np.trapezoid(s.density, s.grid) - 1.0) < 1e-3
     near = np.abs(s.grid - 6.0) < 0.1
     gap = (s.grid > 2.0) & (s.grid < 5.0)

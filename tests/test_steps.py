@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samedge import steps
+from samedge import optimizers, steps
 
 
 def quadratic_loss(h, b):
@@ -28,7 +28,7 @@ def grad_fn_of(loss):
 
 def test_gd_step_is_w_minus_eta_g(problem):
     loss, w = problem
-    opt = steps.gd(0.1)
+    opt = optimizers.build("gd", 0.1)
     new, _, value = opt.update(w, opt.init(w), grad_fn_of(loss))
     g = jax.grad(loss)(w)
     for k in w:
@@ -39,7 +39,7 @@ def test_gd_step_is_w_minus_eta_g(problem):
 def test_sam_step_matches_the_formula(problem):
     loss, w = problem
     eta, rho = 0.05, 0.3
-    opt = steps.sam(eta, rho)
+    opt = optimizers.build("sam", eta, rho=rho)
     new, _, _ = opt.update(w, opt.init(w), grad_fn_of(loss))
     g = jax.grad(loss)(w)
     norm = np.sqrt(sum(float(jnp.sum(x**2)) for x in g.values()))
@@ -51,7 +51,7 @@ def test_sam_step_matches_the_formula(problem):
 
 def test_sam_with_rho_zero_equals_gd_exactly(problem):
     loss, w = problem
-    gd, sam = steps.gd(0.1), steps.sam(0.1, 0.0)
+    gd, sam = optimizers.build("gd", 0.1), optimizers.build("sam", 0.1, rho=0.0)
     a, _, _ = jax.jit(lambda p: gd.update(p, gd.init(p), grad_fn_of(loss)))(w)
     b, _, _ = jax.jit(lambda p: sam.update(p, sam.init(p), grad_fn_of(loss)))(w)
     for k in w:
@@ -61,7 +61,7 @@ def test_sam_with_rho_zero_equals_gd_exactly(problem):
 def test_zero_gradient_means_no_ascent_offset():
     w = {"x": jnp.zeros(3)}
     loss = lambda p: jnp.sum(p["x"] ** 2)  # gradient exactly zero at the minimum
-    opt = steps.sam(0.1, 0.5)
+    opt = optimizers.build("sam", 0.1, rho=0.5)
     new, _, _ = opt.update(w, opt.init(w), grad_fn_of(loss))
     assert np.array_equal(np.asarray(new["x"]), np.zeros(3))  # no NaN, no move
     assert np.array_equal(np.asarray(steps.sam_ascent_point(w, {"x": jnp.zeros(3)}, 0.5)["x"]), np.zeros(3))
@@ -75,13 +75,14 @@ def test_sam_factor_on_a_quadratic():
     w = {"w": jnp.array([1e-3, 0.0])}
     g = jax.grad(loss)(w)["w"]
     norm = float(jnp.linalg.norm(g))
-    opt = steps.sam(eta, rho)
+    opt = optimizers.build("sam", eta, rho=rho)
     new, _, _ = opt.update(w, opt.init(w), grad_fn_of(loss))
     expected = 1 - eta * lam * (1 + rho * lam / norm)
     assert float(new["w"][0] / w["w"][0]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_edges_are_attached(problem):
-    assert steps.gd(0.1).edge(1.0) == pytest.approx(20.0)
-    assert float(steps.sam(0.1, 0.1).edge(1.0)) < 20.0
-    assert float(steps.sam(0.1, 0.0).edge(1.0)) == pytest.approx(20.0)
+    g = jnp.array([0.6, 0.8])  # |g| = 1
+    assert float(optimizers.build("gd", 0.1).edge(g, None)) == pytest.approx(20.0)
+    assert float(optimizers.build("sam", 0.1, rho=0.1).edge(g, None)) < 20.0
+    assert float(optimizers.build("sam", 0.1, rho=0.0).edge(g, None)) == pytest.approx(20.0)

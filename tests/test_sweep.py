@@ -20,19 +20,19 @@ TINY_RUN = dict(steps=30, measure_every=10, eval_every=30)
 def test_quick_grid_is_lr_by_rho_with_rho0_as_gd():
     p = __import__("samedge.tasks", fromlist=["x"]).get_preset("mnist", "quick")
     cfgs = sweep.expand_grid("mnist", "quick")
-    assert len(cfgs) == len(p.grid_lr) * len(p.grid_rho)
-    assert {(c.optimizer, c.lr, c.rho) for c in cfgs} == {
-        ("gd" if rho == 0 else "sam", lr, rho) for lr in p.grid_lr for rho in p.grid_rho}
+    assert len(cfgs) == len(p.grid_lr) * len(p.grid["rho"])
+    assert {(c.optimizer, c.lr, c.hparams.get("rho", 0.0)) for c in cfgs} == {
+        ("gd" if rho == 0 else "sam", lr, rho) for lr in p.grid_lr for rho in p.grid["rho"]}
     assert all(c.steps == p.steps and dict(c.task_config) == dict(p.task) for c in cfgs)
     names = [sweep.run_name(c) for c in cfgs]
     assert len(set(names)) == len(names)
 
 
 def test_grid_lists_seeds_and_gd_collapse():
-    cfgs = sweep.expand_grid("mnist", "quick", optimizers=["gd", "sam"], lrs=[0.1, 0.2], rhos=[0.0, 0.5],
+    cfgs = sweep.expand_grid("mnist", "quick", optimizers=["gd", "sam"], lrs=[0.1, 0.2], rho=[0.0, 0.5],
                              seeds=[0, 3], task_overrides=TINY, steps=7)
     # per seed and lr: gd once (rho ignored, and sam at rho 0 is the same gd run), sam at rho 0.5
-    assert sorted((c.seed, c.lr, c.optimizer, c.rho) for c in cfgs) == sorted(
+    assert sorted((c.seed, c.lr, c.optimizer, c.hparams.get("rho", 0.0)) for c in cfgs) == sorted(
         (s, lr, o, r) for s in (0, 3) for lr in (0.1, 0.2) for o, r in (("gd", 0.0), ("sam", 0.5)))
     assert all(c.steps == 7 and c.task_config["width"] == 32 for c in cfgs)
 
@@ -77,7 +77,7 @@ def fake_runner(cfg, path, *, data_dir=None):
 
 
 def test_failures_are_recorded_and_finished_runs_skipped(tmp_path):
-    cfgs = sweep.expand_grid("mnist", "quick", lrs=[0.1, 0.5, 0.7], rhos=[0.1], task_overrides=TINY, **TINY_RUN)
+    cfgs = sweep.expand_grid("mnist", "quick", lrs=[0.1, 0.5, 0.7], rho=[0.1], task_overrides=TINY, **TINY_RUN)
     logs = []
     results = sweep.run_sweep(cfgs, tmp_path, workers=2, runner=fake_runner, log=logs.append)
     status = {n: s["status"] for n, s in results.items()}
@@ -136,5 +136,5 @@ def test_reproduce_sweeps_each_task_then_reports(tmp_path, data_dir, capsys):
     assert "total wall time" in printed
     assert read_json(out / "mnist" / "mnist-sam-lr0.2-rho0.1-s0" / "summary.json")["status"] == "completed"
     lines = (out / "summary.csv").read_text().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("mnist/mnist-sam-lr0.2-rho0.1-s0,mnist,quick,sam,0.2,0.1,0,completed,10,")
+    assert len(lines) == 2 and lines[1].startswith("mnist/mnist-sam-lr0.2-rho0.1-s0,mnist,quick,sam,0.2,0.1,rho=0.1,0,completed,10,")
     assert (out / "report.html").exists() and (out / "figures" / "sharpness_mnist_quick_s0.pdf").exists()

@@ -38,7 +38,7 @@ def test_ray_sweep_retries_a_killed_worker_and_loses_no_run(tmp_path, data_dir, 
     # Ray starts workers at niceness 15: on a shared, busy CI machine they would barely get a core.
     monkeypatch.setenv("RAY_worker_niceness", "0")
     out = tmp_path / "D"
-    cfgs = sweep.expand_grid("mnist", "quick", lrs=[0.1], rhos=[0.0, 0.1, 0.3], task_overrides=TINY,
+    cfgs = sweep.expand_grid("mnist", "quick", lrs=[0.1], rho=[0.0, 0.1, 0.3], task_overrides=TINY,
                              steps=STEPS, measure_every=10, eval_every=STEPS)
     names = [sweep.run_name(c) for c in cfgs]
     killed, stop = {}, threading.Event()

@@ -27,7 +27,7 @@ def test_presets():
     assert paper.grid_rho == (0.0, 0.1, 0.3, 1.0)
     quick_gd = config.resolve("cifar10", "quick", optimizer="gd")
     quick_sam = config.resolve("cifar10", "quick", optimizer="sam")
-    assert quick_sam.rho == 0.1 and quick_sam.lr < quick_gd.lr
+    assert quick_sam.hparams["rho"] == 0.1 and quick_sam.lr < quick_gd.lr
     assert quick_gd.task_config["n_train"] <= paper.task["n_train"]
     assert config.resolve("cifar10", "paper").task_config["n_test"] is None  # the whole test batch
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from samedge import config as run_config
-from samedge import steps, train
+from samedge import optimizers, train
 from samedge.data import shakespeare as sh
 from samedge.errors import ConfigError, DataError
 from samedge.tasks import shakespeare as task_mod
@@ -126,7 +126,7 @@ def test_sam_ascent_and_descent_use_the_steps_minibatch(tiny):
     batch = jax.jit(task.batch_fn)
     b3, b4 = batch(task.data, 3), batch(task.data, 4)
     same, mixed = by_hand(b3, b3), by_hand(b4, b3)
-    opt = steps.sam(lr, rho)
+    opt = optimizers.build("sam", lr, rho=rho)
     chunk = train.make_chunk(task, opt, 1)
     got, _, _ = chunk(donated, opt.init(params), task.data, jnp.asarray(3))
     for a, b, c in zip(jax.tree.leaves(got), jax.tree.leaves(same), jax.tree.leaves(mixed)):

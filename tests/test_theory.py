@@ -15,7 +15,7 @@ from samedge import edges, theory
 GRID = dict(etas=(0.01, 0.3, 2.0), rhos=(0.01, 0.3), betas=(0.0, 0.5, 0.9))
 
 
-@pytest.mark.parametrize("name", theory.THEORY_OPTIMIZERS)
+@pytest.mark.parametrize("name", theory.theory_optimizers())
 def test_bounded_below_and_growing_above_the_edge(name):
     grid = theory.default_grid(name, **GRID)
     p = len(grid.eta)

@@ -77,9 +77,7 @@ def test_none_above_gives_an_empty_set(tracker, x64):
 
 def test_measurement_logs_every_outlier_above_the_fraction_of_the_edge(x64):
     """Through make_measure: a quadratic loss whose Hessian has a chosen spectrum, USAM's edge."""
-    from samedge import edges, measure, steps
-    from samedge.config import RunConfig
-    from samedge.tasks import Task
+    from samedge import edges, measure, optimizers
 
     lr, rho = 0.1, 0.1
     edge = float(edges.usam_edge(lr, rho))  # 10
@@ -90,14 +88,12 @@ def test_measurement_logs_every_outlier_above_the_fraction_of_the_edge(x64):
     def loss_fn(p, batch):
         return 0.5 * p["w"] @ a @ p["w"] + b @ p["w"]
 
-    task = Task(name="quad", config=None, init_params=None, loss_fn=loss_fn, accuracy_fn=None, data=(),
-                batch_fn=lambda d, s: (), measure_batch_fn=lambda d, s: (), evaluate=None)
-    cfg = RunConfig(optimizer="usam", lr=lr, rho=rho, track_fraction=0.4, track_max=6, lanczos_max_iters=48)
+    settings = measure.MeasureSettings(track_fraction=0.4, track_max=6, max_hvps=48)
+    m = measure.measurement(loss_fn, optimizers.build("usam", lr, rho=rho), settings)
     params = {"w": jnp.zeros(200)}
-    fn = measure.make_measure(task, steps.build("usam", lr, rho), cfg)
-    vectors = measure.initial_vectors(params, measure.num_vectors(cfg), 0).astype(jnp.float64)
-    assert vectors.shape == (1 + 6, 200)
-    row, vectors = fn(params, (), jnp.asarray(0), vectors)
+    state = m.init(params, jax.random.PRNGKey(0))
+    assert state.vectors.shape == (1 + 6, 200) and state.vectors.dtype == jnp.float64
+    row, state = m.measure(params, (), state, jax.random.PRNGKey(1))
     assert int(row["n_outliers"]) == 3
     np.testing.assert_allclose([float(row[f"outlier_{i}"]) for i in (1, 2, 3)], [9.5, 7.0, 4.5], rtol=1e-4)
     assert np.isnan(float(row["outlier_4"]))
@@ -105,5 +101,5 @@ def test_measurement_logs_every_outlier_above_the_fraction_of_the_edge(x64):
     first = int(row["hvps_outliers"])
     assert first > 3
     # warm-started from the vectors it returned, the next measurement needs no more matvecs
-    row2, _ = fn(params, (), jnp.asarray(25), vectors)
+    row2, _ = m.measure(params, (), state, jax.random.PRNGKey(2))
     assert int(row2["n_outliers"]) == 3 and int(row2["hvps_outliers"]) <= first

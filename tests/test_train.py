@@ -24,6 +24,17 @@ def small_task(data_dir):
     return tasks.build_task("mnist", tasks.make_task_config("mnist", SMALL), data_dir=data_dir)
 
 
+def _measure_row(task, cfg, params):
+    """One measurement of ``cfg``'s optimizer at ``params`` on the whole training set."""
+    import jax
+
+    from samedge import measure
+
+    opt = train.build_optimizer(cfg)
+    m = measure.measurement(task.loss_fn, opt, train.measure_settings(cfg, opt), accuracy_fn=task.accuracy_fn)
+    return m.measure(params, task.data, m.init(params, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))[0]
+
+
 def test_schedule():
     assert train.schedule(100, 25) == [0, 25, 50, 75, 100]
     assert train.schedule(90, 25) == [0, 25, 50, 75, 90]
@@ -66,8 +77,7 @@ def test_measured_lambda_max_is_the_hessian_norm(small_task, x64):
     small = small_task
     cfg = config.resolve("mnist", "quick", task_overrides=SMALL, optimizer="gd", lr=0.5, topk=2, lanczos_tol=1e-6)
     params = small.init_params(jax.random.PRNGKey(0))
-    row, _ = measure.make_measure(small, steps.build("gd", 0.5), cfg)(
-        params, small.data, 0, measure.initial_vectors(params, 2, 0))
+    row = _measure_row(small, cfg, params)
     dense = np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(lambda p: small.loss_fn(p, small.data), params)))
     top = dense[np.argsort(-np.abs(dense))][:2]
     assert float(row["lambda_max"]) == pytest.approx(abs(top[0]), rel=1e-4)
@@ -85,10 +95,10 @@ def test_alignments_against_dense_eigenvector(small_task, x64, name):
     from samedge import curvature, measure, steps
 
     small = small_task
-    cfg = config.resolve("mnist", "quick", task_overrides=SMALL, optimizer=name, lr=0.1, rho=0.2, lanczos_tol=1e-8)
+    cfg = config.resolve("mnist", "quick", task_overrides=SMALL, optimizer=name, lr=0.1,
+                         rho=0.2 if name == "sam" else None, lanczos_tol=1e-8)
     params = small.init_params(jax.random.PRNGKey(1))
-    row, _ = measure.make_measure(small, steps.build(name, 0.1, 0.2), cfg)(
-        params, small.data, 0, measure.initial_vectors(params, 1, 0))
+    row = _measure_row(small, cfg, params)
     loss = lambda p: small.loss_fn(p, small.data)
     dense_values, dense_vectors = np.linalg.eigh(np.asarray(curvature.dense_hessian(loss, params)))
     top = dense_vectors[:, np.argmax(np.abs(dense_values))]
@@ -131,7 +141,7 @@ def test_each_optimizer_reaches_its_own_edge(data_dir, tmp_path, optimizer, lr, 
     """The science, small: SAM's lambda_max settles at its SAM-edge, far below 2/eta; GD's at 2/eta."""
     overrides = dict(n_train=500, n_test=100, width=64, depth=4)
     task = tasks.build_task("mnist", tasks.make_task_config("mnist", overrides), data_dir=data_dir)
-    cfg = config.resolve("mnist", "quick", task_overrides=overrides, optimizer=optimizer, lr=lr, rho=0.1,
+    cfg = config.resolve("mnist", "quick", task_overrides=overrides, optimizer=optimizer, lr=lr, rho=0.1 if optimizer == "sam" else None,
                          steps=steps, measure_every=25, eval_every=steps, measure_sam_point=False)
     summary = train.train(cfg, task, None, progress=False)
     assert summary["status"] == "completed"

@@ -10,26 +10,25 @@ points, a resumed run cuts its ``lax.scan`` chunks at the same steps as an unint
 its floating-point results are bit for bit the same.
 
 Format: flax.serialization msgpack of a dict; the rows travel as one JSON string (JSON keeps the
-column order, and Python writes floats that read back exactly). The file is written under a
-temporary name, flushed to disk, then renamed over ``checkpoint.msgpack`` (``os.replace`` is
-atomic), so a crash in the middle of a write leaves the previous checkpoint whole.
+column order, and Python writes floats that read back exactly). The file,
+``samedge.store.CHECKPOINT`` in the run folder, is written by
+:func:`samedge.store.write_bytes_atomic`: under a temporary name, flushed to disk, then renamed over
+the old one (``os.replace`` is atomic), so a crash in the middle of a write leaves the previous
+checkpoint whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from samedge import store
 from samedge.errors import RunDirError
 
-FILE = "checkpoint.msgpack"  # the same name as samedge.store.CHECKPOINT
 FORMAT = 1  # bump when the payload's layout changes; older files are then refused with a clear error
 
 
@@ -44,11 +43,27 @@ class Checkpoint(NamedTuple):
 
 
 def path(folder) -> Path:
-    return Path(folder) / FILE
+    """Where the checkpoint of a run lives.
+
+    Args:
+        folder: the run folder.
+
+    Returns:
+        ``folder / store.CHECKPOINT``.
+    """
+    return Path(folder) / store.CHECKPOINT
 
 
 def save(folder, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``folder/checkpoint.msgpack`` atomically; return the path."""
+    """Write a checkpoint atomically (:func:`samedge.store.write_bytes_atomic`).
+
+    Args:
+        folder: the run folder.
+        ckpt: what to save.
+
+    Returns:
+        The checkpoint's path, :func:`path` of ``folder``.
+    """
     from flax import serialization
 
     payload = {
@@ -62,30 +77,29 @@ def save(folder, ckpt: Checkpoint) -> Path:
         "vectors": np.asarray(ckpt.vectors),
     }
     target = path(folder)
-    write_bytes_atomic(target, serialization.msgpack_serialize(payload))
+    # ``_write`` is looked up now, so that replacing ``checkpoint._write`` reaches this write.
+    store.write_bytes_atomic(target, serialization.msgpack_serialize(payload), write=_write)
     return target
 
 
-def write_bytes_atomic(target: Path, data: bytes) -> None:
-    """``data`` into ``target`` via a temporary file and a rename; a crash leaves the old file."""
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "wb") as f:
-        _write(f, data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
 def _write(f, data: bytes) -> None:
-    # A separate function so that the tests can make a write die half-way.
-    f.write(data)
+    # A seam for tests that make only the checkpoint write die half-way (tests/test_resume.py sets
+    # ``checkpoint._write``); by default it is store's own seam, ``store._write``.
+    store._write(f, data)
 
 
 def load(folder, params_template, opt_state_template) -> Checkpoint | None:
-    """The checkpoint in ``folder`` restored onto the templates' structure, or ``None`` if none.
+    """Read the checkpoint of a run back onto the structure of the templates.
 
-    A corrupt file, another format, or arrays whose shapes differ from the templates (the config
-    changed the model) raise :class:`RunDirError`.
+    Args:
+        folder: the run folder.
+        params_template: a parameter pytree of the run's model (its structure, shapes and dtypes).
+        opt_state_template: an optimizer state of the run's optimizer, likewise.
+
+    Returns:
+        The :class:`Checkpoint` (arrays as ``jax`` arrays), or ``None`` when ``folder`` has no
+        checkpoint. A corrupt file, another format, or arrays whose shapes differ from the
+        templates (the config changed the model) raise :class:`RunDirError`.
     """
     from flax import serialization
 
@@ -124,32 +138,3 @@ def _check_like(source, what, restored, template) -> None:
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:200]
-
-
-class StopSignals:
-    """While active, the first SIGINT or SIGTERM only asks the loop to stop at its next measurement
-    point (where it checkpoints); a second one interrupts at once (``KeyboardInterrupt``).
-
-    Handlers can only be set from the main thread; elsewhere (a worker thread) this does nothing
-    and the signals keep their usual effect.
-    """
-
-    def __init__(self):
-        self.requested: str | None = None
-        self._old: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested is not None:
-            raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()

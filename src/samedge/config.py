@@ -1,6 +1,7 @@
 """The run configuration: one typed dataclass, resolved from a task preset plus explicit overrides.
 
-Every run saves its fully resolved config (``config.json``); a preset only supplies defaults.
+Every run saves its fully resolved config (``config.json``); a preset only supplies defaults, and
+the optimizer registry (:mod:`samedge.optimizers`) its hyperparameters and their defaults.
 """
 
 from __future__ import annotations
@@ -10,25 +11,24 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from samedge import tasks
+from samedge import optimizers, tasks
 from samedge.errors import ConfigError
-
-OPTIMIZERS = ("gd", "sam", "momentum", "nesterov", "usam", "sam_momentum")
-# beta when --momentum is not given: 0.9 is the common choice for the momentum optimizers.
-DEFAULT_MOMENTUM = {"momentum": 0.9, "nesterov": 0.9, "sam_momentum": 0.9}
-# USAM's rho multiplies the raw gradient, not a unit vector, so the preset's SAM radius does not carry
-# over: on quick MNIST lr 0.5 with rho 0.1 stays at 0.87 x its edge after 1000 steps, rho 0.5 sits at it.
-DEFAULT_RHO = {"usam": 0.5}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "mnist"
-    preset: str = "quick"
-    optimizer: str = "sam"  # one of OPTIMIZERS
-    lr: float = 0.1  # step size eta
-    rho: float = 0.1  # SAM radius (ignored by optimizers without an ascent step)
-    momentum: float = 0.0  # beta, for the momentum optimizers
+    """Every setting of one run; saved whole as the ``run`` part of its ``config.json``.
+
+    >>> cfg = RunConfig(optimizer="sam", lr=0.1, hparams={"rho": 0.05}).validate()
+    >>> cfg.hparams["rho"], cfg.to_dict()["hparams"]
+    (0.05, {'rho': 0.05})
+    """
+
+    task: str = "mnist"  # a built-in task, an entry point of the group samedge.tasks, or module:factory
+    preset: str | None = "quick"  # the task's named settings; None when the task was passed as an object
+    optimizer: str = optimizers.DEFAULT  # a name of samedge.optimizers (or package.module:ENTRY)
+    lr: float | None = 0.1  # step size eta (None only for a custom optimizer object without one)
+    hparams: Mapping[str, float] = field(default_factory=dict)  # the optimizer's own (rho, momentum...)
     steps: int = 1000  # number of optimizer steps
     measure_every: int = 25  # measure curvature every K steps (and at the first and last step)
     eval_every: int = 250  # test metrics every this many steps (a multiple of measure_every is best)
@@ -36,7 +36,7 @@ class RunConfig:
     topk: int = 1  # eigenpairs tracked at each measurement
     lanczos_max_iters: int = 64  # most Hessian-vector products one Lanczos run may spend
     lanczos_tol: float = 1e-3  # stop when every tracked pair has ||Hv - lam v|| / |lam| <= tol
-    measure_sam_point: bool = True  # also measure lambda_max at the SAM ascent point (rho > 0)
+    measure_sam_point: bool = True  # also measure lambda_max at the ascent point (optimizers with one)
     # Checkpoint at the first measurement point at least this many steps after the previous one
     # (0: only on SIGINT/SIGTERM). 250 loses at most a few minutes of a paper-sized run, and a
     # checkpoint (parameters + eigenvectors, a few MB for the paper's MLP) costs far less than that.
@@ -47,13 +47,20 @@ class RunConfig:
     track_fraction: float = 0.0  # 0 = off; else also track every eigenvalue above this fraction of the edge
     track_max: int = 12  # most eigenvalues tracked that way (the square loss on 10 classes shows ~10 outliers)
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
+    # True when the optimizer was passed as a Python object (samedge.fit): ``optimizer`` is then only
+    # its name, and resuming needs the same object again.
+    custom_optimizer: bool = False
 
     def validate(self) -> "RunConfig":
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        _number("lr", self.lr, lambda v: v > 0, "must be > 0")
-        _number("rho", self.rho, lambda v: v >= 0, "must be >= 0")
-        _number("momentum", self.momentum, lambda v: 0 <= v < 1, "must be in [0, 1)")
+        """Check every setting (one-line :class:`ConfigError` naming the flag); returns ``self``."""
+        if not self.custom_optimizer:
+            entry = optimizers.get(self.optimizer)
+            missing = [h for h in entry.hyper_names if h not in self.hparams]
+            if missing:
+                raise ConfigError(f"{self.optimizer} needs {', '.join(missing)}")
+            optimizers.resolve_hparams(self.optimizer, self.hparams)
+        if self.lr is not None or not self.custom_optimizer:
+            _number("lr", self.lr, lambda v: v > 0, "must be > 0")
         _number("lanczos_tol", self.lanczos_tol, lambda v: v > 0, "must be > 0")
         _number("track_fraction", self.track_fraction, lambda v: 0 <= v < 1, "must be in [0, 1)")
         _integer("track_max", self.track_max, 1)
@@ -66,11 +73,19 @@ class RunConfig:
             raise ConfigError(f"topk ({self.topk}) must not exceed lanczos_max_iters ({self.lanczos_max_iters})")
         if not isinstance(self.measure_sam_point, bool):
             raise ConfigError(f"measure_sam_point must be true or false, got {self.measure_sam_point!r}")
-        tasks.make_task_config(self.task, self.task_config)
+        if self.preset is not None:  # None: the task was passed as a Python object (samedge.fit)
+            tasks.make_task_config(self.task, self.task_config)
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"task_config": dict(self.task_config)}
+        """The settings as plain JSON-able values (``config.json``'s ``run`` part)."""
+        return dataclasses.asdict(self) | {"task_config": dict(self.task_config), "hparams": dict(self.hparams)}
+
+    def describe(self) -> str:
+        """``sam lr=0.1 rho=0.1``: the optimizer and its settings in one label."""
+        if self.custom_optimizer:
+            return f"{self.optimizer}" + (f" lr={self.lr:g}" if self.lr is not None else "")
+        return optimizers.describe(self.optimizer, self.lr, self.hparams)
 
 
 def _number(name, value, ok, why):
@@ -83,37 +98,58 @@ def _integer(name, value, low):
         raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
 
 
-def resolve(task: str, preset: str = "quick", *, task_overrides: Mapping[str, Any] | None = None,
-            **overrides) -> RunConfig:
+def resolve(task: str, preset: str | None = None, *, task_overrides: Mapping[str, Any] | None = None,
+            hparams: Mapping[str, Any] | None = None, **overrides) -> RunConfig:
     """The preset's defaults for ``task``, then ``overrides`` (``None`` values are ignored).
 
-    Unknown keys are errors; the result is validated before any data is read.
+    Args:
+      task: a task name (see :func:`samedge.tasks.task_source`).
+      preset: the task's preset (``None``: its first, ``quick`` for the built-in tasks).
+      task_overrides: settings of the task's own Config.
+      hparams: the optimizer's hyperparameters; they may also be given as keywords (``rho=0.1``).
+      **overrides: any other :class:`RunConfig` field.
+
+    Returns:
+      The validated :class:`RunConfig`. Unknown keys, and hyperparameters the optimizer does not
+      have, are errors; nothing is read from disk.
+
+    >>> resolve("mnist", "quick", optimizer="sam", rho=0.3).hparams
+    {'rho': 0.3}
     """
     p = tasks.get_preset(task, preset)
-    known = {f.name for f in dataclasses.fields(RunConfig)} - {"task", "preset", "task_config"}
+    hyper_names = set(optimizers.all_hypers())
     given = {k: v for k, v in overrides.items() if v is not None}
+    hp = {k: given.pop(k) for k in list(given) if k in hyper_names} | dict(hparams or {})
+    known = {f.name for f in dataclasses.fields(RunConfig)} - {"task", "preset", "task_config", "hparams",
+                                                               "custom_optimizer"}
     unknown = sorted(set(given) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    optimizer = given.get("optimizer", p.run.get("optimizer", "sam"))
-    base = dict(
-        optimizer=optimizer,
-        lr=p.default_lr(optimizer) if isinstance(optimizer, str) else None,
-        rho=DEFAULT_RHO.get(optimizer, p.rho) if isinstance(optimizer, str) else p.rho,
-        momentum=DEFAULT_MOMENTUM.get(optimizer, 0.0) if isinstance(optimizer, str) else None,
-        steps=p.steps,
-        measure_every=p.measure_every,
-        eval_every=p.eval_every,
-    ) | dict(p.run)
+    optimizer = given.get("optimizer", p.run.get("optimizer", optimizers.DEFAULT))
+    base = dict(optimizer=optimizer, steps=p.steps, measure_every=p.measure_every, eval_every=p.eval_every)
+    base |= {k: v for k, v in p.run.items() if k != "optimizer"}
+    if "lr" not in given:
+        base["lr"] = p.default_lr(optimizer if isinstance(optimizer, str) else "")
     task_config = dict(p.task) | dict(task_overrides or {})
-    cfg = RunConfig(task=task, preset=preset, task_config=task_config, **(base | given))
+    cfg = RunConfig(task=task, preset=p.name, task_config=task_config,
+                    hparams=optimizers.resolve_hparams(optimizer, hp),
+                    **(base | given))
     return cfg.validate()
 
 
 def from_dict(data: Mapping[str, Any]) -> RunConfig:
-    """A RunConfig from a saved ``config.json`` (its ``run`` part); unknown keys are errors."""
+    """A RunConfig from a saved ``config.json`` (its ``run`` part); unknown keys are errors.
+
+    Folders written before the registry (``rho`` and ``momentum`` as fields) are read too: the
+    values the optimizer has become its ``hparams``.
+    """
+    data = dict(data)
+    if "hparams" not in data and isinstance(data.get("optimizer"), str):
+        old = {k: data.pop(k) for k in (optimizers.RHO.name, optimizers.MOMENTUM.name) if k in data}
+        names = optimizers.get(data["optimizer"]).hyper_names
+        data["hparams"] = {k: v for k, v in old.items() if k in names}
     known = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)} in config")
-    return RunConfig(**dict(data)).validate()
+    return RunConfig(**data).validate()

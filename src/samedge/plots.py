@@ -25,12 +25,27 @@ def _col(rows, key):
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def hparams_of(run: dict) -> dict:
+    """The optimizer's hyperparameters in a run's settings (``config.json``'s ``run`` part); folders
+    written before the registry kept ``rho`` and ``momentum`` as fields."""
+    from samedge import optimizers
+
+    if "hparams" in run:
+        return dict(run["hparams"] or {})
+    try:
+        own = optimizers.get(run.get("optimizer")).hyper_names
+    except Exception:
+        own = ()
+    return {k: run[k] for k in own if k in run}
+
+
 def _label(config: dict) -> str:
     run = config.get("run", config)
-    label = f"{run.get('optimizer', '?')} lr={run.get('lr', '?'):g}"
-    if run.get("optimizer") not in ("gd", None):
-        label += f" rho={run.get('rho', 0):g}"
-    return label
+    lr = run.get("lr")
+    parts = [str(run.get("optimizer", "?")), f"lr={lr:g}" if isinstance(lr, (int, float)) else ""]
+    parts += [f"{k}={v:g}" for k, v in hparams_of(run).items()]
+    task = run.get("task")
+    return (f"{task}: " if task else "") + " ".join(p for p in parts if p)
 
 
 def draw_sharpness(ax, rows, title: str = "") -> None:

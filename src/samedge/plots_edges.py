@@ -12,25 +12,25 @@ import numpy as np
 
 from samedge.plots import _pyplot, save
 
-_TITLES = {
-    "gd": "GD: edge 2/eta",
-    "momentum": "heavy ball: (2+2b)/eta",
-    "nesterov": "Nesterov: (2+2b)/(eta(1+2b))",
-    "usam": "USAM: eta lam (1 + rho lam) = 2",
-    "sam": "SAM: eta lam (1 + rho lam/|g|) = 2",
-    "sam_momentum": "SAM + momentum: ... = 2(1+b)",
-}
+def _title(name: str) -> str:
+    from samedge import optimizers
+
+    entry = optimizers.get(name)
+    return f"{entry.label}: {entry.edge_formula}"
 
 
 def _axis(b):
-    """The variable each boundary collapses onto, and its label."""
+    """The variable each boundary collapses onto, and its label (from the optimizer's settings)."""
+    from samedge import optimizers
+
+    entry = optimizers.get(b.name)
     g = b.grid
-    if b.name in ("momentum", "nesterov"):
-        return g.beta, r"momentum $\beta$", False
-    if b.name == "usam":
-        return g.rho / g.eta, r"$\rho/\eta$", True
-    if b.name in ("sam", "sam_momentum"):
+    if optimizers.RHO.name in entry.hyper_names and entry.edge_needs_grad_norm:
         return g.rho / (g.eta * b.grad_norm), r"$\rho/(\eta\,\|g\|)$", True
+    if optimizers.RHO.name in entry.hyper_names:
+        return g.rho / g.eta, r"$\rho/\eta$", True
+    if optimizers.MOMENTUM.name in entry.hyper_names:
+        return g.beta, r"momentum $\beta$", False
     return g.eta, r"$\eta$", True
 
 
@@ -47,7 +47,7 @@ def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
     for ax, b in zip(axes.ravel(), bounds):
         x, xlabel, logx = _axis(b)
         eta = b.grid.eta
-        betas = np.unique(b.grid.beta) if b.name == "sam_momentum" else [None]
+        betas = np.unique(b.grid.beta) if len(np.unique(b.grid.beta)) > 1 and _has_rho(b.name) else [None]
         for i, beta in enumerate(betas):
             sel = np.ones_like(x, bool) if beta is None else b.grid.beta == beta
             order = np.argsort(x[sel])
@@ -62,7 +62,7 @@ def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
         ax.set_ylabel(r"$\eta\,\lambda$ at the edge")
         ax.ticklabel_format(axis="y", useOffset=False)
         worst = np.max(np.abs(b.simulated / b.predicted - 1))
-        ax.set_title(f"{_TITLES.get(b.name, b.name)}\nmax |sim/pred - 1| = {worst:.1e}", fontsize=8)
+        ax.set_title(f"{_title(b.name)}\nmax |sim/pred - 1| = {worst:.1e}", fontsize=8)
         ax.legend(fontsize=6)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
@@ -70,6 +70,12 @@ def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
     written = save(fig, out_stem)
     plt.close(fig)
     return written
+
+
+def _has_rho(name):
+    from samedge import optimizers
+
+    return optimizers.RHO.name in optimizers.get(name).hyper_names
 
 
 def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
@@ -93,3 +99,17 @@ def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
     written = save(fig, out_stem)
     plt.close(fig)
     return written
+
+
+def save_spectra(spectra: Sequence, out, run_config: dict, title: str = "") -> list[Path]:
+    """Write ``spectra.npz`` (grid, density, nodes, weights per step), ``spectra.json`` (the run's
+    settings, each step's edge and lambda_max) and the figure ``spectrum`` (PNG, PDF) into ``out``."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "spectra.npz", **{f"{k}_{s.step}": getattr(s, k) for s in spectra
+                                     for k in ("grid", "density", "nodes", "weights")})
+    (out / "spectra.json").write_text(json.dumps({"run": run_config, "steps": [
+        {"step": s.step, "edge": s.edge, "lambda_max": s.lambda_max} for s in spectra]}, indent=2))
+    return plot_spectra(spectra, out / "spectrum", title=title)

@@ -24,7 +24,7 @@ from pathlib import Path
 from samedge import analysis, plots
 from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
 
-COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "seed", "status", "steps", "final_train_loss",
+COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "settings", "seed", "status", "steps", "final_train_loss",
            "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
            "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "wall_time_s",
            "measure_share", "error")
@@ -57,7 +57,18 @@ def find_runs(root) -> list[Run]:
 
 
 def _rho(config: dict) -> float:
-    return 0.0 if config.get("optimizer") == "gd" else float(config.get("rho", 0.0))
+    return float(plots.hparams_of(config).get("rho", 0.0))
+
+
+def _settings(config: dict) -> str:
+    """The optimizer's own settings, e.g. ``rho=0.1`` (``-`` when it has none)."""
+    return " ".join(f"{k}={v:g}" for k, v in plots.hparams_of(config).items()) or "-"
+
+
+def _column(config: dict) -> tuple:
+    """A figure grid's column: optimizers without settings first, then by optimizer and settings."""
+    hp = plots.hparams_of(config)
+    return (bool(hp), str(config.get("optimizer")), tuple(sorted(hp.items())))
 
 
 def summary_row(run: Run, root: Path) -> dict:
@@ -73,7 +84,7 @@ def summary_row(run: Run, root: Path) -> dict:
     return {
         "run": str(run.path.relative_to(root)) if run.path != root else ".",
         "task": c.get("task"), "preset": c.get("preset"), "optimizer": c.get("optimizer"),
-        "eta": c.get("lr"), "rho": _rho(c), "seed": c.get("seed"),
+        "eta": c.get("lr"), "rho": _rho(c), "settings": _settings(c), "seed": c.get("seed"),
         "status": run.summary.get("status", "unfinished"),
         "steps": run.summary.get("steps_done", stats.get("final_step", 0)),
         "final_train_loss": stats.get("final_loss"), "test_metric": metric, "test_value": value,
@@ -87,7 +98,8 @@ def summary_row(run: Run, root: Path) -> dict:
 
 
 def _sort_key(row):
-    return (row["task"] or "", row["preset"] or "", row["seed"] or 0, row["eta"] or 0, row["rho"], row["optimizer"] or "")
+    return (row["task"] or "", row["preset"] or "", row["seed"] or 0, row["eta"] or 0, row["rho"], row["optimizer"] or "",
+            row["settings"])
 
 
 def write_csv(rows, path: Path) -> Path:
@@ -100,9 +112,14 @@ def write_csv(rows, path: Path) -> Path:
 
 
 def _panel_title(config) -> str:
-    rho = _rho(config)
-    kind = "GD" if config.get("optimizer") == "gd" else config.get("optimizer", "?").upper()
-    return f"eta={config.get('lr', 0):g}, rho={rho:g} ({kind})"
+    from samedge import optimizers
+
+    try:
+        kind = optimizers.get(config.get("optimizer")).label
+    except Exception:
+        kind = str(config.get("optimizer", "?"))
+    hp = plots.hparams_of(config)
+    return ", ".join([f"eta={config.get('lr', 0):g}"] + [f"{k}={v:g}" for k, v in hp.items()]) + f" ({kind})"
 
 
 def figure_grids(runs, fig_dir: Path) -> list[Path]:
@@ -115,8 +132,8 @@ def figure_grids(runs, fig_dir: Path) -> list[Path]:
     pngs = []
     for (task, preset, seed), group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         etas = sorted({float(r.config.get("lr", 0)) for r in group})
-        rhos = sorted({_rho(r.config) for r in group})
-        cells = {(float(r.config.get("lr", 0)), _rho(r.config)): r for r in group}
+        rhos = sorted({_column(r.config) for r in group})
+        cells = {(float(r.config.get("lr", 0)), _column(r.config)): r for r in group}
         panels = [[(cells[(e, p)].rows, _panel_title(cells[(e, p)].config)) if (e, p) in cells else None
                    for p in rhos] for e in etas]
         for name, draw in GRIDS:
@@ -136,9 +153,9 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-TABLE = ("task", "optimizer", "eta", "rho", "seed", "status", "steps", "final_train_loss", "test_metric",
+TABLE = ("task", "optimizer", "eta", "settings", "seed", "status", "steps", "final_train_loss", "test_metric",
          "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct", "lambda_over_gd_edge_median")
-HEADINGS = ("task", "optimizer", "eta", "rho", "seed", "status", "steps", "train loss", "test metric", "value",
+HEADINGS = ("task", "optimizer", "eta", "settings", "seed", "status", "steps", "train loss", "test metric", "value",
             "median λmax/edge", "p10", "p90", "within ±10%", "median λmax/(2/η)")
 
 

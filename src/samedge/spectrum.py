@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Spectrum", "slq", "density", "spectra_along_run"]
+__all__ = ["Spectrum", "slq", "density", "to_spectrum"]
 
 
 class Spectrum(NamedTuple):
@@ -60,47 +60,11 @@ def density(nodes, weights, grid, sigma):
     return np.mean(np.sum(weights[None] * np.exp(-0.5 * z**2), axis=-1), axis=-1) / (sigma * np.sqrt(2 * np.pi))
 
 
-def _to_spectrum(step, nodes, weights, edge, *, points: int = 600, sigma_frac: float = 0.01) -> Spectrum:
+def to_spectrum(step, nodes, weights, edge, *, points: int = 600, sigma_frac: float = 0.01) -> Spectrum:
+    """A :class:`Spectrum` from SLQ nodes and weights: the density on a grid that reaches past the
+    edge, each node widened by a Gaussian of ``sigma_frac`` x the spread of the nodes."""
     nodes, weights = np.asarray(nodes, float), np.asarray(weights, float)
     lo, hi = float(nodes.min()), float(nodes.max())
     sigma = sigma_frac * max(hi - lo, 1e-12)
     grid = np.linspace(lo - 5 * sigma, max(hi, float(edge)) + 5 * sigma, points)
     return Spectrum(int(step), grid, density(nodes, weights, grid, sigma), nodes, weights, float(edge), hi)
-
-
-def spectra_along_run(cfg, task, at_steps, *, num_probes: int = 8, num_matvecs: int = 40) -> list[Spectrum]:
-    """Train ``cfg`` on ``task`` (the run's own steps) and take the SLQ spectrum at ``at_steps``.
-
-    The Hessian is that of the task's measurement batch; the edge is ``optimizer.edge(||g||)`` there.
-    Stops early (returning what it has) if the loss becomes non-finite.
-    """
-    from jax.flatten_util import ravel_pytree
-
-    from samedge import curvature, steps, train
-    from samedge.steps import global_norm
-
-    optimizer = steps.build(cfg.optimizer, cfg.lr, cfg.rho, cfg.momentum)
-    params = task.init_params(jax.random.PRNGKey(cfg.seed))
-    opt_state = optimizer.init(params)
-    n = ravel_pytree(params)[0].shape[0]
-
-    @jax.jit
-    def measure(params, data, step):
-        batch = task.measure_batch_fn(data, step)
-        loss_fn = lambda p: task.loss_fn(p, batch)  # noqa: E731
-        matvec, _ = curvature.flat_hvp(loss_fn, params)
-        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0x51C)
-        nodes, weights = slq(matvec, n, key, num_probes=num_probes, num_matvecs=num_matvecs)
-        return nodes, weights, optimizer.edge(global_norm(jax.grad(loss_fn)(params)))
-
-    out, done = [], 0
-    for step in sorted(set(int(s) for s in at_steps)):
-        if step > done:
-            chunk = train.make_chunk(task, optimizer, step - done)
-            params, opt_state, losses = chunk(params, opt_state, task.data, jnp.asarray(done))
-            if not np.all(np.isfinite(np.asarray(losses))):
-                break
-            done = step
-        nodes, weights, edge = measure(params, task.data, jnp.asarray(step))
-        out.append(_to_spectrum(step, nodes, weights, edge))
-    return out

@@ -1,20 +1,32 @@
-"""Optimizer steps as small pure factories: GD, and SAM wrapping a base step.
+"""Optimizer steps of two shapes, around any optax base, as small pure factories.
 
 An :class:`Optimizer` is a named tuple of pure functions, in the manner of optax:
 
-- ``init(params) -> state``
+- ``init(params) -> state``: the base's state;
 - ``update(params, state, grad_fn) -> (params, state, loss)`` where ``grad_fn(params)`` returns
   ``(loss, grad)`` on the current batch (for stochastic SAM both gradients of one step use the same
   minibatch because the caller closes ``grad_fn`` over it), and ``loss`` is the loss at ``params``
   before the step;
-- ``edge(grad_norm)``: the optimizer's edge of stability at the current gradient norm
-  (see :mod:`samedge.edges`);
-- ``gradient_at(params, grad, grad_fn) -> grad``: the gradient the step actually descends along
-  (the SAM gradient for SAM), given ``grad = grad L(params)`` already taken; used by the
-  measurements for alignments and by the SAM-type steps themselves.
+- ``gradient_at(params, grad, grad_fn) -> grad``: the gradient the step feeds its base (the
+  gradient at the ascent point for SAM), given ``grad = grad L(params)`` already taken;
+- ``edge(grad, state) -> scalar`` or ``None``: the optimizer's edge of stability at the current
+  gradient (a pytree, ``grad L(w)``) and optimizer state (see :mod:`samedge.edges`), or ``None``
+  when no closed form is known; then measurements report lambda and leave the edge empty;
+- ``ascent_point(params, grad) -> params`` or ``None``: where the step takes its gradient;
+- ``lr``: the step size eta when it is one number (for 2/eta), else ``None``.
 
-The descent itself is an optax transformation (plain SGD here), so momentum variants differ only
-in the base they wrap.
+The two shapes: :func:`descent` feeds ``g = grad L(w)`` to the base (GD, heavy ball, Adam ...);
+:func:`ascent` feeds ``grad L(a(w, g))`` for an ascent point ``a`` computed from ``g`` on the same
+batch (SAM ``a = w + rho g/||g||``, USAM ``a = w + rho g``). :func:`sam` and :func:`usam` are
+:func:`ascent` with those points. The built-in optimizers with their closed-form edges are entries
+of :mod:`samedge.optimizers` built from these.
+
+>>> import jax, jax.numpy as jnp, optax
+>>> opt = sam(optax.sgd(0.1), rho=0.05)           # SAM around plain SGD (no edge attached)
+>>> loss = lambda w: 0.5 * jnp.sum(w ** 2)
+>>> w, state, value = opt.update(jnp.ones(2), opt.init(jnp.ones(2)), jax.value_and_grad(loss))
+>>> [round(float(x), 4) for x in w], float(value), opt.edge is None
+([0.8965, 0.8965], 1.0, True)
 """
 
 from __future__ import annotations
@@ -25,39 +37,74 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from samedge import edges
-
-__all__ = [
-    "Optimizer", "gd", "sam", "sam_ascent_point", "global_norm",
-    "momentum", "nesterov", "usam", "sam_momentum", "usam_ascent_point", "ascent_point_fn",
-]
+__all__ = ["Optimizer", "descent", "ascent", "sam", "usam", "sam_ascent_point", "usam_ascent_point",
+           "global_norm"]
 
 Params = Any
 GradFn = Callable[[Params], tuple[jax.Array, Params]]
+EdgeFn = Callable[[Params, Any], jax.Array]
 
 
 class Optimizer(NamedTuple):
+    """An optimizer as pure functions (see the module docstring for each field)."""
+
     name: str
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, GradFn], tuple[Params, Any, jax.Array]]
-    edge: Callable[[jax.Array], jax.Array]
+    edge: EdgeFn | None
     gradient_at: Callable[[Params, Params, GradFn], Params]
+    ascent_point: Callable[[Params, Params], Params] | None = None
+    lr: Any = None
 
 
 def global_norm(tree) -> jax.Array:
-    """Euclidean norm of a pytree taken as one flat vector."""
+    """Euclidean norm of a pytree taken as one flat vector: ``sqrt(sum_leaves sum x**2)``.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      A scalar array.
+
+    >>> float(global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])}))
+    5.0
+    """
     return jnp.sqrt(sum(jnp.vdot(x, x).real for x in jax.tree.leaves(tree)))
 
 
 def sam_ascent_point(params, grad, rho):
-    """``w + rho * g / ||g||``; a zero gradient means no offset (not NaN, unlike optax.contrib)."""
+    """SAM's ascent point ``w + rho g / ||g||``; a zero gradient gives ``w`` (not NaN, unlike optax.contrib).
+
+    Args:
+      params: the point ``w``, a pytree.
+      grad: ``g = grad L(w)``, a pytree like ``params``.
+      rho: the radius (may be traced).
+
+    Returns:
+      A pytree like ``params``.
+
+    >>> [float(x) for x in sam_ascent_point(jnp.zeros(2), jnp.array([3.0, 4.0]), 1.0)]
+    [0.6, 0.8]
+    """
     norm = global_norm(grad)
     scale = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 0.0)
     return jax.tree.map(lambda w, g: w + (scale * g).astype(w.dtype), params, grad)
 
 
 def usam_ascent_point(params, grad, rho):
-    """``w + rho * g``: the ascent point of unnormalised SAM (no division, so no zero-gradient case)."""
+    """Unnormalised SAM's ascent point ``w + rho g`` (no division, so no zero-gradient case).
+
+    Args:
+      params: the point ``w``, a pytree.
+      grad: ``g = grad L(w)``, a pytree like ``params``.
+      rho: the radius (may be traced).
+
+    Returns:
+      A pytree like ``params``.
+
+    >>> [float(x) for x in usam_ascent_point(jnp.zeros(2), jnp.array([3.0, 4.0]), 0.5)]
+    [1.5, 2.0]
+    """
     return jax.tree.map(lambda w, g: w + (rho * g).astype(w.dtype), params, grad)
 
 
@@ -69,13 +116,31 @@ def _descend(base: optax.GradientTransformation):
     return apply
 
 
-# Every step is one of two shapes: it descends along grad L(w) through an optax base (which may
-# keep a velocity), or along the gradient at an ascent point computed from g = grad L(w) on the
-# same batch. Hyperparameters may be traced arrays (samedge.theory vmaps over them).
+def _check_base(base) -> None:
+    if not (hasattr(base, "init") and hasattr(base, "update")):
+        raise TypeError(f"base must be an optax.GradientTransformation (with init and update), "
+                        f"got {type(base).__name__}")
 
 
-def _plain(name: str, base: optax.GradientTransformation, edge) -> Optimizer:
-    """A step that descends along ``grad L(w)`` through ``base`` (which may keep a velocity)."""
+def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: EdgeFn | None = None,
+            lr=None) -> Optimizer:
+    """A step that feeds ``g = grad L(w)`` to ``base``: ``w' = w + base.update(g)``.
+
+    Args:
+      base: any ``optax.GradientTransformation`` (``optax.sgd(0.1)``, ``optax.adam(1e-3)`` ...).
+      name: a label for tables and figures.
+      edge: ``edge(grad, state) -> scalar``, the edge of stability, or ``None`` (no known edge).
+      lr: the step size, when it is one number (gives the 2/eta column), else ``None``.
+
+    Returns:
+      An :class:`Optimizer` without an ascent point.
+
+    >>> opt = descent(optax.sgd(0.5), lr=0.5)
+    >>> w, _, _ = opt.update(jnp.ones(1), opt.init(jnp.ones(1)), jax.value_and_grad(lambda w: jnp.sum(w ** 2)))
+    >>> float(w[0])                                    # 1 - 0.5 * 2
+    0.0
+    """
+    _check_base(base)
     descend = _descend(base)
 
     def update(params, state, grad_fn):
@@ -86,93 +151,80 @@ def _plain(name: str, base: optax.GradientTransformation, edge) -> Optimizer:
     def gradient_at(params, grad, grad_fn):
         return grad
 
-    return Optimizer(name, base.init, update, edge, gradient_at)
+    return Optimizer(name, base.init, update, edge, gradient_at, None, lr)
 
 
-def _ascending(name: str, base: optax.GradientTransformation, ascent, edge) -> Optimizer:
-    """A step that feeds ``grad L(ascent(w, g))`` to ``base``; ``g = grad L(w)`` on the same batch."""
+def ascent(base: optax.GradientTransformation, ascent_point: Callable[[Params, Params], Params], *,
+           name: str = "ascent", edge: EdgeFn | None = None, lr=None) -> Optimizer:
+    """A step that feeds ``grad L(a(w, g))`` to ``base``, with ``g = grad L(w)`` on the same batch.
+
+    Args:
+      base: any ``optax.GradientTransformation``.
+      ascent_point: ``(params, grad) -> point``, e.g. :func:`sam_ascent_point` with a radius bound.
+      name: a label for tables and figures.
+      edge: ``edge(grad, state) -> scalar``, or ``None`` (no known edge).
+      lr: the step size when it is one number, else ``None``.
+
+    Returns:
+      An :class:`Optimizer` whose ``gradient_at`` is the gradient at the ascent point. A step costs
+      two gradients.
+
+    >>> opt = ascent(optax.sgd(0.1), lambda w, g: w + g)   # USAM with rho = 1
+    >>> w, _, _ = opt.update(jnp.ones(1), opt.init(jnp.ones(1)), jax.value_and_grad(lambda w: jnp.sum(w ** 2)))
+    >>> round(float(w[0]), 6)                          # 1 - 0.1 * 2 * (1 + 2)
+    0.4
+    """
+    _check_base(base)
     descend = _descend(base)
 
     def gradient_at(params, grad, grad_fn):
-        return grad_fn(ascent(params, grad))[1]
+        return grad_fn(ascent_point(params, grad))[1]
 
     def update(params, state, grad_fn):
         loss, grad = grad_fn(params)
         params, state = descend(params, state, gradient_at(params, grad, grad_fn))
         return params, state, loss
 
-    return Optimizer(name, base.init, update, edge, gradient_at)
+    return Optimizer(name, base.init, update, edge, gradient_at, ascent_point, lr)
 
 
-def gd(lr) -> Optimizer:
-    """Gradient descent ``w' = w - lr * grad L(w)``; edge ``2 / lr``."""
-    return _plain("gd", optax.sgd(lr), lambda grad_norm: edges.gd_edge(lr) + 0.0 * grad_norm)
+def sam(base: optax.GradientTransformation, rho, *, name: str | None = None, edge: EdgeFn | None = None,
+        lr=None) -> Optimizer:
+    """SAM around any base: feeds ``grad L(w + rho g/||g||)`` to ``base``.
 
+    With ``base = optax.sgd(eta)`` this is ``w' = w - eta grad L(w + rho g/||g||)``, whose edge is
+    :func:`samedge.edges.sam_edge` (the registry entry ``"sam"`` attaches it); around other bases
+    (momentum, Adam) pass ``edge`` if you know one, else none is reported.
 
-def sam(lr, rho) -> Optimizer:
-    """SAM ``w' = w - lr * grad L(w + rho g/||g||)`` with ``g = grad L(w)``; edge :func:`edges.sam_edge`.
+    Args:
+      base: any ``optax.GradientTransformation``.
+      rho: the radius.
+      name: a label (default ``sam``); edge, lr: as in :func:`ascent`.
 
-    With ``rho = 0`` the ascent point is ``w`` itself and the step equals :func:`gd` exactly.
+    Returns:
+      An :class:`Optimizer`.
+
+    >>> opt = sam(optax.adam(1e-3), rho=0.05)
+    >>> opt.name, opt.edge is None
+    ('sam', True)
     """
-    return _ascending("sam", optax.sgd(lr), lambda p, g: sam_ascent_point(p, g, rho),
-                      lambda grad_norm: edges.sam_edge(lr, rho, grad_norm))
+    return ascent(base, lambda p, g: sam_ascent_point(p, g, rho), name=name or sam.__name__, edge=edge, lr=lr)
 
 
-def momentum(lr, beta) -> Optimizer:
-    """Heavy ball ``v' = beta v + grad L(w); w' = w - lr v'`` (``optax.sgd(lr, momentum=beta)``).
+def usam(base: optax.GradientTransformation, rho, *, name: str | None = None, edge: EdgeFn | None = None,
+         lr=None) -> Optimizer:
+    """Unnormalised SAM around any base: feeds ``grad L(w + rho g)`` to ``base``.
 
-    Edge :func:`edges.momentum_edge` ``(2 + 2 beta)/lr``. ``gradient_at`` is ``grad L(w)``, the
-    gradient fed to the velocity (the velocity itself is state, not a gradient).
+    Args:
+      base: any ``optax.GradientTransformation``.
+      rho: the radius.
+      name, edge, lr: as in :func:`ascent`.
+
+    Returns:
+      An :class:`Optimizer`.
+
+    >>> usam(optax.sgd(0.1), rho=0.5).ascent_point(jnp.zeros(1), jnp.ones(1))[0].item()
+    0.5
     """
-    return _plain("momentum", optax.sgd(lr, momentum=beta),
-                  lambda grad_norm: edges.momentum_edge(lr, beta) + 0.0 * grad_norm)
-
-
-def nesterov(lr, beta) -> Optimizer:
-    """Nesterov momentum in optax's form: ``v' = g + beta v; w' = w - lr (g + beta v')``, ``g = grad L(w)``.
-
-    Edge :func:`edges.nesterov_edge` ``(2 + 2 beta)/(lr (1 + 2 beta))``, derived for exactly this form.
-    """
-    return _plain("nesterov", optax.sgd(lr, momentum=beta, nesterov=True),
-                  lambda grad_norm: edges.nesterov_edge(lr, beta) + 0.0 * grad_norm)
-
-
-def usam(lr, rho) -> Optimizer:
-    """Unnormalised SAM ``w' = w - lr grad L(w + rho grad L(w))``; edge :func:`edges.usam_edge` (constant)."""
-    return _ascending("usam", optax.sgd(lr), lambda p, g: usam_ascent_point(p, g, rho),
-                      lambda grad_norm: edges.usam_edge(lr, rho) + 0.0 * grad_norm)
-
-
-def sam_momentum(lr, rho, beta) -> Optimizer:
-    """SAM feeding heavy ball: ``v' = beta v + grad L(w + rho g/||g||); w' = w - lr v'``.
-
-    Edge :func:`edges.sam_momentum_edge`; ``gradient_at`` is the SAM gradient fed to the velocity.
-    """
-    return _ascending("sam_momentum", optax.sgd(lr, momentum=beta), lambda p, g: sam_ascent_point(p, g, rho),
-                      lambda grad_norm: edges.sam_momentum_edge(lr, rho, beta, grad_norm))
-
-
-_BUILDERS = {
-    "gd": lambda lr, rho, beta: gd(lr),
-    "sam": lambda lr, rho, beta: sam(lr, rho),
-    "momentum": lambda lr, rho, beta: momentum(lr, beta),
-    "nesterov": lambda lr, rho, beta: nesterov(lr, beta),
-    "usam": lambda lr, rho, beta: usam(lr, rho),
-    "sam_momentum": lambda lr, rho, beta: sam_momentum(lr, rho, beta),
-}
-
-
-def build(name: str, lr, rho=0.0, momentum=0.0) -> Optimizer:
-    """The optimizer called ``name`` (see :data:`samedge.config.OPTIMIZERS`)."""
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown optimizer {name!r}")
-    return _BUILDERS[name](lr, rho, momentum)
-
-
-def ascent_point_fn(name: str, rho) -> Callable | None:
-    """``(params, grad) -> ascent point`` of the optimizer called ``name``, or None if it has none."""
-    if name in ("sam", "sam_momentum"):
-        return lambda params, grad: sam_ascent_point(params, grad, rho)
-    if name == "usam":
-        return lambda params, grad: usam_ascent_point(params, grad, rho)
-    return None
+    return ascent(base, lambda p, g: usam_ascent_point(p, g, rho), name=name or usam.__name__, edge=edge,
+                  lr=lr)

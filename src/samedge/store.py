@@ -1,9 +1,15 @@
-"""The run directory: ``config.json``, ``metrics.csv``, ``summary.json`` and the figures.
+"""The run folder: every file written in it goes through this module.
 
-``config.json`` is written when a run starts, each measurement appends one flushed row to
+A run folder holds ``config.json``, ``metrics.csv``, ``summary.json``, ``checkpoint.msgpack`` and the
+figures. ``config.json`` is written when a run starts, each measurement appends one flushed row to
 ``metrics.csv``, and ``summary.json`` is written only when the run ends (completed, diverged,
-interrupted or failed): a folder without ``summary.json``, or whose status is not ``completed``,
-never looks like a finished run.
+interrupted or failed; :func:`write_summary`): a folder without ``summary.json``, or whose status
+is not ``completed``, never looks like a finished run.
+
+Whole files (``config.json``, ``summary.json``, the checkpoint of :mod:`samedge.checkpoint`) are
+written by :func:`write_bytes_atomic`: under a temporary name, flushed to disk, then renamed over
+the target (``os.replace`` is atomic), so a crash in the middle of a write leaves the previous file
+whole. ``metrics.csv`` is rewritten the same way on resume (without the fsync).
 
 A process writing a run folder holds an exclusive lock on its ``.lock`` file (``flock``; released
 by :meth:`RunStore.finish`, :meth:`RunStore.close`, or the process's death), so a second process
@@ -21,12 +27,12 @@ import platform
 import socket
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 from samedge.errors import RunDirError, RunInUseError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.csv", "summary.json"
-CHECKPOINT = "checkpoint.msgpack"  # written by samedge.checkpoint; removed with the run on --overwrite
+CHECKPOINT = "checkpoint.msgpack"  # written by samedge.checkpoint (through write_bytes_atomic); removed on --overwrite
 LOCK = ".lock"  # flock-ed by the process writing the run; holds "pid N on HOST"
 # The columns every run has first, in this order; the rest follow as the measurement gives them.
 LEADING = ("step", "time_s", "loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio",
@@ -34,6 +40,12 @@ LEADING = ("step", "time_s", "loss", "acc", "grad_norm", "lambda_max", "edge", "
 
 
 def package_versions() -> dict:
+    """The versions a run records in its ``config.json``.
+
+    Returns:
+        ``{"python": ..., "platform": ..., "samedge": ..., "jax": ..., ...}``: the Python version,
+        the platform string, and the installed version of each package (``None`` if not installed).
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -45,20 +57,79 @@ def package_versions() -> dict:
     return out
 
 
-def write_json_atomic(path: Path, data) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, write: Callable[[BinaryIO, bytes], None] | None = None) -> None:
+    """Replace the file ``path`` by ``data`` atomically.
+
+    ``data`` goes to ``<name>.tmp`` next to ``path``, is flushed and fsync-ed, and the temporary file
+    is then renamed over ``path`` (``os.replace``). A crash before the rename leaves the previous
+    file whole (and a stale ``.tmp``, which the next write simply overwrites).
+
+    Args:
+        path: the file to write.
+        data: its whole new content.
+        write: the call that puts ``data`` into the open temporary file; ``None`` means
+            :func:`_write`. A seam: tests replace it to make a write die half-way.
+
+    Returns:
+        None.
+    """
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
+    with open(tmp, "wb") as f:
+        (write or _write)(f, data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _write(f: BinaryIO, data: bytes) -> None:
+    # A separate function so that the tests can make a write die half-way.
+    f.write(data)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (through :func:`write_bytes_atomic`).
+
+    Args:
+        path: the file to write.
+        data: anything ``json`` takes; numpy scalars (anything with ``.item()``) are written as
+            their Python value. Indented by 2, keys in their order, with a trailing newline.
+
+    Returns:
+        None.
+    """
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_summary(path, status: str, summary: Mapping) -> dict:
+    """Write the run's ``summary.json``: ``{"status": status}`` followed by ``summary``.
+
+    JSON has no NaN: top-level non-finite floats of ``summary`` are written as the strings
+    ``'nan'``, ``'inf'`` and ``'-inf'``.
+
+    Args:
+        path: the run folder (``summary.json`` is written inside it).
+        status: the run's end (``completed``, ``diverged``, ``interrupted``, ``failed``).
+        summary: the other fields, in the order they are to be written.
+
+    Returns:
+        The dict that was written.
+    """
+    data = {"status": status} | {k: _clean(v) for k, v in summary.items()}
+    write_json_atomic(Path(path) / SUMMARY, data)
+    return data
 
 
 def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _as_json(data: Mapping) -> dict:
+    """``data`` as it reads back from JSON (tuples become lists, numpy scalars Python values)."""
+    return json.loads(json.dumps(dict(data), default=_json_default))
 
 
 def _clean(value):
@@ -69,6 +140,14 @@ def _clean(value):
 
 
 def read_json(path: Path):
+    """Read a JSON file.
+
+    Args:
+        path: the file.
+
+    Returns:
+        Its parsed content. A missing file raises ``OSError``, bad JSON ``ValueError``.
+    """
     with open(path) as f:
         return json.load(f)
 
@@ -116,8 +195,17 @@ def _try_lock(path: Path):
 
 
 def in_use(path) -> str | None:
-    """Who else holds the lock of the run folder ``path`` (``"pid N on HOST"``), or None. This very
-    process (a store not yet closed, e.g. while an error unwinds) is not "else"."""
+    """Who else holds the lock of a run folder.
+
+    This very process (a store not yet closed, e.g. while an error unwinds) is not "else".
+
+    Args:
+        path: the run folder.
+
+    Returns:
+        The holder as written in its ``.lock`` (``"pid N on HOST"``), or None when no other process
+        holds it (or the folder has no ``.lock``, or it cannot be opened).
+    """
     path = Path(path)
     if not (path / LOCK).exists():
         return None
@@ -140,17 +228,31 @@ class RunStore:
         self._lock = lock
 
     def close(self) -> None:
-        """Release the folder's lock (idempotent)."""
+        """Release the folder's lock (idempotent).
+
+        Returns:
+            None.
+        """
         if self._lock is not None:
             self._lock.close()
             self._lock = None
 
     @classmethod
     def create(cls, path, config: Mapping, *, overwrite: bool = False) -> "RunStore":
-        """Make ``path`` for a new run and write ``config.json``.
+        """Make ``path`` for a new run, lock it and write ``config.json``.
 
         An existing folder that holds a run is refused unless ``overwrite`` (then its run files are
         replaced); an empty existing folder is fine.
+
+        Args:
+            path: the run folder (created with its parents if missing).
+            config: the run's configuration; ``config.json`` gets it plus ``"versions"``
+                (:func:`package_versions`).
+            overwrite: replace a run already in ``path``.
+
+        Returns:
+            The store, holding the folder's lock. Raises :class:`RunDirError` for a folder that
+            cannot be used, :class:`RunInUseError` when another process holds it.
         """
         path = Path(path)
         if path.exists() and not path.is_dir():
@@ -159,11 +261,9 @@ class RunStore:
             raise RunDirError(f"{path} already holds a run; choose another --out, or pass --overwrite")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write-test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as exc:
             raise RunDirError(f"cannot write to {path}: {exc.strerror or exc}") from None
+        _probe_write(path)
         store = cls(path, _try_lock(path))
         if (path / CONFIG).exists() and not overwrite:  # made by a process that got here first
             store.close()
@@ -176,25 +276,39 @@ class RunStore:
     @classmethod
     def reopen(cls, path, task_info: Mapping | None = None) -> "RunStore":
         """The store of an existing run, to continue it: its ``summary.json`` goes (the run is
-        running again); ``task_info`` (sizes, parameter count) must match what the run recorded."""
+        running again).
+
+        Args:
+            path: the run folder.
+            task_info: what the task is now (sizes, parameter count); it must match the
+                ``task_info`` the run recorded (``data_source`` aside). None skips the check.
+
+        Returns:
+            The store, holding the folder's lock. Raises :class:`RunDirError` for a folder without
+            a run or a task that differs, :class:`RunInUseError` when another process holds it.
+        """
         path = Path(path)
         saved = read_run_config(path)
         lock = _try_lock(path)
         if task_info is not None:
-            old = {k: v for k, v in saved.get("task_info", {}).items() if k != "data_source"}
-            new = {k: v for k, v in json.loads(json.dumps(dict(task_info), default=_json_default)).items()
-                   if k != "data_source"}
-            if old != new:
-                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            changed = _differences(saved.get("task_info", {}), task_info, ignore=("data_source",))
+            if changed:
                 if lock is not None:
                     lock.close()
                 raise RunDirError(f"{path}: the task's data or model differ from the run's "
-                                  f"({', '.join(f'{k} {old.get(k)} then, {new.get(k)} now' for k in changed)})")
+                                  f"({', '.join(f'{k} {old} then, {new} now' for k, old, new in changed)})")
         (path / SUMMARY).unlink(missing_ok=True)
         return cls(path, lock)
 
     def rewrite(self, rows) -> None:
-        """Replace ``metrics.csv`` by ``rows`` (atomically): on resume, the rows of the checkpoint."""
+        """Replace ``metrics.csv`` by ``rows`` (atomically): on resume, the rows of the checkpoint.
+
+        Args:
+            rows: the metrics rows (dicts); none removes ``metrics.csv``.
+
+        Returns:
+            None.
+        """
         tmp = self.path / (METRICS + ".tmp")
         tmp.unlink(missing_ok=True)
         self._columns = None
@@ -207,6 +321,14 @@ class RunStore:
             target.unlink(missing_ok=True)
 
     def append(self, row: Mapping) -> None:
+        """Append one row to ``metrics.csv`` (flushed); the first row fixes the columns.
+
+        Args:
+            row: column -> value; ``None`` is written as an empty cell.
+
+        Returns:
+            None.
+        """
         self._append_to(self.path / METRICS, row)
 
     def _append_to(self, target: Path, row: Mapping) -> None:
@@ -219,15 +341,30 @@ class RunStore:
             f.flush()
 
     def finish(self, status: str, summary: Mapping) -> dict:
-        """Write ``summary.json`` and release the folder."""
-        data = {"status": status} | {k: _clean(v) for k, v in summary.items()}
-        write_json_atomic(self.path / SUMMARY, data)
+        """Write ``summary.json`` (:func:`write_summary`) and release the folder.
+
+        Args:
+            status: the run's end (``completed``, ``diverged``, ``interrupted``, ``failed``).
+            summary: the other fields.
+
+        Returns:
+            The dict written to ``summary.json``.
+        """
+        data = write_summary(self.path, status, summary)
         self.close()
         return data
 
 
 def read_run_config(path) -> dict:
-    """``config.json`` of the run in ``path``; a missing or unreadable one is a :class:`RunDirError`."""
+    """The ``config.json`` of a run.
+
+    Args:
+        path: the run folder.
+
+    Returns:
+        Its content (a dict with a ``"run"`` dict). A missing, unreadable or foreign file is a
+        :class:`RunDirError`.
+    """
     source = Path(path) / CONFIG
     if not source.is_file():
         raise RunDirError(f"{path} holds no run ({CONFIG} not found)")
@@ -241,7 +378,15 @@ def read_run_config(path) -> dict:
 
 
 def run_status(path) -> str | None:
-    """``None`` (no run), ``"unfinished"`` (no summary: running or killed), or the summary's status."""
+    """Where the run in a folder stands.
+
+    Args:
+        path: the run folder.
+
+    Returns:
+        ``None`` (no run), ``"unfinished"`` (no readable summary: running or killed), or the
+        summary's status.
+    """
     path = Path(path)
     if not (path / CONFIG).exists():
         return None
@@ -258,6 +403,16 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
     refused unless ``overwrite``. A run of the same configuration is continued with ``resume``;
     without it an unfinished or interrupted one is refused with the command that continues it,
     and a finished one is refused unless ``overwrite``.
+
+    Args:
+        path: the run folder.
+        run_config: the configuration to run (``RunConfig.to_dict()``).
+        overwrite: start afresh whatever the folder holds.
+        resume: continue an unfinished run of the same configuration.
+
+    Returns:
+        True to resume the run in ``path``, False to start a new one. A folder that cannot be used
+        as asked is a :class:`RunDirError` (:class:`RunInUseError` when another process holds it).
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -284,15 +439,38 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
 
 
 def require_same_config(path, run_config: Mapping) -> None:
-    """Refuse (:class:`RunDirError`) when the run in ``path`` has another configuration, naming the
-    settings that differ."""
-    saved = read_run_config(path)["run"]
-    wanted = json.loads(json.dumps(dict(run_config), default=_json_default))
-    if saved != wanted:
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        detail = ", ".join(f"{k} {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in changed[:4])
+    """Refuse a folder whose run has another configuration.
+
+    Args:
+        path: the run folder (it must hold a run).
+        run_config: the configuration wanted (``RunConfig.to_dict()``).
+
+    Returns:
+        None. A run of another configuration is a :class:`RunDirError` naming (up to four of) the
+        settings that differ.
+    """
+    changed = _differences(read_run_config(path)["run"], run_config)
+    if changed:
+        detail = ", ".join(f"{k} {old!r} there, {new!r} here" for k, old, new in changed[:4])
         raise RunDirError(f"{path} holds a run with another configuration ({detail}); "
                           f"choose another --out, or pass --overwrite to replace it")
+
+
+_ABSENT = object()
+
+
+def _differences(saved: Mapping, current: Mapping, *, ignore=()) -> list[tuple[str, Any, Any]]:
+    """What differs between a recorded mapping (read from JSON) and the current one.
+
+    ``current`` is compared as it would read back from JSON (:func:`_as_json`); keys in ``ignore``
+    are left out. A key present on one side only differs (its missing value shows as ``None``).
+
+    Returns ``[(key, saved value, current value), ...]`` sorted by key; empty when they agree.
+    """
+    current = _as_json(current)
+    keys = sorted((set(saved) | set(current)) - set(ignore))
+    return [(k, saved.get(k), current.get(k)) for k in keys
+            if saved.get(k, _ABSENT) != current.get(k, _ABSENT)]
 
 
 def _check_writable(path: Path) -> None:
@@ -302,12 +480,17 @@ def _check_writable(path: Path) -> None:
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
         raise RunDirError(f"cannot create {path}: {probe_dir} is not a folder")
-    probe = probe_dir / f".samedge-write-test-{os.getpid()}"
+    _probe_write(probe_dir)
+
+
+def _probe_write(folder: Path) -> None:
+    """Create and remove a small file in the existing ``folder``; :class:`RunDirError` if it fails."""
+    probe = folder / f".samedge-write-test-{os.getpid()}"
     try:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise RunDirError(f"cannot write to {probe_dir}: {exc.strerror or exc}") from None
+        raise RunDirError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
 def _fmt(value):
@@ -317,7 +500,15 @@ def _fmt(value):
 
 
 def read_metrics(path) -> list[dict]:
-    """``metrics.csv`` as a list of dicts of floats (``None`` for empty cells)."""
+    """Read a run's ``metrics.csv``.
+
+    Args:
+        path: the run folder, or the csv file itself.
+
+    Returns:
+        One dict per row, column -> float (``None`` for an empty cell; ``step`` an int); an empty
+        list when there is no file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS

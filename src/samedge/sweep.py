@@ -1,11 +1,14 @@
 """Sweeps: a grid of runs (step size x SAM radius x seed), each an ordinary run folder under one
 sweep folder, run by local worker processes or by Ray tasks.
 
-The grid. Without explicit lists, a task preset's ``grid_lr x grid_rho`` is swept. A grid point with
-``rho = 0`` is run as plain **gd**: SAM at radius 0 takes exactly the GD step, w' = w - eta grad L(w),
-and its SAM-edge 4 / (eta (1 + sqrt(1 + 0))) is 2/eta, so the run is recorded under its honest name
-(``mnist-gd-lr0.1-s0``) and the report puts it in the rho = 0 column. ``--optimizer gd`` sweeps only
-the step sizes.
+The grid. Each optimizer is swept over the step sizes and over its own hyperparameters (its
+registry entry in :mod:`samedge.optimizers` says which it has): the values given, else the task
+preset's grid for that hyperparameter (``grid_lr``, ``grid``), else its default. Values of a
+hyperparameter an optimizer does not have are ignored for it, with a notice (so ``--optimizer
+momentum --rho 0.1,0.3`` is one run, said so, never two runs merged under one name). A grid point
+that the registry says is another optimizer exactly is run as that one: SAM at ``rho = 0`` takes
+exactly the GD step, w' = w - eta grad L(w), and its SAM-edge is 2/eta, so the run is recorded under
+its honest name (``mnist-gd-lr0.1-s0``) and the report puts it in the rho = 0 column.
 
 Skip and continue. A run folder whose ``summary.json`` says ``completed`` or ``diverged`` is finished
 and skipped when the sweep is run again; any other folder (no summary, ``interrupted``, ``failed``) is
@@ -22,23 +25,24 @@ file system every Ray node sees. Either way a run that raises or whose worker di
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from samedge import config as config_mod
 from samedge import jit_cache, tasks
+from samedge import optimizers as registry
 from samedge.errors import ConfigError
-from samedge.store import SUMMARY, _clean, in_use, read_json, require_same_config, run_status, write_json_atomic
+from samedge.run import execute, run_name
+from samedge.store import SUMMARY, in_use, read_json, require_same_config, run_status, write_json_atomic, write_summary
 
 FINISHED = ("completed", "diverged")  # statuses a re-run of the sweep skips
 WORKER_FILE = "worker.json"  # who ran (or is running) this folder: pid, host, CPUs, attempt start
-# Optimizers with no ascent step: their rho is meaningless, so the rho axis collapses for them.
-RHO_FREE = ("gd",)
 
 
 @dataclass(frozen=True)
@@ -53,37 +57,53 @@ class Job:
         return self.path.name
 
 
-def run_name(cfg: config_mod.RunConfig) -> str:
-    """``<task>-<optimizer>-lr<eta>[-rho<rho>]-s<seed>`` (the same name ``samedge run`` picks)."""
-    from samedge.cli import default_out
+def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[str] | None = None,
+                lrs: Sequence[float] | None = None, hparams: Mapping[str, Sequence[float]] | None = None,
+                seeds: Sequence[int] = (0,), task_overrides=None, notice: Callable[[str], None] = print,
+                **run_overrides) -> list[config_mod.RunConfig]:
+    """The resolved configs of the grid ``optimizers x lrs x (each optimizer's hyperparameters) x seeds``.
 
-    return default_out(cfg).name
+    Args:
+      task, preset: the task and its preset (whose ``grid_lr`` and ``grid`` fill missing lists).
+      optimizers: optimizer names (default ``sam``).
+      lrs: step sizes.
+      hparams: ``{hyperparameter: values}``; hyperparameter lists may also be keywords (``rho=[0.1]``).
+      seeds: seeds.
+      task_overrides: task settings for every run.
+      notice: called with a line for each list an optimizer ignores.
+      **run_overrides: other RunConfig settings for every run.
 
+    Returns:
+      The configs, duplicates (same run name) dropped; a point the registry maps to another
+      optimizer (SAM at rho = 0 is GD) is resolved as that one.
 
-def expand_grid(task: str, preset: str = "quick", *, optimizers: Sequence[str] | None = None,
-                lrs: Sequence[float] | None = None, rhos: Sequence[float] | None = None,
-                seeds: Sequence[int] = (0,), task_overrides=None, **run_overrides) -> list[config_mod.RunConfig]:
-    """The resolved configs of the grid ``optimizers x lrs x rhos x seeds`` (duplicates dropped).
-
-    Missing lists come from the preset (``grid_lr``, ``grid_rho``; optimizer ``sam``). ``rho = 0``
-    with ``sam`` becomes ``gd`` (the same step, see the module docstring); ``gd`` ignores ``rhos``.
+    >>> [c.optimizer + str(dict(c.hparams)) for c in expand_grid("mnist", "quick", lrs=[0.1], rho=[0, 0.3])]
+    ["gd{}", "sam{'rho': 0.3}"]
     """
     p = tasks.get_preset(task, preset)
-    optimizers = list(optimizers or ["sam"])
+    hyper_names = set(registry.all_hypers())
+    lists = {k: list(v) for k, v in (hparams or {}).items()}
+    lists |= {k: list(run_overrides.pop(k)) for k in list(run_overrides) if k in hyper_names}
+    names = list(optimizers or [registry.DEFAULT])
     lrs = list(lrs if lrs else p.grid_lr)
-    rhos = list(rhos if rhos is not None and len(rhos) else p.grid_rho)
     seeds = list(seeds) or [0]
-    if not lrs or not rhos:
-        raise ConfigError(f"the {task} {preset} preset has no sweep grid; pass --lr and --rho")
+    if not lrs:
+        raise ConfigError(f"the {task} {p.name} preset has no sweep grid; pass --lr")
     out, seen = [], set()
+    for name in names:
+        entry = registry.get(name)
+        for h in sorted(set(lists) - set(entry.hyper_names)):
+            notice(f"sweep: {entry.name} has no {h}; its runs ignore the {h} values given")
     for seed in seeds:
         for lr in lrs:
-            for opt in optimizers:
-                for rho in ([0.0] if opt in RHO_FREE else rhos):
-                    name = "gd" if (opt == "sam" and rho == 0) else opt
-                    cfg = config_mod.resolve(task, preset, task_overrides=task_overrides,
-                                             **(run_overrides | dict(optimizer=name, lr=float(lr),
-                                                                     rho=float(rho), seed=int(seed))))
+            for name in names:
+                entry = registry.get(name)
+                axes = [lists.get(h, p.grid.get(h, [h_default])) for h, h_default in entry.defaults().items()]
+                for values in itertools.product(*axes):
+                    hp = {h: float(v) for h, v in zip(entry.hyper_names, values)}
+                    name_, hp = entry.equivalent(hp) or (name, hp)
+                    cfg = config_mod.resolve(task, p.name, task_overrides=task_overrides, hparams=hp,
+                                             **(run_overrides | dict(optimizer=name_, lr=float(lr), seed=int(seed))))
                     key = run_name(cfg)
                     if key not in seen:
                         seen.add(key)
@@ -92,6 +112,7 @@ def expand_grid(task: str, preset: str = "quick", *, optimizers: Sequence[str] |
 
 
 def jobs_for(configs: Iterable[config_mod.RunConfig], out) -> list[Job]:
+    """One :class:`Job` per config, its folder ``out/<run name>``."""
     return [Job(cfg, Path(out) / run_name(cfg)) for cfg in configs]
 
 
@@ -110,15 +131,11 @@ def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
 
 def continue_run(cfg, path: Path, *, data_dir=None) -> dict:
     """Carry on an unfinished run from its last checkpoint (from step 0 if it has none)."""
-    from samedge.cli import execute
-
     return execute(cfg, path, data_dir=data_dir, resume=True, progress=False)
 
 
 def train_point(cfg, path: Path, *, data_dir=None) -> dict:
     """The default runner: a new run, or :func:`continue_run` for an unfinished one."""
-    from samedge.cli import execute
-
     if run_state(path, cfg) == "unfinished":
         return continue_run(cfg, path, data_dir=data_dir)
     return execute(cfg, path, data_dir=data_dir, overwrite=False, progress=False)
@@ -138,10 +155,7 @@ def record_failure(path: Path, error: str) -> dict:
         rows = read_metrics(path)
     except Exception:  # a half-written metrics file must not hide the real error
         rows = []
-    summary = {"status": "failed", "error": error} | analysis.summarize(rows)
-    summary = {k: _clean(v) for k, v in summary.items()}
-    write_json_atomic(path / SUMMARY, summary)
-    return summary
+    return write_summary(path, "failed", {"error": error} | analysis.summarize(rows))
 
 
 def run_job(cfg, path, *, data_dir=None, runner: Callable | None = None, cpus=None) -> dict:

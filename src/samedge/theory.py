@@ -24,12 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samedge import steps
+from samedge import optimizers
+from samedge.errors import ConfigError
 
-__all__ = ["Grid", "Boundary", "growth", "predicted_edge", "find_thresholds", "default_grid",
-           "boundaries", "THEORY_OPTIMIZERS"]
+__all__ = ["Grid", "Boundary", "Check", "growth", "predicted_edge", "find_thresholds", "default_grid",
+           "boundaries", "theory_optimizers", "check"]
 
-THEORY_OPTIMIZERS = ("gd", "momentum", "nesterov", "usam", "sam", "sam_momentum")
+BELOW, ABOVE = 0.98, 1.02  # the factors of the predicted edge at which growth is checked
+TOLERANCE = 1e-2  # largest |simulated / predicted - 1| of a bisected threshold that passes
 X0 = 1e-6  # lam * w_0 / G at the start: small enough that ||g|| is G to 1e-12
 DRIFT = 1e-3  # relative shrink of the held gradient norm over a run
 
@@ -52,12 +54,27 @@ class Boundary(NamedTuple):
     simulated: np.ndarray  # (p,) the largest lam whose growth stays <= 1, by bisection
 
 
+def theory_optimizers() -> tuple[str, ...]:
+    """The registry's optimizers with a closed-form edge (the ones checked here).
+
+    >>> theory_optimizers()[:2]
+    ('gd', 'sam')
+    """
+    return tuple(n for n, e in optimizers.BUILTIN.items() if e.edge is not None)
+
+
+def _hparams(name, rho, beta) -> dict:
+    """The grid's ``rho`` and ``beta`` as the optimizer's own hyperparameters (those it has)."""
+    pairs = ((optimizers.RHO.name, rho), (optimizers.MOMENTUM.name, beta))
+    return {k: v for k, v in pairs if k in optimizers.get(name).hyper_names}
+
+
 def _run(name, eta, rho, beta, lam, grad_norm, num_steps):
     """Growth of ``w_0`` for one optimizer on the two-dimensional quadratic (traceable)."""
     mu = DRIFT * (1.0 - beta) / (eta * num_steps)
     h = jnp.stack([lam, mu])  # (2,) diagonal Hessian
     w = jnp.stack([X0 * grad_norm / lam, grad_norm / mu])  # (2,)
-    opt = steps.build(name, eta, rho, beta)
+    opt = optimizers.build(name, eta, **_hparams(name, rho, beta))
 
     def loss_fn(w):
         return 0.5 * jnp.sum(h * w**2)
@@ -74,7 +91,7 @@ def _run(name, eta, rho, beta, lam, grad_norm, num_steps):
 
 
 def _edge(name, eta, rho, beta, grad_norm):
-    return steps.build(name, eta, rho, beta).edge(grad_norm)
+    return optimizers.get(name).edge(eta, grad_norm, **_hparams(name, rho, beta)) + 0.0 * grad_norm
 
 
 def predicted_edge(name: str, grid: Grid, grad_norm: float = 1.0) -> np.ndarray:
@@ -139,18 +156,63 @@ def find_thresholds(name: str, grid: Grid, *, grad_norm: float = 1.0, num_steps:
 
 def default_grid(name: str, *, etas=(0.01, 0.1, 1.0), rhos=(0.01, 0.05, 0.2, 1.0), betas=(0.0, 0.3, 0.6, 0.9)) -> Grid:
     """The hyperparameters each optimizer depends on, crossed; the others at 0."""
-    uses_rho = name in ("usam", "sam", "sam_momentum")
-    uses_beta = name in ("momentum", "nesterov", "sam_momentum")
+    own = optimizers.get(name).hyper_names
+    uses_rho, uses_beta = optimizers.RHO.name in own, optimizers.MOMENTUM.name in own
     e, r, b = np.meshgrid(np.asarray(etas, float), np.asarray(rhos if uses_rho else (0.0,), float),
                           np.asarray(betas if uses_beta else (0.0,), float), indexing="ij")
     return Grid(e.ravel(), r.ravel(), b.ravel())
 
 
-def boundaries(names=THEORY_OPTIMIZERS, *, grad_norm: float = 1.0, num_steps: int = 1000, **grid_kw) -> list[Boundary]:
+def boundaries(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000, **grid_kw) -> list[Boundary]:
     """Predicted and simulated stability boundaries of each optimizer over its default grid."""
     out = []
-    for name in names:
+    for name in names or theory_optimizers():
         grid = default_grid(name, **grid_kw)
         out.append(Boundary(name, grid, grad_norm, predicted_edge(name, grid, grad_norm),
                             find_thresholds(name, grid, grad_norm=grad_norm, num_steps=num_steps)))
+    return out
+
+
+class Check(NamedTuple):
+    """One optimizer's verdict: growth just below and above its edge, and the bisected thresholds."""
+
+    name: str
+    points: int  # grid points
+    growth_below: float  # largest growth at BELOW x the edge (stable: <= 1)
+    growth_above: float  # smallest growth at ABOVE x the edge (unstable: >= 1e3)
+    worst: float  # largest |simulated / predicted - 1| of the thresholds
+    ok: bool
+    boundary: Boundary
+
+
+def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000) -> list[Check]:
+    """Check each optimizer's closed-form edge on quadratics (see the module docstring).
+
+    Args:
+      names: optimizers (default: every one with a closed-form edge).
+      grad_norm: the gradient norm the quadratic holds.
+      num_steps: simulated steps per run.
+
+    Returns:
+      One :class:`Check` per optimizer; ``ok`` when the component decays at ``BELOW`` x the edge at
+      every grid point, grows at least 1e3-fold at ``ABOVE`` x the edge, and every bisected
+      threshold lies within ``TOLERANCE`` of the formula.
+    """
+    names = list(names) if names else list(theory_optimizers())
+    bad = [n for n in names if n not in theory_optimizers()]
+    if bad:
+        raise ConfigError(f"unknown optimizer(s) {', '.join(bad)}; choose from {', '.join(theory_optimizers())}")
+    if not grad_norm > 0 or num_steps < 10:
+        raise ConfigError("--grad-norm must be > 0 and --steps >= 10")
+    out = []
+    for name in names:
+        grid = default_grid(name)
+        p = len(grid.eta)
+        both = Grid(*(np.concatenate([a, a]) for a in grid))
+        grown = growth(name, both, np.repeat([BELOW, ABOVE], p), grad_norm=grad_norm, num_steps=num_steps)
+        b = Boundary(name, grid, grad_norm, predicted_edge(name, grid, grad_norm),
+                     find_thresholds(name, grid, grad_norm=grad_norm, num_steps=num_steps))
+        worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
+        ok = bool(grown[:p].max() <= 1 and grown[p:].min() >= 1e3 and worst < TOLERANCE)
+        out.append(Check(name, p, float(grown[:p].max()), float(grown[p:].min()), worst, ok, b))
     return out

@@ -1,42 +1,61 @@
 """The training loop: compiled chunks of steps between measurements, one row per measurement.
 
-The steps between two check points run as one ``lax.scan`` (no host round trip per step, buffers
-donated); each check point runs the compiled measurement of :mod:`samedge.measure`. The schedule
-is step-based: measure at step 0, every ``measure_every`` steps, and at the last step; evaluate on
-the test set at step 0, every ``eval_every`` steps, and at the last step. A non-finite loss stops
-the run as ``diverged`` with every row so far kept; so do non-finite parameters and a loss above
-``diverge_factor`` times the initial loss.
+:func:`trajectory` is the one training loop: the steps between two check points run as one
+``lax.scan`` (no host round trip per step, buffers donated) and it yields the state at each check
+point. :func:`train` walks it, measuring at each check point with :mod:`samedge.measure`, and adds
+what a run needs around it: the run folder's rows, test metrics, checkpoints, divergence and
+signals. The schedule is step-based: measure at step 0, every ``measure_every`` steps and at the
+last step; evaluate on the test set at step 0, every ``eval_every`` steps and at the last step.
 
-Checkpoints (:mod:`samedge.checkpoint`) are taken at measurement points, every ``checkpoint_every``
-steps and when SIGINT/SIGTERM asks the run to stop; ``resume=True`` continues from the last one.
-No data-iterator state is saved or needed: the batch of step ``t`` is ``task.batch_fn(data, t)``,
-a function of the seed (inside ``data``'s construction) and ``t`` only.
+A non-finite loss stops the run as ``diverged`` with every row so far kept; so do non-finite
+parameters and a loss above ``diverge_factor`` times the initial loss. Checkpoints
+(:mod:`samedge.checkpoint`) are taken at measurement points, every ``checkpoint_every`` steps and
+when SIGINT/SIGTERM asks the run to stop (:class:`StopSignals`); ``resume=True`` continues from the
+last one. No data-iterator state is saved or needed: the batch of step ``t`` is
+``task.batch_fn(data, t)``, a function of the seed (inside ``data``'s construction) and ``t`` only,
+and the measurement's random draws are ``fold_in(PRNGKey(seed), t)``.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samedge import analysis, checkpoint, measure, steps
+from samedge import analysis, checkpoint, measure, optimizers, steps
 from samedge.config import RunConfig
+from samedge.errors import RunDirError
 from samedge.store import RunStore
 from samedge.tasks import Task
 
+__all__ = ["schedule", "make_chunk", "Segment", "trajectory", "StopSignals", "measure_settings", "train",
+           "spectra_along_run"]
+
+INIT_KEY = 0x5A3  # folded into the seed for the first measurement's random start vectors
+
 
 def schedule(total: int, every: int) -> list[int]:
-    """Check-point steps: 0, every, 2*every, ..., and ``total``."""
+    """Check-point steps: 0, every, 2*every, ..., and ``total``.
+
+    >>> schedule(90, 25)
+    [0, 25, 50, 75, 90]
+    """
     points = list(range(0, total, every))
     return points + [total]
 
 
 def make_chunk(task: Task, optimizer: steps.Optimizer, length: int) -> Callable:
-    """A jitted ``chunk(params, opt_state, data, start) -> (params, opt_state, losses)`` of ``length`` steps."""
+    """A jitted ``chunk(params, opt_state, data, start) -> (params, opt_state, losses)`` of ``length`` steps.
+
+    Step ``start + i`` sees ``task.batch_fn(data, start + i)``; ``losses`` (``(length,)``) are the
+    losses before each step. ``params`` and ``opt_state`` are donated.
+    """
 
     def chunk(params, opt_state, data, start):
         def body(carry, i):
@@ -52,89 +71,215 @@ def make_chunk(task: Task, optimizer: steps.Optimizer, length: int) -> Callable:
     return jax.jit(chunk, donate_argnums=(0, 1))
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+class Segment(NamedTuple):
+    """The state at a check point: after ``step`` steps, with the losses of the steps just run."""
+
+    step: int
+    params: Any
+    opt_state: Any
+    losses: np.ndarray  # (steps since the previous check point,) the loss before each of them
 
 
-def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress: bool = True,
-          on_row: Callable[[dict], None] | None = None, resume: bool = False) -> dict:
-    """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``).
+def trajectory(task: Task, optimizer: steps.Optimizer, params, opt_state, points, *, start: int = 0
+               ) -> Iterator[Segment]:
+    """Train from step ``start`` and yield a :class:`Segment` at every check point of ``points``.
 
-    With ``resume``, continue from the checkpoint in ``store`` (from step 0 if it has none); its
-    rows replace ``metrics.csv``, which may hold rows written after it.
+    Args:
+      task: the task (its ``batch_fn`` gives each step's batch).
+      optimizer: the step.
+      params, opt_state: the state after ``start`` steps.
+      points: increasing check-point steps; those before ``start`` are skipped (``start`` itself is
+        yielded, with no losses, when listed).
+      start: steps already done.
+
+    Returns:
+      An iterator; each chunk between two check points is one compiled ``lax.scan`` (compiled once
+      per length). The yielded arrays are the next chunk's donated inputs: use them before asking
+      for the next segment.
     """
-    optimizer = steps.build(cfg.optimizer, cfg.lr, cfg.rho, cfg.momentum)
+    chunks: dict[int, Callable] = {}
+    done = start
+    for step in points:
+        if step < start:
+            continue
+        losses = np.zeros((0,), np.float32)
+        if step > done:
+            length = step - done
+            if length not in chunks:
+                chunks[length] = make_chunk(task, optimizer, length)
+            params, opt_state, losses = chunks[length](params, opt_state, task.data, jnp.asarray(done))
+            losses = np.asarray(losses)
+            done = step
+        yield Segment(step, params, opt_state, losses)
+
+
+class StopSignals:
+    """While active, the first SIGINT or SIGTERM only asks the loop to stop at its next measurement
+    point (where it checkpoints); a second one interrupts at once (``KeyboardInterrupt``).
+
+    Handlers can only be set from the main thread; elsewhere (a worker thread) this does nothing
+    and the signals keep their usual effect. Use it as ``with StopSignals() as stop: ...``.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def measure_settings(cfg: RunConfig, optimizer: steps.Optimizer) -> measure.MeasureSettings:
+    """The :class:`~samedge.measure.MeasureSettings` of a run's configuration."""
+    if cfg.custom_optimizer:
+        ascends = optimizer.ascent_point is not None
+    else:
+        ascends = optimizers.get(cfg.optimizer).ascends(cfg.hparams)
+    return measure.MeasureSettings(topk=cfg.topk, tol=cfg.lanczos_tol, max_hvps=cfg.lanczos_max_iters,
+                                   track_fraction=cfg.track_fraction, track_max=cfg.track_max,
+                                   ascent_point=cfg.measure_sam_point and ascends)
+
+
+def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
+    """The run's optimizer from the registry."""
+    if cfg.custom_optimizer:
+        raise RunDirError(f"this run's optimizer {cfg.optimizer!r} was passed as a Python object; pass it "
+                          f"again (samedge.fit(task, optimizer, ..., resume=True))")
+    return optimizers.build(cfg.optimizer, cfg.lr, **cfg.hparams)
+
+
+def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer):
+    """The run's measurement as one jitted ``(params, data, step, state, opt_state) -> (row, state)``
+    on the task's measurement batch of that step."""
+    m = measure.measurement(task.loss_fn, optimizer, measure_settings(cfg, optimizer),
+                            accuracy_fn=task.accuracy_fn)
+    seed_key = jax.random.PRNGKey(cfg.seed)
+
+    def at_step(params, data, step, state, opt_state):
+        return m.measure(params, task.measure_batch_fn(data, step), state, jax.random.fold_in(seed_key, step),
+                         opt_state)
+
+    init = lambda params: m.init(params, jax.random.fold_in(seed_key, INIT_KEY))  # noqa: E731
+    return init, jax.jit(at_step)
+
+
+class _State(NamedTuple):
+    params: Any
+    opt_state: Any
+    mstate: measure.MeasureState
+    rows: list
+    done: int
+    elapsed: float
+    resumed_from: int | None
+
+
+def _start(cfg, task, optimizer, init_measure, store, resume) -> _State:
+    """The run's starting state: fresh from the seed, or the checkpoint in ``store`` when resuming."""
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state = optimizer.init(params)
-    measure_fn = measure.make_measure(task, optimizer, cfg)
-    vectors = measure.initial_vectors(params, measure.num_vectors(cfg), cfg.seed)
-    chunks: dict[int, Callable] = {}
-    rows: list[dict] = []
-    points = schedule(cfg.steps, cfg.measure_every)
-    evals = set(schedule(cfg.steps, cfg.eval_every))
-    done, elapsed, resumed_from = 0, 0.0, None
+    mstate = init_measure(params)
+    state = _State(params, opt_state, mstate, [], 0, 0.0, None)
     if resume and store is not None:
         ckpt = checkpoint.load(store.path, params, opt_state)
         if ckpt is not None:
             if ckpt.seed != cfg.seed:
-                from samedge.errors import RunDirError
                 raise RunDirError(f"{store.path}: checkpoint seed {ckpt.seed} differs from the config's {cfg.seed}")
-            params, opt_state, vectors = ckpt.params, ckpt.opt_state, ckpt.vectors
-            rows, done, elapsed, resumed_from = list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step
-        store.rewrite(rows)
-    last_checkpoint = done
-    reason = None
+            state = _State(ckpt.params, ckpt.opt_state, measure.MeasureState(ckpt.vectors), list(ckpt.rows),
+                           ckpt.step, ckpt.elapsed_s, ckpt.step)
+        store.rewrite(state.rows)
+    return state
+
+
+def _row(values, step, measure_s, started, optimizer, evaluation) -> dict:
+    row = {"step": step, "time_s": None} | {k: _scalar(v) for k, v in values.items()}
+    if optimizer.edge is None:  # no known edge: the columns stay empty, never a made-up edge
+        row |= {"edge": None, "ratio": None}
+    row["measure_s"] = measure_s
+    row |= evaluation
+    row["time_s"] = time.perf_counter() - started
+    return row
+
+
+def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress: bool = True,
+          on_row: Callable[[dict], None] | None = None, resume: bool = False,
+          optimizer: steps.Optimizer | None = None) -> dict:
+    """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``).
+
+    Args:
+      cfg: the run's settings.
+      task: the task.
+      store: the run folder, or ``None`` (nothing written).
+      progress: draw a progress bar.
+      on_row: called with each row as it is written.
+      resume: continue from the checkpoint in ``store`` (from step 0 if it has none); its rows
+        replace ``metrics.csv``, which may hold rows written after it.
+      optimizer: the optimizer object, when ``cfg.custom_optimizer`` (else built from the registry).
+
+    Returns:
+      The summary: ``status`` (``completed``, ``diverged`` or ``interrupted``), the final figures
+      and the second-half ratio statistics (:func:`samedge.analysis.summarize`), ``steps_done``,
+      ``wall_time_s``, ``measure_time_s`` and ``measure_share``.
+    """
+    optimizer = optimizer if optimizer is not None else build_optimizer(cfg)
+    init_measure, measure_fn = _make_measure(cfg, task, optimizer)
+    state = _start(cfg, task, optimizer, init_measure, store, resume)
+    params, opt_state, mstate, rows, done = state.params, state.opt_state, state.mstate, state.rows, state.done
+    points = schedule(cfg.steps, cfg.measure_every)
+    evals = set(schedule(cfg.steps, cfg.eval_every))
+    if state.resumed_from is not None:
+        points = [p for p in points if p > state.resumed_from]  # earlier rows are in ``rows``
+    last_checkpoint, reason, status = done, None, "completed"
     bar = _progress_bar(cfg, progress)
     bar.update(done)
-    start_time = time.perf_counter() - elapsed
-    status = "completed"
-    stop = checkpoint.StopSignals()
+    started = time.perf_counter() - state.elapsed
     try:
-        stop.__enter__()
-        for i, step in enumerate(points):
-            if resumed_from is not None and step <= resumed_from:
-                continue  # measured before the checkpoint; its row is in ``rows``
-            if step > done:
-                length = step - done
-                if length not in chunks:
-                    chunks[length] = make_chunk(task, optimizer, length)
-                params, opt_state, losses = chunks[length](params, opt_state, task.data, jnp.asarray(done))
-                losses = np.asarray(losses)
-                bar.update(length)
-                reason = _divergence(losses, params, rows, cfg.diverge_factor, done)
-                if reason is not None:
-                    status = "diverged"
+        with StopSignals() as stop:
+            for seg in trajectory(task, optimizer, params, opt_state, points, start=done):
+                bar.update(len(seg.losses))
+                if len(seg.losses):
+                    reason = _divergence(seg.losses, seg.params, rows, cfg.diverge_factor, done)
+                    if reason is not None:
+                        status = "diverged"
+                        break
+                done = seg.step
+                t0 = time.perf_counter()
+                values, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
+                values = jax.device_get(values)  # syncs
+                measure_s = time.perf_counter() - t0
+                row = _row(values, seg.step, measure_s, started, optimizer,
+                           task.evaluate(seg.params) if seg.step in evals else {})
+                if not math.isfinite(row["loss"]) or (rows and row["loss"] > cfg.diverge_factor * rows[0]["loss"]):
+                    status, reason = "diverged", f"measured loss {row['loss']:.4g} at step {seg.step}"
                     break
-                done = step
-            measure_start = time.perf_counter()
-            values, vectors = measure_fn(params, task.data, jnp.asarray(step), vectors)
-            row = {"step": step, "time_s": None} | {k: _scalar(v) for k, v in values.items()}  # syncs
-            row["measure_s"] = time.perf_counter() - measure_start
-            if step in evals:
-                row |= task.evaluate(params)
-            row["time_s"] = time.perf_counter() - start_time
-            if not math.isfinite(row["loss"]) or (rows and row["loss"] > cfg.diverge_factor * rows[0]["loss"]):
-                status, reason = "diverged", f"measured loss {row['loss']:.4g} at step {step}"
-                break
-            rows.append(row)
-            if store is not None:
-                store.append(row)
-                final = step == points[-1]
-                due = cfg.checkpoint_every and step - last_checkpoint >= cfg.checkpoint_every
-                if not final and (due or stop.requested):
-                    checkpoint.save(store.path, checkpoint.Checkpoint(
-                        step, params, opt_state, vectors, rows, time.perf_counter() - start_time, cfg.seed))
-                    last_checkpoint = step
-            if on_row is not None:
-                on_row(row)
-            bar.set_postfix_str(
-                f"loss {row['loss']:.4g}  lambda_max {row['lambda_max']:.4g}  edge {row['edge']:.4g}",
-                refresh=False,
-            )
-            if stop.requested and step != points[-1]:
-                status, reason = "interrupted", f"{stop.requested} at step {step}"
-                break
+                rows.append(row)
+                if store is not None:
+                    store.append(row)
+                    final = seg.step == cfg.steps
+                    due = cfg.checkpoint_every and seg.step - last_checkpoint >= cfg.checkpoint_every
+                    if not final and (due or stop.requested):
+                        checkpoint.save(store.path, checkpoint.Checkpoint(
+                            seg.step, seg.params, seg.opt_state, mstate.vectors, rows,
+                            time.perf_counter() - started, cfg.seed))
+                        last_checkpoint = seg.step
+                if on_row is not None:
+                    on_row(row)
+                bar.set_postfix_str(_postfix(row), refresh=True)
+                if stop.requested and seg.step != cfg.steps:
+                    status, reason = "interrupted", f"{stop.requested} at step {seg.step}"
+                    break
     except KeyboardInterrupt:
         status = "interrupted"
     except BaseException as exc:
@@ -142,10 +287,12 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
         if store is not None:
             store.finish("failed", analysis.summarize(rows) | {"error": f"{type(exc).__name__}: {exc}"})
         raise
-    finally:
-        stop.__exit__(None, None, None)
     bar.close()
-    wall = time.perf_counter() - start_time
+    return _finish(cfg, store, status, reason, rows, done, started, last_checkpoint, state.resumed_from)
+
+
+def _finish(cfg, store, status, reason, rows, done, started, last_checkpoint, resumed_from) -> dict:
+    wall = time.perf_counter() - started
     measuring = sum(r.get("measure_s") or 0.0 for r in rows)
     summary = analysis.summarize(rows) | {
         "steps_done": done, "wall_time_s": wall,
@@ -159,10 +306,15 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
     if resumed_from is not None:
         summary["resumed_from"] = resumed_from
     if store is not None:
-        summary = store.finish(status, summary)
-    else:
-        summary = {"status": status} | summary
-    return summary
+        return store.finish(status, summary)
+    return {"status": status} | summary
+
+
+def _postfix(row) -> str:
+    text = f"loss {row['loss']:.4g}  lambda_max {row['lambda_max']:.4g}"
+    if row.get("edge") is not None:
+        text += f"  edge {row['edge']:.4g}"
+    return text
 
 
 def _divergence(losses, params, rows, factor, done) -> str | None:
@@ -179,6 +331,11 @@ def _divergence(losses, params, rows, factor, done) -> str | None:
     return None
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def _scalar(value):
     value = np.asarray(value)
     return int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
@@ -188,4 +345,44 @@ def _progress_bar(cfg: RunConfig, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=cfg.steps, disable=not enabled, unit="step", dynamic_ncols=True,
-                desc=f"{cfg.task} {cfg.optimizer} lr={cfg.lr:g}" + (f" rho={cfg.rho:g}" if cfg.optimizer != "gd" else ""))
+                desc=f"{cfg.task} {cfg.describe()}")
+
+
+def spectra_along_run(cfg: RunConfig, task: Task, at_steps, *, num_probes: int = 8, num_matvecs: int = 40):
+    """Train ``cfg`` on ``task`` along :func:`trajectory` and yield the SLQ spectrum at ``at_steps``.
+
+    Args:
+      cfg, task: the run.
+      at_steps: the steps at which to take the spectrum.
+      num_probes, num_matvecs: SLQ's probes and Lanczos steps per probe (:func:`samedge.spectrum.slq`).
+
+    Returns:
+      An iterator of :class:`samedge.spectrum.Spectrum`, one per step as it is reached (the Hessian
+      of the task's measurement batch; the edge is the optimizer's at the gradient there). Stops
+      early if the loss becomes non-finite.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    from samedge import curvature, spectrum
+
+    optimizer = build_optimizer(cfg)
+    params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    opt_state = optimizer.init(params)
+    n = ravel_pytree(params)[0].shape[0]
+
+    @jax.jit
+    def slq_at(params, opt_state, data, step):
+        batch = task.measure_batch_fn(data, step)
+        loss_fn = lambda p: task.loss_fn(p, batch)  # noqa: E731
+        matvec, _ = curvature.flat_hvp(loss_fn, params)
+        key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0x51C)
+        nodes, weights = spectrum.slq(matvec, n, key, num_probes=num_probes, num_matvecs=num_matvecs)
+        edge = optimizer.edge(jax.grad(loss_fn)(params), opt_state) if optimizer.edge is not None else jnp.nan
+        return nodes, weights, edge
+
+    points = sorted(set(int(s) for s in at_steps))
+    for seg in trajectory(task, optimizer, params, opt_state, points):
+        if len(seg.losses) and not np.all(np.isfinite(seg.losses)):
+            return
+        nodes, weights, edge = slq_at(seg.params, seg.opt_state, task.data, jnp.asarray(seg.step))
+        yield spectrum.to_spectrum(seg.step, nodes, weights, edge)

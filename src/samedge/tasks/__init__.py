@@ -1,10 +1,14 @@
 """Tasks: a model, a data set, a loss and the batches a step sees, plus named presets.
 
-Each task module (``tasks/mnist.py``, ``tasks/cifar10.py``, ``tasks/shakespeare.py``) defines
+A task comes from one of three sources (:func:`task_source`):
 
-- ``Config``: a frozen dataclass of the task's own settings (model sizes, number of examples...);
-- ``PRESETS``: a dict of :class:`Preset` (``quick`` for 2 CPU cores, ``paper`` for the paper);
-- ``build(config, *, data_dir, seed, allow_fallback) -> Task``.
+- a built-in module (``tasks/mnist.py``, ``tasks/cifar10.py``, ``tasks/shakespeare.py``), which
+  defines ``Config`` (a frozen dataclass of the task's own settings), ``PRESETS`` (``quick`` for 2
+  CPU cores, ``paper`` for the paper) and ``build(config, *, data_dir, seed, allow_fallback)``;
+- ``"package.module:factory"``, a callable returning a :class:`Task` (built with :func:`make_task`);
+  when its first parameter is annotated with a dataclass, that dataclass is the task's Config and
+  ``--set KEY=VALUE`` sets its fields; a ``seed`` or ``data_dir`` keyword is passed when it takes one;
+- a factory registered by an installed package under the entry-point group ``samedge.tasks``.
 
 Modules are imported only when their task is asked for.
 """
@@ -13,12 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import re
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from samedge.errors import ConfigError
 
 TASKS = ("mnist", "cifar10", "shakespeare")
+ENTRY_POINT_GROUP = "samedge.tasks"
 
 
 @dataclass(frozen=True)
@@ -32,13 +40,18 @@ class Preset:
     measure_every: int
     eval_every: int
     lr: Mapping[str, float]  # default step size for each optimizer ("*" for the rest)
-    rho: float  # default SAM radius
-    grid_lr: tuple[float, ...]  # the sweep grid
-    grid_rho: tuple[float, ...]
+    grid_lr: tuple[float, ...] = ()  # the sweep grid of step sizes
+    grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # sweep values of hyperparameters
     run: Mapping[str, Any] = field(default_factory=dict)  # other RunConfig defaults
 
     def default_lr(self, optimizer: str) -> float:
         return self.lr.get(optimizer, self.lr["*"])
+
+
+# The one preset of a task that brings none: the run's own defaults, a schedule sized for a
+# model of a few thousand parameters on CPU.
+DEFAULT_PRESET = Preset(name="default", description="no preset: samedge's defaults", task={}, steps=1000,
+                        measure_every=50, eval_every=250, lr={"*": 0.1})
 
 
 @dataclass
@@ -47,6 +60,7 @@ class Task:
 
     ``batch_fn(data, step)`` and ``measure_batch_fn(data, step)`` are jittable and depend only on
     the step index, so a run's data order is a function of its seed and step (exact resume).
+    Build your own with :func:`make_task`.
     """
 
     name: str
@@ -61,34 +75,225 @@ class Task:
     info: dict = field(default_factory=dict)  # data source, sizes, number of parameters
 
 
+def whole_data(data, step):
+    """The default ``batch_fn``: every step sees the whole data set (full batch)."""
+    return data
+
+
+def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batch_fn: Callable | None = None,
+              measure_batch_fn: Callable | None = None, evaluate: Callable | None = None,
+              accuracy_fn: Callable | None = None, config=None, info: Mapping | None = None) -> Task:
+    """A :class:`Task` from plain functions, checked before any training.
+
+    Args:
+      name: the task's name (run folders, titles).
+      init_params: ``key -> params``, a pytree of floating-point arrays.
+      loss_fn: ``(params, batch) -> scalar``, the training loss (its mean over the batch).
+      data: the training data, any pytree of arrays (put on the device once).
+      batch_fn: ``(data, step) -> batch``, jittable, a pure function of the step (so that resume is
+        exact); default: the whole data set every step (full batch).
+      measure_batch_fn: the batch the Hessian is measured on at a step; default ``batch_fn``.
+      evaluate: ``params -> {name: float}``, test metrics at the evaluation cadence; default none.
+      accuracy_fn: ``(params, batch) -> scalar``, reported as ``acc`` at each measurement.
+      config: the settings the task was built from (recorded), or ``None``.
+      info: facts to record in ``config.json`` (sizes, data source).
+
+    Returns:
+      The :class:`Task`. Integer or non-array parameter leaves, a ``batch_fn`` JAX cannot trace and
+      a loss that is not a float scalar are refused here, with one line naming the culprit.
+
+    >>> import jax, jax.numpy as jnp
+    >>> t = make_task("line", lambda k: {"w": jnp.zeros(2)},
+    ...               lambda p, b: jnp.mean((b[:, 0] * p["w"][0] + p["w"][1] - b[:, 1]) ** 2),
+    ...               jnp.ones((8, 2)))
+    >>> t.info["n_params"], t.batch_fn is whole_data
+    (2, True)
+    """
+    import jax
+
+    from samedge import checks
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a task needs a non-empty name, got {name!r}")
+    for role, fn in (("init_params", init_params), ("loss_fn", loss_fn)):
+        if not callable(fn):
+            raise ConfigError(f"{role} must be callable, got {type(fn).__name__}")
+    batch_fn = batch_fn or whole_data
+    measure_batch_fn = measure_batch_fn or batch_fn
+    data = jax.tree.map(jax.numpy.asarray, data)
+    try:
+        shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
+    except Exception as exc:
+        raise ConfigError(f"init_params {checks.callable_name(init_params)} fails on a PRNG key: "
+                          f"{type(exc).__name__}: {exc}") from None
+    checks.float_params(shapes)
+    batch = checks.traceable_batch(batch_fn, data, "batch_fn")
+    checks.traceable_batch(measure_batch_fn, data, "measure_batch_fn")
+    checks.scalar_loss(loss_fn, shapes, batch)
+    if accuracy_fn is not None:
+        checks.scalar_loss(accuracy_fn, shapes, batch)
+
+    def no_metrics(params):
+        return {}
+
+    n_params = sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree.leaves(shapes))
+    return Task(name=name, config=config, init_params=init_params, loss_fn=loss_fn, accuracy_fn=accuracy_fn,
+                data=data, batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
+                evaluate=evaluate or no_metrics, info={"n_params": n_params} | dict(info or {}))
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """Where a task comes from: what builds it, its Config dataclass (or None) and its presets."""
+
+    name: str  # as given: "mnist", "pkg.mod:factory" or an entry-point name
+    kind: str  # "builtin", "factory" or "entry point"
+    config_cls: type | None
+    presets: Mapping[str, Preset]
+    build: Callable[..., Task]  # (config, *, data_dir, seed, allow_fallback) -> Task
+
+
+def task_source(name: str) -> TaskSource:
+    """The :class:`TaskSource` of ``name``: a built-in task, ``package.module:factory``, or an
+    entry point of the group ``samedge.tasks``.
+
+    >>> task_source("mnist").kind, sorted(task_source("mnist").presets)
+    ('builtin', ['paper', 'quick'])
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a task name must be a non-empty string, got {name!r}")
+    if name in TASKS:
+        module = importlib.import_module(f"samedge.tasks.{name}")
+        return TaskSource(name, "builtin", module.Config, module.PRESETS, module.build)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise ConfigError(f"task {name!r}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
+        if not hasattr(module, attr):
+            raise ConfigError(f"task {name!r}: {module_name} has no {attr}")
+        return _factory_source(name, "factory", getattr(module, attr))
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    if found:
+        try:
+            factory = found[0].load()
+        except Exception as exc:
+            raise ConfigError(f"task {name!r} (entry point {found[0].value}): cannot load it "
+                              f"({type(exc).__name__}: {exc})") from None
+        return _factory_source(name, "entry point", factory)
+    plugins = sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS + tuple(plugins))}, "
+                      f"or give package.module:factory")
+
+
+def _factory_source(name: str, kind: str, factory) -> TaskSource:
+    if not callable(factory):
+        raise ConfigError(f"task {name!r}: {type(factory).__name__} is not callable (expected a factory "
+                          f"returning a samedge Task)")
+    config_cls, params = None, {}
+    try:
+        params = inspect.signature(factory).parameters
+        hints = typing.get_type_hints(factory)
+    except (TypeError, ValueError, NameError):
+        hints = {}
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                  and p.name not in ("seed", "data_dir")]
+    if positional:
+        hint = hints.get(positional[0].name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+            config_cls = hint
+    presets = getattr(factory, "presets", None) or {"default": DEFAULT_PRESET}
+
+    def build(config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False) -> Task:
+        kwargs = {k: v for k, v in (("seed", seed), ("data_dir", data_dir)) if k in params}
+        try:
+            task = factory(config, **kwargs) if config_cls is not None else factory(**kwargs)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"task {name!r}: the factory raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(task, Task):
+            raise ConfigError(f"task {name!r}: the factory returned a {type(task).__name__}, not a samedge "
+                              f"Task (build one with samedge.make_task)")
+        return task
+
+    return TaskSource(name, kind, config_cls, presets, build)
+
+
+def safe_name(name: str) -> str:
+    """A file-system-safe form of a task name, for run folders.
+
+    >>> safe_name("my_pkg.tasks:make_task")
+    'my_pkg.tasks-make_task'
+    """
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "task"
+
+
 def task_module(name: str):
+    """The module of a built-in task (:class:`ConfigError` for another name)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
     return importlib.import_module(f"samedge.tasks.{name}")
 
 
-def get_preset(task: str, preset: str) -> Preset:
-    presets = task_module(task).PRESETS
+def get_preset(task: str, preset: str | None = None) -> Preset:
+    """The preset ``preset`` of ``task`` (``None``: its first: ``quick`` for the built-in tasks)."""
+    presets = task_source(task).presets
+    if preset is None:
+        return next(iter(presets.values()))
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r} for task {task}; choose one of {', '.join(presets)}")
     return presets[preset]
 
 
 def make_task_config(task: str, overrides: Mapping[str, Any]):
-    """The task's Config with ``overrides`` applied; unknown keys and wrong types are errors."""
-    cls = task_module(task).Config
+    """The task's Config with ``overrides`` applied; unknown keys and wrong types are errors.
+
+    Values are converted to the field's type where that loses nothing (``"3"`` or ``3.0`` for an
+    ``int`` field, ``1`` for a ``float``).
+    """
+    source = task_source(task)
+    cls = source.config_cls
+    if cls is None:
+        if overrides:
+            raise ConfigError(f"task {task} takes no settings, got {', '.join(sorted(overrides))}")
+        return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise ConfigError(f"unknown {task} setting(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    config = cls(**overrides)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        hints = {}
+    values = {k: _coerce(task, k, v, hints.get(k)) for k, v in overrides.items()}
+    config = cls(**values)
     if hasattr(config, "validate"):
         config.validate()
     return config
 
 
+def _coerce(task, key, value, kind):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind in (int, float) and isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            raise ConfigError(f"{task} setting {key} must be {kind.__name__}, got {value!r}") from None
+    if kind in (int, float, bool, str) and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
+        raise ConfigError(f"{task} setting {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
 def build_task(task: str, config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False) -> Task:
-    return task_module(task).build(config, data_dir=data_dir, seed=seed, allow_fallback=allow_fallback)
+    """Build ``task`` from its Config (see :func:`task_source` for where tasks come from)."""
+    return task_source(task).build(config, data_dir=data_dir, seed=seed, allow_fallback=allow_fallback)
 
 
 def count_params(init_params: Callable) -> int:

