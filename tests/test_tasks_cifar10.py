@@ -24,7 +24,7 @@ def test_presets():
     assert paper.task["n_train"] == 1000 and paper.task["base_channels"] == 16
     assert (paper.task["blocks"], paper.task["convs_per_block"]) == (2, 1)
     assert paper.grid_lr == (0.0003, 0.001, 0.003, 0.01)
-    assert paper.grid_rho == (0.0, 0.1, 0.3, 1.0)
+    assert paper.grid["rho"] == (0.0, 0.1, 0.3, 1.0)
     quick_gd = config.resolve("cifar10", "quick", optimizer="gd")
     quick_sam = config.resolve("cifar10", "quick", optimizer="sam")
     assert quick_sam.hparams["rho"] == 0.1 and quick_sam.lr < quick_gd.lr

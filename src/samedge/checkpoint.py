@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from samedge import store
-from samedge.errors import RunDirError
+from samedge.errors import RunDirError, one_line
 
 FORMAT = 1  # bump when the payload's layout changes; older files are then refused with a clear error
 
@@ -118,7 +118,7 @@ def load(folder, params_template, opt_state_template) -> Checkpoint | None:
     except RunDirError:
         raise
     except Exception as exc:
-        raise RunDirError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {_one_line(exc)}); "
+        raise RunDirError(f"{source}: unreadable checkpoint ({type(exc).__name__}: {one_line(exc, 200)}); "
                           f"delete it to restart the run from step 0, or pass --overwrite") from None
     _check_like(source, "parameters", params, params_template)
     _check_like(source, "optimizer state", opt_state, opt_state_template)
@@ -135,6 +135,3 @@ def _check_like(source, what, restored, template) -> None:
         raise RunDirError(f"{source}: checkpoint {what} do not fit this run's model "
                           f"(found {diff[0]}, expected {diff[1]}); the configuration changed")
 
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:200]

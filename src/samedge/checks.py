@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samedge.errors import ConfigError
+from samedge.errors import ConfigError, one_line
 
 __all__ = ["float_params", "scalar_loss", "traceable_batch", "callable_name"]
 
@@ -74,7 +74,7 @@ def scalar_loss(loss_fn: Callable, params, batch) -> None:
         out = jax.eval_shape(loss_fn, params, batch)
     except Exception as exc:
         raise ConfigError(f"the loss {callable_name(loss_fn)} fails on the parameters and a batch: "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+                          f"{type(exc).__name__}: {one_line(exc, 200)}") from None
     shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
     if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         what = f"shape {shape} and dtype {np.dtype(dtype).name}" if dtype is not None else type(out).__name__
@@ -100,9 +100,5 @@ def traceable_batch(batch_fn: Callable, data, what: str = "batch_fn") -> Any:
     except Exception as exc:
         raise ConfigError(f"{what} {callable_name(batch_fn)} cannot be traced by JAX with a traced step "
                           f"(it must be a pure function of (data, step) made of jax.numpy operations): "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+                          f"{type(exc).__name__}: {one_line(exc, 200)}") from None
 
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else ""

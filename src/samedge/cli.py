@@ -69,6 +69,9 @@ def _add_settings(p: argparse.ArgumentParser, *, lists: bool) -> None:
             p.add_argument(flag, dest=s.name, metavar="A,B,...", help="comma-separated: " + s.help)
         else:
             p.add_argument(flag, dest=s.name, type=s.kind, help=s.help)
+    p.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE" + (",..." if lists else ""),
+                   help="a hyperparameter of an optimizer from your own module (--optimizer package.module:ENTRY)"
+                        + ("; comma-separated values are a sweep axis" if lists else "") + " (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
@@ -82,6 +85,23 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _number(key, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SamedgeError(f"--hparam {key} expects a number, got {value!r}")
+    return float(value)
+
+
+def _pairs(items, flag) -> dict:
+    """``KEY=VALUE`` items as ``{key: raw value}``."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SamedgeError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
 
 
 def _parse_sets(items) -> dict:
@@ -112,7 +132,7 @@ def _resolve(args, task: str):
     flags = {k: v for k, v in _flags(args).items() if v is not None}
     if "optimizer" in flags and flags["optimizer"] != from_file.get("optimizer", flags["optimizer"]):
         from_file.pop("hparams", None)  # another optimizer: the file's hyperparameters are not its
-    hparams = from_file.pop("hparams", None)
+    hparams = (from_file.pop("hparams", None) or {}) | {k: _number(k, v) for k, v in _parse_sets(args.hparam).items()}
     return config.resolve(task, preset, task_overrides=task_file | _parse_sets(args.set), hparams=hparams,
                           **(from_file | flags))
 
@@ -339,6 +359,7 @@ def _sweep_task(args, task: str, out) -> dict:
         elif value is not None:
             single[s.name] = value
     hyper = {k: v for k, v in axes.items() if k not in ("optimizer", "lr", "seed") and v is not None}
+    hyper |= {k: _list(v, float, k) for k, v in _pairs(args.hparam, "--hparam").items()}
     configs = sweep.expand_grid(
         task, args.preset, optimizers=axes["optimizer"], lrs=axes["lr"], hparams=hyper,
         seeds=axes["seed"] or [0], task_overrides=_parse_sets(args.set), **single,

@@ -19,3 +19,12 @@ class RunDirError(SamedgeError):
 
 class RunInUseError(RunDirError):
     """Another live process is writing the run folder (it holds the folder's lock)."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, at most ``limit`` characters (for one-line errors).
+
+    >>> one_line(ValueError("a\\n  b"))
+    'a b'
+    """
+    return " ".join(str(exc).split())[:limit]

@@ -83,7 +83,7 @@ def sam_ascent_point(params, grad, rho):
     Returns:
       A pytree like ``params``.
 
-    >>> [float(x) for x in sam_ascent_point(jnp.zeros(2), jnp.array([3.0, 4.0]), 1.0)]
+    >>> [round(float(x), 6) for x in sam_ascent_point(jnp.zeros(2), jnp.array([3.0, 4.0]), 1.0)]
     [0.6, 0.8]
     """
     norm = global_norm(grad)

@@ -77,8 +77,8 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
       The configs, duplicates (same run name) dropped; a point the registry maps to another
       optimizer (SAM at rho = 0 is GD) is resolved as that one.
 
-    >>> [c.optimizer + str(dict(c.hparams)) for c in expand_grid("mnist", "quick", lrs=[0.1], rho=[0, 0.3])]
-    ["gd{}", "sam{'rho': 0.3}"]
+    >>> [(c.optimizer, dict(c.hparams)) for c in expand_grid("mnist", "quick", lrs=[0.1], rho=[0, 0.3])]
+    [('gd', {}), ('sam', {'rho': 0.3})]
     """
     p = tasks.get_preset(task, preset)
     hyper_names = set(registry.all_hypers())

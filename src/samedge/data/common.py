@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from samedge.errors import DataError
+from samedge.errors import DataError, one_line
 
 ENV_DATA_DIR = "SAMEDGE_DATA_DIR"
 ENV_CACHE_DIR = "SAMEDGE_CACHE_DIR"
@@ -91,7 +91,7 @@ def download(remote: RemoteFile, folder: Path, *, progress: bool = False) -> Pat
         except ValueError as exc:  # hash mismatch: pooch deletes the bad download
             errors.append(f"{url}: checksum mismatch for {remote.name}: {_hashes(exc)}")
         except Exception as exc:  # network errors: try the next mirror
-            errors.append(f"{url}: {type(exc).__name__}: {_one_line(exc)}")
+            errors.append(f"{url}: {type(exc).__name__}: {one_line(exc)}")
     raise DataError(f"could not download {remote.name} into {folder}: " + "; ".join(errors))
 
 
@@ -100,8 +100,5 @@ def _hashes(exc: Exception) -> str:
     import re
 
     m = re.search(r"expected (\S+) but got (\w+)", str(exc))
-    return f"expected {m[1]}, found {m[2]}" if m else _one_line(exc)
+    return f"expected {m[1]}, found {m[2]}" if m else one_line(exc)
 
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:300]

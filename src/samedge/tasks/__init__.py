@@ -269,25 +269,33 @@ def make_task_config(task: str, overrides: Mapping[str, Any]):
         hints = typing.get_type_hints(cls)
     except Exception:
         hints = {}
-    values = {k: _coerce(task, k, v, hints.get(k)) for k, v in overrides.items()}
-    config = cls(**values)
+    config = cls(**{k: _coerce(v, hints.get(k)) for k, v in overrides.items()})
     if hasattr(config, "validate"):
         config.validate()
+    else:  # a user's Config without its own checks: at least the declared types
+        for key, kind in hints.items():
+            value = getattr(config, key)
+            if kind in (int, float, bool, str) and not _is(value, kind):
+                raise ConfigError(f"{task} setting {key} must be {kind.__name__}, got {value!r}")
     return config
 
 
-def _coerce(task, key, value, kind):
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+def _is(value, kind) -> bool:
+    return isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+
+
+def _coerce(value, kind):
+    """``value`` as ``kind`` where nothing is lost (``1`` for a float field, ``2.0`` or ``"2"`` for an
+    int field); anything else unchanged, for the Config's own checks to refuse."""
+    if kind is float and _is(value, int):
         return float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
+    if kind is int and _is(value, float) and value.is_integer():
         return int(value)
     if kind in (int, float) and isinstance(value, str):
         try:
             return kind(value)
         except ValueError:
-            raise ConfigError(f"{task} setting {key} must be {kind.__name__}, got {value!r}") from None
-    if kind in (int, float, bool, str) and not (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
-        raise ConfigError(f"{task} setting {key} must be {kind.__name__}, got {value!r}")
+            return value
     return value
 
 
