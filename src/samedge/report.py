@@ -94,6 +94,8 @@ def summary_row(run: Run, root: Path) -> dict:
         "final_lambda_max": stats.get("final_lambda_max"), "final_edge": stats.get("final_edge"),
         "final_gd_edge": stats.get("final_gd_edge"), "wall_time_s": run.summary.get("wall_time_s"),
         "measure_share": run.summary.get("measure_share"), "error": run.summary.get("error", ""),
+        # an optimizer without a closed-form edge: lambda is measured, the ratio is left empty
+        "no_edge": bool(run.rows) and all(r.get("edge") is None for r in run.rows),
     }
 
 
@@ -143,6 +145,12 @@ def figure_grids(runs, fig_dir: Path) -> list[Path]:
     return pngs
 
 
+def _cell(row, key) -> str:
+    if key == "ratio_median" and row.get("no_edge"):
+        return "no known edge"
+    return _fmt(row[key])
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None or value == "":
         return ""
@@ -180,7 +188,7 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
              "the edge is 2/η for GD and the SAM-edge for SAM.", "",
              "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[k]) for k in TABLE) + " |")
+        lines.append("| " + " | ".join(_cell(r, k) for k in TABLE) + " |")
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -210,7 +218,7 @@ def write_html(rows, pngs, root: Path, out: Path) -> Path:
              '<table id="summary"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in HEADINGS) + "</tr></thead><tbody>"]
     for r in rows:
         cells = "".join(f'<td{" class=l" if k in ("task", "optimizer", "status", "test_metric") else ""}>'
-                        f"{e(_fmt(r[k]))}</td>" for k in TABLE)
+                        f"{e(_cell(r, k))}</td>" for k in TABLE)
         title = f' title="{e(r["error"])}"' if r["error"] else ""
         parts.append(f'<tr class="{e(r["status"])}"{title}>{cells}</tr>')
     parts.append("</tbody></table>")
