@@ -90,8 +90,11 @@ def mnist_run(tmp_path_factory, data_dir):
     """One CLI run (measure and checkpoint every 20 steps, 100 steps): rows at 0, 20, ..., 100 and
     the last non-final checkpoint, at step 80."""
     out = tmp_path_factory.mktemp("mnist-sam") / "run"
+    from samedge import plots
+
     with pytest.MonkeyPatch.context() as mp:
         _isolated_env(mp, tmp_path_factory.mktemp("cache"))
+        mp.setattr(plots, "plot_run", lambda out: [])  # the run's figures are not what is tested here
         rc = cli.main(["run", "mnist", *TINY_MNIST, "--optimizer", "sam", "--lr", "0.1", "--rho", "0.1",
                        "--steps", str(MNIST_STEPS), "--measure-every", str(MNIST_EVERY),
                        "--checkpoint-every", str(MNIST_EVERY), "--data-dir", str(data_dir), "--out", str(out),
@@ -102,7 +105,10 @@ def mnist_run(tmp_path_factory, data_dir):
     cfg = config.from_dict(read_run_config(out)["run"])
     task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config), data_dir=data_dir,
                             seed=cfg.seed)
-    return out, rows, cfg, task
+    opt = optimizers.build("sam", 0.1, rho=0.1)
+    # One measurement for both tests below (its jitted function compiles once): the run's settings.
+    m = samedge.measurement(task.loss_fn, opt, train.measure_settings(cfg, opt), accuracy_fn=task.accuracy_fn)
+    return out, rows, cfg, task, opt, m
 
 
 def _measured_columns(rows) -> list[str]:
@@ -115,8 +121,7 @@ def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
     ``train.make_chunk`` for 20 steps and one ``samedge.measurement`` call with key
     ``fold_in(PRNGKey(seed), 100)`` give the step-100 row.
     Truth: the step-100 row the CLI wrote; every measured column to 1e-6 relative (it is exact)."""
-    out, rows, cfg, task = mnist_run
-    opt = optimizers.build("sam", 0.1, rho=0.1)
+    out, rows, cfg, task, opt, m = mnist_run
     template = task.init_params(jax.random.PRNGKey(cfg.seed))
     ckpt = checkpoint.load(out, template, opt.init(template))
     last = MNIST_STEPS - MNIST_EVERY
@@ -130,7 +135,6 @@ def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
     params, opt_state, losses = train.make_chunk(task, opt, MNIST_STEPS - last)(
         ckpt.params, ckpt.opt_state, task.data, jnp.asarray(last))
     assert np.all(np.isfinite(np.asarray(losses)))
-    m = samedge.measurement(task.loss_fn, opt, train.measure_settings(cfg, opt), accuracy_fn=task.accuracy_fn)
     row, _ = m.measure(params, task.measure_batch_fn(task.data, MNIST_STEPS), samedge.MeasureState(ckpt.vectors),
                        jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MNIST_STEPS), opt_state)
 
@@ -148,9 +152,8 @@ def test_own_python_loop_repeats_the_cli_run(mnist_run):
     ``opt.update(params, state, jax.value_and_grad(...))`` per step on ``task.batch_fn(data, t)``,
     measuring at steps 0, 20, ..., 100 with the run's keys) is the run's measurement.
     Truth: the CLI run's metrics.csv (its steps run as a lax.scan of the same update), to 1e-5 relative."""
-    out, rows, cfg, task = mnist_run
-    opt = optimizers.build("sam", 0.1, rho=0.1)
-    m = samedge.measurement(task.loss_fn, opt, samedge.MeasureSettings(), accuracy_fn=task.accuracy_fn)
+    out, rows, cfg, task, opt, m = mnist_run
+    assert m.settings == samedge.MeasureSettings()  # the defaults: top-1, tol 1e-3, at most 64 HVPs
     seed = jax.random.PRNGKey(cfg.seed)
     params = task.init_params(seed)
     state = opt.init(params)
@@ -314,7 +317,7 @@ def _mlp_task(dtype):
 
     def init_params(key):
         keys = jax.random.split(key, len(sizes))
-        return [{"w": jax.random.normal(k, s, dtype) * (1.5 / np.sqrt(s[0])), "b": jnp.full(s[1], 0.1, dtype)}
+        return [{"w": jax.random.normal(k, s, dtype) * float(1.5 / np.sqrt(s[0])), "b": jnp.full(s[1], 0.1, dtype)}
                 for k, s in zip(keys, sizes)]
 
     def loss_fn(params, batch):
@@ -328,16 +331,27 @@ def _mlp_task(dtype):
     return samedge.make_task("mlp", init_params, loss_fn, (x, y))
 
 
-def _dense_eigenvalues(task, params):
+@pytest.fixture(scope="module")
+def dense64():
+    """``params -> eigenvalues`` (by decreasing magnitude) of the float64 MLP task's dense Hessian,
+    ``numpy.linalg.eigvalsh`` of ``jax.hessian``; compiled once for both tests, call it under x64."""
     from jax.flatten_util import ravel_pytree
 
-    flat, unravel = ravel_pytree(params)
-    hessian = jax.hessian(lambda f: task.loss_fn(unravel(f), task.data))(flat)
-    values = np.linalg.eigvalsh(np.asarray(hessian, np.float64))
-    return values[np.argsort(-np.abs(values))]
+    with jax.enable_x64(True):
+        task = _mlp_task(np.float64)
+        unravel = ravel_pytree(task.init_params(jax.random.PRNGKey(0)))[1]
+        hessian = jax.jit(jax.hessian(lambda flat: task.loss_fn(unravel(flat), task.data)))
+
+    def eigenvalues(params):
+        flat = ravel_pytree(jax.tree.map(lambda a: np.asarray(a, np.float64), params))[0]
+        assert flat.dtype == np.float64
+        values = np.linalg.eigvalsh(np.asarray(hessian(flat), np.float64))
+        return values[np.argsort(-np.abs(values))]
+
+    return eigenvalues
 
 
-def test_float64_measurement_matches_dense_eigvalsh(x64):
+def test_float64_measurement_matches_dense_eigvalsh(x64, dense64):
     """Property: under jax.enable_x64 a float64 model is measured in float64 (to Lanczos tol 1e-10).
     Truth: numpy.linalg.eigvalsh of the dense jax.hessian; the top-3 eigenvalues by magnitude to 1e-8
     relative, lambda_max = |lambda_1|."""
@@ -345,9 +359,9 @@ def test_float64_measurement_matches_dense_eigvalsh(x64):
     assert task.info["n_params"] == 161
     params = task.init_params(jax.random.PRNGKey(1))
     assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
-    truth = _dense_eigenvalues(task, params)
+    truth = dense64(params)
     m = samedge.measurement(task.loss_fn, samedge.optimizer("gd", 0.1),
-                            samedge.MeasureSettings(topk=3, tol=1e-10, max_hvps=161))
+                            samedge.MeasureSettings(topk=3, tol=1e-10, max_hvps=64))
     row, state = m.measure(params, task.data, m.init(params, jax.random.PRNGKey(2)), jax.random.PRNGKey(3))
     assert state.vectors.dtype == jnp.float64 and row["lambda_max"].dtype == jnp.float64
     assert float(row["lambda_max"]) == pytest.approx(abs(truth[0]), rel=1e-8)
@@ -356,17 +370,18 @@ def test_float64_measurement_matches_dense_eigvalsh(x64):
         assert float(row[f"resid_{i + 1}"]) <= 1e-10
 
 
-def test_float32_measurement_matches_dense_eigvalsh(x64):
+def test_float32_measurement_matches_dense_eigvalsh(dense64):
     """Property: a float32 model is measured in float32, to its precision.
-    Truth: numpy.linalg.eigvalsh of the float64 dense Hessian at the same (float32) point, to 1e-4."""
+    Truth: numpy.linalg.eigvalsh of the float64 dense Hessian (under jax.enable_x64) at the same
+    float32 point, to 1e-4."""
     task32 = _mlp_task(np.float32)
     params = task32.init_params(jax.random.PRNGKey(1))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     m = samedge.measurement(task32.loss_fn, samedge.optimizer("gd", 0.1), samedge.MeasureSettings(tol=1e-5))
     row, _ = m.measure(params, task32.data, m.init(params, jax.random.PRNGKey(2)), jax.random.PRNGKey(3))
     assert row["lambda_max"].dtype == jnp.float32
-    task64 = _mlp_task(np.float64)
-    truth = _dense_eigenvalues(task64, jax.tree.map(lambda a: a.astype(jnp.float64), params))
+    with jax.enable_x64(True):
+        truth = dense64(params)
     assert float(row["lambda_max"]) == pytest.approx(abs(truth[0]), rel=1e-4)
 
 
@@ -384,7 +399,7 @@ def test_optimizer_without_known_edge_leaves_edge_and_ratio_empty(tmp_path):
     task = user_tasks.make_task(user_tasks.QuadConfig(n=32))
     out = tmp_path / "run"
     summary = samedge.fit(task, samedge.sam(optax.adam(1e-3), rho=0.05), steps=20, measure_every=10, out=out,
-                          progress=False)
+                          progress=False, measure_sam_point=False)
     assert summary["status"] == "completed"
     assert summary.get("ratio_median") is None
     rows = _rows(out)
@@ -397,7 +412,7 @@ def test_optimizer_without_known_edge_leaves_edge_and_ratio_empty(tmp_path):
     from jax.flatten_util import ravel_pytree
 
     flat, unravel = ravel_pytree(params)
-    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: task.loss_fn(unravel(f), task.data))(flat)))
+    dense = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(lambda f: task.loss_fn(unravel(f), task.data)))(flat)))
     assert float(rows[0]["lambda_max"]) == pytest.approx(np.abs(dense).max(), rel=1e-3)
 
 
@@ -407,7 +422,7 @@ def test_optimizer_without_known_edge_leaves_edge_and_ratio_empty(tmp_path):
 
 WALL_COLUMNS = {"time_s", "measure_s"}
 FACTORY_RUN = ["--set", "n=64", "--set", "lr_scale=1", "--steps", "60", "--measure-every", "10",
-               "--checkpoint-every", "10", "--no-progress"]
+               "--checkpoint-every", "10", "--no-measure-sam-point", "--no-progress"]
 HOLD_STEP = 30
 
 # The CLI with RunStore.append patched to announce, then wait, after the row of HOLD (as in
@@ -502,7 +517,7 @@ def test_task_registered_as_an_entry_point_runs(tmp_path):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[samedge.tasks]\nmyquad = {USER_TASK}\n")
     out = tmp_path / "run"
-    r = _samedge("run", "myquad", "--steps", "10", "--measure-every", "5", "--out", str(out), "--no-progress",
+    r = _samedge("run", "myquad", "--optimizer", "gd", "--lr", "0.1", "--steps", "10", "--measure-every", "5", "--out", str(out), "--no-progress",
                  env=_subprocess_env(str(site)))
     assert r.returncode == 0, r.stderr[-2000:]
     assert [int(row["step"]) for row in _rows(out)] == [0, 5, 10]
@@ -542,7 +557,7 @@ def test_user_optimizer_entry_runs_with_its_own_edge(tmp_path, data_dir, capsys)
     assert rc == 2 and "toy has no rho" in err and not (tmp_path / "rho").exists()
 
 
-def test_user_optimizer_sweeps_and_reports(tmp_path, data_dir, monkeypatch):
+def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch):
     """Property: a sweep over the user optimizer's own hyperparameter gives one run folder per value
     with distinct names; a value of a hyperparameter it lacks (rho) is ignored with a notice and
     never merged into its runs; the report lists both runs with distinct settings and labels the
@@ -551,16 +566,17 @@ def test_user_optimizer_sweeps_and_reports(tmp_path, data_dir, monkeypatch):
     from samedge import plots, report, sweep
 
     notices = []
-    configs = sweep.expand_grid("mnist", "quick", optimizers=[TOY], lrs=[0.1],
+    configs = sweep.expand_grid(USER_TASK, None, optimizers=[TOY], lrs=[0.1],
                                 hparams={"damp": [0.0, 0.5], "rho": [0.1, 0.3]}, notice=notices.append,
-                                task_overrides=TINY_MNIST_CONFIG, steps=10, measure_every=5, eval_every=10)
+                                task_overrides={"n": 32}, steps=10, measure_every=5, eval_every=10)
     assert notices == ["sweep: toy has no rho; its runs ignore the rho values given"]
     assert sorted(dict(c.hparams)["damp"] for c in configs) == [0.0, 0.5]
     assert all(set(c.hparams) == {"damp"} for c in configs)
     names = sorted(run.run_name(c) for c in configs)
-    assert names == ["mnist-toy-lr0.1-d0-s0", "mnist-toy-lr0.1-d0.5-s0"]
+    assert names == ["tests.fixtures.user_tasks-make_task-toy-lr0.1-d0-s0",
+                     "tests.fixtures.user_tasks-make_task-toy-lr0.1-d0.5-s0"]
 
-    results = sweep.run_sweep(configs, tmp_path, workers=2, data_dir=str(data_dir), log=lambda line: None)
+    results = sweep.run_sweep(configs, tmp_path, workers=2, log=lambda line: None)
     assert sorted(results) == names
     assert all(s["status"] == "completed" for s in results.values()), results
 
@@ -583,3 +599,31 @@ def test_user_optimizer_sweeps_and_reports(tmp_path, data_dir, monkeypatch):
     assert edges["damp=0"] == pytest.approx(20.0) and edges["damp=0.5"] == pytest.approx(40.0)
     assert titles and all(t.endswith("(Toy)") for t in titles), titles
     assert {t for t in titles} == {"eta=0.1, damp=0 (Toy)", "eta=0.1, damp=0.5 (Toy)"}
+
+
+def test_fit_takes_the_hyperparameters_of_a_user_optimizer_entry(tmp_path):
+    """Property: ``fit``'s keyword settings take "the optimizer's hyperparameters" (its docstring),
+    so also those of a registry entry named by import path (``damp`` of the toy).
+    Truth: the edge column is the entry's own 2/(eta (1 - damp)) = 40 at eta 0.1, damp 0.5."""
+    from tests.fixtures import user_tasks
+
+    task = user_tasks.make_task(user_tasks.QuadConfig(n=32))
+    out = tmp_path / "run"
+    summary = samedge.fit(task, TOY, lr=0.1, damp=0.5, steps=4, measure_every=2, out=out, progress=False)
+    assert summary["status"] == "completed"
+    assert all(float(r["edge"]) == pytest.approx(40.0) for r in _rows(out))
+    assert read_run_config(out)["run"]["hparams"] == {"damp": 0.5}
+
+
+def test_resolve_and_grid_take_user_hyperparameters_as_keywords():
+    """Property: ``config.resolve`` ("hyperparameters ... may also be given as keywords (rho=0.1)")
+    and ``sweep.expand_grid`` ("hyperparameter lists may also be keywords (rho=[0.1])") accept the
+    keywords of the optimizer they are given, a user entry's included.
+    Truth: the same settings passed through their ``hparams=`` argument, which works."""
+    from samedge import sweep
+
+    by_dict = config.resolve(USER_TASK, optimizer=TOY, lr=0.1, hparams={"damp": 0.5})
+    assert dict(by_dict.hparams) == {"damp": 0.5}
+    assert config.resolve(USER_TASK, optimizer=TOY, lr=0.1, damp=0.5) == by_dict
+    grid = sweep.expand_grid(USER_TASK, optimizers=[TOY], lrs=[0.1], hparams={"damp": [0.0, 0.5]})
+    assert sweep.expand_grid(USER_TASK, optimizers=[TOY], lrs=[0.1], damp=[0.0, 0.5]) == grid

@@ -29,9 +29,10 @@ def _rows(ratios, edge, gd_edge):
     return out
 
 
-def _make(root, optimizer, lr, rho, rows, status="completed", error=None):
-    cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho if optimizer != "gd" else None)
-    path = root / run.default_out(cfg).name
+def _make(root, optimizer, lr, rho, rows, status="completed", error=None, sub=None, steps=None):
+    cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho if optimizer != "gd" else None,
+                         **({"steps": steps} if steps else {}))
+    path = (root / sub if sub else root) / run.default_out(cfg).name
     store = RunStore.create(path, {"run": cfg.to_dict()})
     for r in rows:
         store.append(r)
@@ -67,6 +68,7 @@ def test_summary_csv_statistics_match_hand_computed_values(sweep_dir):
     assert float(sam["ratio_p10"]) == pytest.approx(0.86)
     assert float(sam["ratio_p90"]) == pytest.approx(1.212)
     assert float(sam["ratio_within_10pct"]) == pytest.approx(0.6)
+    assert int(sam["ratio_count"]) == len(HALF)  # the second-half measurements behind the median
     # lambda_max / (2/eta) = ratio * 8 / 20 over the second half: median 0.4
     assert float(sam["lambda_over_gd_edge_median"]) == pytest.approx(0.4)
     assert float(sam["final_train_loss"]) == pytest.approx(1 / 9)
@@ -81,8 +83,11 @@ def test_summary_csv_statistics_match_hand_computed_values(sweep_dir):
             assert (sweep_dir / "figures" / f"{name}_mnist_quick_s0.{ext}").stat().st_size > 1000
     assert written[-1] == sweep_dir / "report.html"
     md = (sweep_dir / "report.md").read_text()
-    assert "| mnist | sam | 0.1 | rho=0.1 | 0 | completed | 8 |" in md
-    assert "1 of 1" in md  # the one converged SAM run sits in [0.85, 1.15]
+    assert "| mnist-sam-lr0.1-rho0.1-s0 | mnist | sam | 0.1 | rho=0.1 | 0 | completed | 8 |" in md
+    assert "| 1 (n=5) |" in md  # the median with its support
+    assert "Completed SAM-type runs (rho > 0)" in md and "1 of 1" in md  # the completed SAM run is in [0.85, 1.15]
+    # the unfinished run's median rests on steps 1 and 2 only: flagged, and the flag explained
+    assert "| 1 (n=2)* |" in md and f"* median of fewer than {report.MIN_SUPPORT}" in md
     assert "DataError: boom" in md
 
 
@@ -116,10 +121,10 @@ def test_html_is_self_contained_with_table_and_png_figures(sweep_dir):
     page = _Page()
     page.feed((sweep_dir / "report.html").read_text(encoding="utf-8"))
     assert len(page.rows) == 4
-    statuses = sorted(r[5] for r in page.rows)
+    statuses = sorted(r[6] for r in page.rows)
     assert statuses == ["completed", "completed", "failed", "unfinished"]
-    sam = next(r for r in page.rows if r[:4] == ["mnist", "sam", "0.1", "rho=0.1"])
-    assert sam[10] == "1"  # median ratio, formatted
+    sam = next(r for r in page.rows if r[:5] == ["mnist-sam-lr0.1-rho0.1-s0", "mnist", "sam", "0.1", "rho=0.1"])
+    assert sam[11] == "1 (n=5)"  # median ratio, formatted, with its support
     assert len(page.imgs) == 3
     for img in page.imgs:
         head, data = img["src"].split(",", 1)
@@ -128,6 +133,65 @@ def test_html_is_self_contained_with_table_and_png_figures(sweep_dir):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", png[16:24])  # IHDR
         assert width > 500 and height > 300  # a 2 x 3 grid of panels, not a blank stub
+
+
+@pytest.fixture
+def same_point_dir(tmp_path):
+    """Three SAM runs of one grid point (eta 0.1, rho 0.1) for 8, 16 and 4 steps in sub-folders, and GD."""
+    root = tmp_path / "same"
+    for sub, n in (("a", 9), ("b", 17), ("c", 5)):
+        _make(root, "sam", 0.1, 0.1, _rows([1.0] * n, edge=8.0, gd_edge=20.0), sub=sub, steps=n - 1)
+    _make(root, "gd", 0.1, 0.0, _rows([0.9] * 9, edge=20.0, gd_edge=20.0))
+    return root
+
+
+def test_runs_sharing_a_grid_cell_are_each_drawn_and_listed(same_point_dir, monkeypatch):
+    from samedge import plots
+
+    figures = []
+    original = plots.grid_figure
+    monkeypatch.setattr(plots, "grid_figure", lambda *a, **kw: figures.append(original(*a, **kw)) or figures[-1])
+    report.write_report(same_point_dir)
+    sharpness = figures[[name for name, _ in report.GRIDS].index("sharpness")]
+    cell, = [ax for ax in sharpness.axes if ax.get_title().startswith("eta=0.1, rho=0.1 (SAM)")]
+    lams = [line for line in cell.lines if line.get_gid() == "lambda_max"]
+    assert sorted(max(line.get_xdata()) for line in lams) == [4, 8, 16]  # 3 runs, 3 lines
+    legend = [t.get_text() for t in cell.get_legend().get_texts()]
+    assert {"a (8 steps)", "b (16 steps)", "c (4 steps)"} <= set(legend)
+    for fig in figures:  # every grid draws all four runs
+        assert sum(len([ln for ln in ax.lines if ln.get_gid() in ("lambda_max", "align_grad=align_sam_grad",
+                                                                  "align_grad", "loss")]) for ax in fig.axes) == 4
+
+    table = _csv(same_point_dir / "summary.csv")
+    names = {"a/mnist-sam-lr0.1-rho0.1-s0": 5, "b/mnist-sam-lr0.1-rho0.1-s0": 9, "c/mnist-sam-lr0.1-rho0.1-s0": 3}
+    for name, second_half in names.items():  # steps >= last/2 of 0..8, 0..16, 0..4
+        assert int(table[name]["ratio_count"]) == second_half
+    md = (same_point_dir / "report.md").read_text()
+    for name, second_half in names.items():
+        line, = [ln for ln in md.splitlines() if ln.startswith(f"| {name} |")]
+        assert f"| 1 (n={second_half}) |" in line
+    assert "Completed SAM-type runs (rho > 0) with median λmax/edge over the second half in [0.85, 1.15]: 3 of 3." in md
+    page = _Page()
+    page.feed((same_point_dir / "report.html").read_text(encoding="utf-8"))
+    assert sorted(r[0] for r in page.rows) == sorted([*names, "mnist-gd-lr0.1-s0"])
+
+
+def test_counts_of_left_out_rows_are_shown_when_the_summary_has_them(sweep_dir, monkeypatch):
+    from samedge import analysis
+
+    original = analysis.summarize
+    monkeypatch.setattr(analysis, "summarize", lambda rows: original(rows) | (
+        {"rows_unconverged": 2, "rows_uncertified": 1, "ratio_left_out": 3} if rows else {}))
+    report.write_report(sweep_dir)
+    table = _csv(sweep_dir / "summary.csv")
+    sam = table["mnist-sam-lr0.1-rho0.1-s0"]
+    assert (sam["rows_unconverged"], sam["rows_uncertified"], sam["ratio_left_out"]) == ("2", "1", "3")
+    assert table["mnist-sam-lr0.3-rho0.3-s0"]["ratio_left_out"] == ""  # no measurements, no count
+    md = (sweep_dir / "report.md").read_text()
+    header, = [ln for ln in md.splitlines() if ln.startswith("| run |")]
+    assert header.endswith("| unconverged rows | uncertified rows | left out of ratio |")
+    row, = [ln for ln in md.splitlines() if ln.startswith("| mnist-sam-lr0.1-rho0.1-s0 |")]
+    assert row.endswith("| 2 | 1 | 3 |")
 
 
 def test_report_of_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):

@@ -8,6 +8,7 @@ Errors a user can cause (:class:`samedge.errors.SamedgeError`) print as one line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,12 @@ def _print_summary(out, summary) -> None:
           f"final loss {summary.get('final_loss', float('nan')):.4g}; "
           f"median lambda_max/edge over the second half "
           + (f"{med:.3f}" if med is not None else "n/a"))
+    bad = [(summary.get("rows_unconverged") or 0, "did not converge (left out of the ratio statistics)"),
+           (summary.get("rows_uncertified") or 0, "are uncertified (a cross-check found a larger eigenvalue)")]
+    for count, what in bad:
+        if count:
+            print(f"warning: {count} of {summary.get('measurements', '?')} measurements {what}; "
+                  f"see the converged/certified columns of {Path(out) / 'metrics.csv'}")
 
 
 def _add_run(sub) -> None:
@@ -528,6 +535,9 @@ def main(argv=None) -> int:
     """Run the ``samedge`` command with ``argv``; returns the exit code (2 for a user's error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # package.module:factory names resolve from the current folder, as with `python -m samedge`
+        sys.path.insert(0, os.getcwd())
     try:
         jit_cache.enable()  # later runs of the same programs skip their compile
         return args.handler(args)

@@ -131,6 +131,8 @@ def resolve(task: str, preset: str | None = None, *, task_overrides: Mapping[str
     if "lr" not in given:
         base["lr"] = p.default_lr(optimizer if isinstance(optimizer, str) else "")
     task_config = dict(p.task) | dict(task_overrides or {})
+    own = optimizers.get(optimizer).hyper_names if isinstance(optimizer, str) else ()
+    hp = {k: v for k, v in p.hparams.items() if k in own} | hp
     cfg = RunConfig(task=task, preset=p.name, task_config=task_config,
                     hparams=optimizers.resolve_hparams(optimizer, hp),
                     **(base | given))

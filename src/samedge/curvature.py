@@ -38,12 +38,16 @@ class Eigen(NamedTuple):
     vectors: (k, n) unit eigenvector estimates.
     residuals: (k,) relative residuals ``||A v - value v|| / |value|``.
     num_matvecs: () int, matrix-vector products spent.
+    top_value: () the largest algebraic Ritz value of the same Krylov space (:func:`lanczos` only).
+    top_residual: () its relative residual (converged only when <= the tolerance).
     """
 
     values: jax.Array
     vectors: jax.Array
     residuals: jax.Array
     num_matvecs: jax.Array
+    top_value: jax.Array | None = None
+    top_residual: jax.Array | None = None
 
 
 def flat_hvp(loss_fn: Callable, params) -> tuple[Matvec, int]:
@@ -176,6 +180,7 @@ def lanczos(
     max_iters: int = 64,
     tol: float = 1e-3,
     which: str = "LM",
+    min_iters: int = 1,
 ) -> Eigen:
     """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -192,6 +197,19 @@ def lanczos(
       max_iters: most matvecs; also the size of the stored basis.
       tol: relative residual at which a Ritz pair counts as converged.
       which: ``"LM"`` (largest magnitude: the operator norm comes first) or ``"LA"`` (largest value).
+      min_iters: matvecs spent at least before the residual may stop the run. A warm start close to
+        an eigenvector meets the tolerance within 2-3 matvecs even when a larger eigenvalue exists
+        that the start nearly lacks; a few more Krylov steps let its component grow (on a diagonal
+        test operator with eigenvalues 11 and 10 above a bulk in [-0.5, 2], started on the
+        eigenvector of 10 plus 1% noise, 8 steps find 11 at n = 2,000 and at n = 200,000).
+
+    Returns:
+      :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k.
+
+    >>> d = jnp.array([3.0, -5.0, 1.0, 0.5])
+    >>> e = lanczos(lambda v: d * v, jnp.ones(4), k=1, tol=1e-6)
+    >>> round(float(e.values[0]), 5), round(float(e.top_value), 5)
+    (-5.0, 3.0)
     """
     if which not in ("LM", "LA"):
         raise ValueError(f"which must be 'LM' or 'LA', got {which!r}")
@@ -208,11 +226,15 @@ def lanczos(
         return theta[order], s[:, order], abs_resid[order] / jnp.maximum(jnp.abs(theta[order]), eps)
 
     def stop(krylov, j):
-        return (j + 1 >= k) & jnp.all(top(krylov, j)[2] <= tol)
+        return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(top(krylov, j)[2] <= tol)
 
     krylov = _run_lanczos(matvec, v0, m, stop)
     theta, s_k, resid = top(krylov, krylov.j - 1)
-    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j)
+    all_theta, _, live, abs_resid = _ritz(krylov, krylov.j - 1)
+    i_top = jnp.argmax(jnp.where(live, all_theta, -jnp.inf))
+    top_value = all_theta[i_top]
+    top_resid = abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
+    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid)
 
 
 def power_iteration(

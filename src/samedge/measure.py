@@ -8,7 +8,13 @@ state: ``init(params, key) -> MeasureState`` and ``measure(params, batch, state,
 - the top-k eigenpairs of the Hessian ``H = grad^2 L(w)`` by Lanczos on exact (forward-over-reverse)
   Hessian-vector products, warm-started from the previous call's vectors (carried in the state):
   ``lambda_1..k`` (signed, by decreasing magnitude), ``resid_1..k`` = ||H v - lambda v|| / |lambda|,
-  ``hvps``, and ``lambda_max`` = |lambda_1|, the operator norm ||H||_2 (the paper's quantity);
+  ``hvps``, and ``lambda_max`` = |lambda_1|, the operator norm ||H||_2 (the paper's quantity: the
+  largest-magnitude eigenvalue, which a negative curvature can be); ``lambda_top`` (with
+  ``resid_top``): the largest algebraic eigenvalue, from the same Krylov space;
+- the guard (see :class:`MeasureSettings`): ``converged`` (1 when every reported pair met the
+  tolerance within the HVP budget), ``crosscheck_lambda`` (|lambda| of a cold random-start Lanczos
+  run, NaN when none was taken), ``hvps_crosscheck`` and ``certified`` (converged, and no larger
+  eigenvalue found by the cross-check when one was taken);
 - ``edge``: the optimizer's edge of stability at ``g`` and its state (absent when the optimizer
   has no known edge), ``gd_edge`` = 2/eta (when eta is one number), ``ratio`` = lambda_max / edge;
 - ``align_grad`` = |cos(g, v_1)| and ``align_sam_grad`` = |cos(d, v_1)| with ``d`` the gradient the
@@ -16,8 +22,19 @@ state: ``init(params, key) -> MeasureState`` and ``measure(params, batch, state,
 - optionally ``lambda_max_sam`` (with ``resid_sam``, ``hvps_sam``) at the optimizer's ascent point,
   and every eigenvalue above ``track_fraction`` x edge (``n_outliers``, ``outlier_i`` ...).
 
+Why a guard. Lanczos stopped on a residual proves closeness to *an* eigenvalue, not to the largest:
+a warm start that (nearly) lacks the new top direction, after the top eigenvectors exchanged
+between two calls, can meet the tolerance on the old one within 2-3 HVPs. No Krylov method can rule
+out an eigenvalue its start vector lacks; the guard makes a miss rare (a real random part in the
+start, a minimum number of Krylov steps) and visible (a cold random-start cross-check every
+``crosscheck_every`` calls and whenever lambda or the top vector jumps; a larger eigenvalue found
+there is adopted, and the row is marked uncertified).
+
 ``measure`` is jitted once per settings: calling it again with new parameters, batches, states or
-keys of the same shapes does not recompile. Random draws come only from the ``key`` passed in.
+keys of the same shapes does not recompile. Random draws come only from the ``key`` passed in. Its
+matrix products run at full float32 precision on accelerators (``jax.default_matmul_precision
+("highest")``, scoped to the measurement; training keeps the default), and ``dtype="float64"``
+measures in float64 (on CPU; needs ``jax.config.update("jax_enable_x64", True)``).
 
 >>> import jax, jax.numpy as jnp
 >>> from samedge import optimizers
@@ -57,6 +74,17 @@ class MeasureSettings:
       track_fraction: 0 = off; else also every eigenvalue above this fraction of the edge.
       track_max: most eigenvalues tracked that way.
       ascent_point: also ``lambda_max_sam`` at the optimizer's ascent point (if it has one).
+      min_hvps: Krylov steps spent at least before the residual may stop Lanczos (see
+        :func:`samedge.curvature.lanczos`): 8 find a larger eigenvalue the warm start lacks on the
+        constructed swap operator; the quick tasks spend 12-19 anyway.
+      start_noise: weight of the random unit vector added to the (unit) warm start. It gives every
+        direction a component of about ``start_noise / sqrt(n)`` for Lanczos to amplify; the
+        warm start's own accuracy costs about one HVP more at 0.1 than at 0.01.
+      crosscheck_every: a cold random-start Lanczos run every this many calls (0: never); also
+        whenever lambda_max changes by more than ``jump`` relative, or the new top vector's |cos|
+        with the previous one falls below ``align_jump``.
+      jump, align_jump: the thresholds above.
+      dtype: ``None`` (the parameters' own) or ``"float64"``.
     """
 
     topk: int = 1
@@ -65,6 +93,12 @@ class MeasureSettings:
     track_fraction: float = 0.0
     track_max: int = 12
     ascent_point: bool = False
+    min_hvps: int = 8
+    start_noise: float = 0.1
+    crosscheck_every: int = 10
+    jump: float = 0.25
+    align_jump: float = 0.3
+    dtype: str | None = None
 
     @property
     def num_vectors(self) -> int:
@@ -80,14 +114,24 @@ class MeasureSettings:
             raise ConfigError(f"tol must be > 0, got {self.tol!r}")
         if not 0 <= self.track_fraction < 1:
             raise ConfigError(f"track_fraction must be in [0, 1), got {self.track_fraction!r}")
+        if not (isinstance(self.crosscheck_every, int) and self.crosscheck_every >= 0):
+            raise ConfigError(f"crosscheck_every must be an integer >= 0, got {self.crosscheck_every!r}")
+        if self.dtype not in (None, "float32", "float64"):
+            raise ConfigError(f"the measurement dtype must be float32 or float64, got {self.dtype!r}")
+        if self.dtype == "float64" and not jax.config.jax_enable_x64:
+            raise ConfigError("a float64 measurement needs 64-bit JAX: jax.config.update('jax_enable_x64', True) "
+                              "before anything else (the CLI does it for --measure-dtype float64)")
         return self
 
 
 class MeasureState(NamedTuple):
     """What one measurement hands the next: ``vectors``, ``(num_vectors, n)`` eigenvector estimates
-    (the warm start of the next Lanczos runs)."""
+    (the warm start of the next Lanczos runs); ``count``, the calls so far; ``lambda_prev``, the
+    last lambda_max (NaN before the first): the guard's memory."""
 
     vectors: jax.Array
+    count: jax.Array | int = 0
+    lambda_prev: jax.Array | float = float("nan")
 
 
 class Measurement(NamedTuple):
@@ -145,18 +189,31 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def top_eigen(point, batch, v0, k):
         matvec, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), point)
-        return curvature.lanczos(matvec, v0, k=k, max_iters=settings.max_hvps, tol=settings.tol)
+        return curvature.lanczos(matvec, v0, k=k, max_iters=settings.max_hvps, tol=settings.tol,
+                                 min_iters=settings.min_hvps)
+
+    def cast(tree):
+        if settings.dtype is None:
+            return tree
+        dtype = jnp.dtype(settings.dtype)
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
     def measure(params, batch, state, key, opt_state):
+        with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
+            return _measure(cast(params), cast(batch), state, key, opt_state)
+
+    def _measure(params, batch, state, key, opt_state):
         vectors = state.vectors
         loss, grad = grad_fn(params, batch)
         g_flat = ravel_pytree(grad)[0]
         grad_norm = global_norm(grad)
-        # Warm start: the previous eigenvectors together, plus a small random part so that the
-        # Krylov space is never trapped in an invariant subspace.
+        # Warm start: the previous eigenvectors together (unit), plus a random part of weight
+        # start_noise, so that every direction has a component for Lanczos to amplify.
         noise = jax.random.normal(key, vectors.shape[1:])
-        v0 = vectors.sum(0) + 0.01 * noise / jnp.linalg.norm(noise)
+        warm = vectors.sum(0)
+        v0 = warm / jnp.linalg.norm(warm) + settings.start_noise * noise / jnp.linalg.norm(noise)
         eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k)
+        eig, guard = _guard(eig, state, params, batch, key, g_flat.dtype)
         lambda_max = jnp.abs(eig.values[0])
         descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch)))[0]
         row = {"loss": loss, "grad_norm": grad_norm, "lambda_max": lambda_max}
@@ -178,20 +235,56 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         for i in range(k):
             row[f"lambda_{i + 1}"] = eig.values[i]
             row[f"resid_{i + 1}"] = eig.residuals[i]
+        row |= guard | {"lambda_top": eig.top_value, "resid_top": eig.top_residual}
         if at_ascent:
             sam_eig = top_eigen(optimizer.ascent_point(params, grad), batch, eig.vectors[0], 1)
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
-        new_vectors = eig.vectors
+        new_vectors = eig.vectors.astype(vectors.dtype)
         if settings.track_fraction > 0 and has_edge:
             row_t, tracked = _track_outliers(loss_fn, settings, params, batch, vectors[k:], edge,
                                              jax.random.fold_in(key, 1))
             row |= row_t
-            new_vectors = jnp.concatenate([eig.vectors, tracked.astype(eig.vectors.dtype)])
+            new_vectors = jnp.concatenate([new_vectors, tracked.astype(vectors.dtype)])
         elif settings.track_fraction > 0:
-            new_vectors = jnp.concatenate([eig.vectors, vectors[k:]])
-        return row, MeasureState(new_vectors)
+            new_vectors = jnp.concatenate([new_vectors, vectors[k:]])
+        return row, MeasureState(new_vectors, state.count + 1, lambda_max.astype(jnp.result_type(float)))
+
+    def _guard(eig, state, params, batch, key, dtype):
+        """The cross-check (when due) and the guard's columns; a larger eigenvalue found is adopted."""
+        lam = jnp.abs(eig.values[0])
+        first = state.count == 0  # the first call starts from random vectors: itself a cold start
+        align_prev = curvature.alignment(eig.vectors[0], state.vectors[0].astype(eig.vectors.dtype))
+        jumped = (jnp.abs(lam / state.lambda_prev - 1) > settings.jump) | (align_prev < settings.align_jump)
+        every = settings.crosscheck_every
+        due = (state.count % every == 0) if every else jnp.asarray(False)
+        take = ~first & (due | jumped)
+        n = eig.vectors.shape[1]
+
+        def cold(_):
+            v0 = jax.random.normal(jax.random.fold_in(key, 2), (n,), dtype)
+            e = top_eigen(params, batch, v0, 1)
+            return e.values[0], e.vectors[0], e.residuals[0], e.num_matvecs
+
+        def skip(_):
+            nan = jnp.asarray(jnp.nan, eig.values.dtype)
+            return nan, jnp.zeros((n,), eig.vectors.dtype), nan, jnp.asarray(0, eig.num_matvecs.dtype)
+
+        value, vector, resid, hvps = jax.lax.cond(take, cold, skip, None)
+        larger = take & (jnp.abs(value) > lam * (1 + 2 * settings.tol))
+        eig = eig._replace(
+            values=eig.values.at[0].set(jnp.where(larger, value, eig.values[0])),
+            vectors=eig.vectors.at[0].set(jnp.where(larger, vector, eig.vectors[0])),
+            residuals=eig.residuals.at[0].set(jnp.where(larger, resid, eig.residuals[0])),
+        )
+        converged = jnp.all(eig.residuals <= settings.tol)
+        return eig, {
+            "converged": converged.astype(jnp.int32),
+            "crosscheck_lambda": jnp.abs(value),
+            "hvps_crosscheck": hvps,
+            "certified": (converged & ~larger).astype(jnp.int32),
+        }
 
     compiled = jax.jit(measure)
     checked: set = set()
@@ -206,7 +299,8 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
-        return MeasureState(initial_vectors(params, settings.num_vectors, key))
+        vectors = initial_vectors(cast(params), settings.num_vectors, key)
+        return MeasureState(vectors, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.nan, jnp.result_type(float)))
 
     return Measurement(init, measure_call, settings)
 

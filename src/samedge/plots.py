@@ -1,14 +1,36 @@
 """Figures drawn from ``metrics.csv`` (so a diverged or interrupted run still gets them).
 
-Every function takes run folders or rows and writes PNG and PDF files; nothing here computes.
+Every function takes run folders or rows and writes PNG and PDF files; nothing here computes. The
+``*_figure`` functions return the matplotlib figure before it is saved (the tests inspect them).
+
+What every figure shows, and how it stays readable:
+
+- every y axis is labelled (``eigenvalue of the Hessian``, ``|cos| with top eigenvector``, ``loss``)
+  with plain tick labels (``20``, ``0.5``; never ``2x10^1``);
+- the y axis is linear when the plotted values span less than a factor :data:`LOG_RATIO`, log
+  otherwise, and a linear axis spans at least +-1% around its values (float rounding is not drawn
+  as structure);
+- lines that coincide by construction are drawn once with a merged label: ``edge = 2/η`` for GD
+  (its edge is 2/eta), ``gradient = step direction`` when the step follows the gradient;
+- the sharpness figure draws every measured eigenvalue: ``lambda_max`` (thick), ``|lambda_2..k|``
+  (thin, with ``--topk``), the tracked outliers (faint points, with ``--track-fraction``) and
+  ``lambda_max`` at the SAM point (dotted);
+- a panel may hold several runs (``[(label, rows), ...]`` instead of ``rows``): each run then has
+  its own colour and the line style tells the quantity, so no run is left out of a grid cell.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
 from samedge.store import read_json, read_metrics, CONFIG
+
+LOG_RATIO = 10.0  # a y axis whose values span at least this factor is drawn log, else linear
+MIN_WINDOW = 0.01  # a linear y axis spans at least +-1% around the middle of its values
+SAME = 1e-6  # relative difference under which two measured series are the same line (float32 rounding)
+YLABEL = {"sharpness": "eigenvalue of the Hessian", "alignment": "|cos| with top eigenvector", "loss": "loss"}
 
 
 def _pyplot():
@@ -20,9 +42,27 @@ def _pyplot():
     return plt
 
 
-def _col(rows, key):
-    pairs = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+def _ok(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _col(rows, key, fn=None):
+    """``(steps, values)`` of the rows where ``key`` holds a finite number (``fn`` applied)."""
+    pairs = [(r["step"], r[key]) for r in rows if _ok(r.get(key))]
+    return [p[0] for p in pairs], [(fn(p[1]) if fn else p[1]) for p in pairs]
+
+
+def _numbered(rows, prefix: str, start: int = 1) -> list[str]:
+    """The columns ``prefix<i>`` (i >= start) that hold a finite value in some row, by i."""
+    keys = {k for r in rows for k, v in r.items() if k.startswith(prefix) and k[len(prefix):].isdigit() and _ok(v)}
+    return sorted((k for k in keys if int(k[len(prefix):]) >= start), key=lambda k: int(k[len(prefix):]))
+
+
+def _same(rows, a: str, b: str) -> bool:
+    """Whether columns ``a`` and ``b`` hold the same values wherever either is measured (and some)."""
+    pairs = [(r.get(a), r.get(b)) for r in rows if _ok(r.get(a)) or _ok(r.get(b))]
+    return bool(pairs) and all(_ok(x) and _ok(y) and abs(x - y) <= SAME * max(abs(x), abs(y), 1e-30)
+                               for x, y in pairs)
 
 
 def hparams_of(run: dict) -> dict:
@@ -40,47 +80,263 @@ def hparams_of(run: dict) -> dict:
 
 
 def _label(config: dict) -> str:
+    """A run's title: ``mnist (quick): sam lr=0.1 rho=0.1, seed 0`` (task, optimizer, settings)."""
     run = config.get("run", config)
     lr = run.get("lr")
     parts = [str(run.get("optimizer", "?")), f"lr={lr:g}" if isinstance(lr, (int, float)) else ""]
     parts += [f"{k}={v:g}" for k, v in hparams_of(run).items()]
-    task = run.get("task")
-    return (f"{task}: " if task else "") + " ".join(p for p in parts if p)
+    task, preset, seed = run.get("task"), run.get("preset"), run.get("seed")
+    head = f"{task} ({preset})" if task and preset else (task or "")
+    text = (f"{head}: " if head else "") + " ".join(p for p in parts if p)
+    return text + (f", seed {seed}" if seed is not None else "")
 
 
-def draw_sharpness(ax, rows, title: str = "") -> None:
-    """lambda_max against the active edge and 2/eta over steps."""
-    ax.plot(*_col(rows, "lambda_max"), color="C0", lw=1.6, label=r"$\lambda_{max}$")
-    if any(r.get("lambda_max_sam") is not None for r in rows):
-        ax.plot(*_col(rows, "lambda_max_sam"), color="C0", lw=0.8, ls=":", label=r"$\lambda_{max}$ at SAM point")
-    ax.plot(*_col(rows, "edge"), color="C3", lw=1.2, ls="--", label="edge")
-    ax.plot(*_col(rows, "gd_edge"), color="k", lw=1.0, ls="-.", label=r"$2/\eta$")
-    ax.set_yscale("log")
+# -- axes ---------------------------------------------------------------------------------------
+
+def _num(value, _pos=None) -> str:
+    """A tick label in plain numbers: ``20``, ``0.05``, ``1e-6`` (no mathtext powers)."""
+    if value == 0:
+        return "0"
+    if 1e-3 <= abs(value) < 1e5:
+        return f"{value:g}"
+    mantissa, exp = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def _positive(values):
+    return [v for v in values if _ok(v) and v > 0]
+
+
+def log_axis(axis, lo: float, hi: float) -> None:
+    """Plain labels on a log ``axis`` (``ax.yaxis``/``ax.xaxis``, already log-scaled); ticks at 1-2-5 when the
+    span ``lo..hi`` is under three decades, so that at least two ticks are labelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    span = math.log10(hi / lo) if lo > 0 and hi > 0 else 3
+    subs = (1.0, 2.0, 5.0) if span < 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(_num))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(s for s in range(2, 10) if s not in subs)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plain_axis(axis) -> None:
+    """Plain numbers on a linear axis: no offset (``+1.99``), no ``x10^k``."""
+    from matplotlib.ticker import ScalarFormatter
+
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    axis.set_major_formatter(fmt)
+
+
+def y_axis(ax, values, *, log: bool | None = None, window: float = MIN_WINDOW) -> bool:
+    """Scale and label the y axis of ``ax`` for ``values``; returns whether it is log.
+
+    Log when ``log`` says so, or (``log=None``) when the positive values span at least
+    :data:`LOG_RATIO`; linear otherwise, with limits at least ``+-window`` (relative) around the
+    middle of the values, so that rounding noise is not drawn as scatter."""
+    finite = [v for v in values if _ok(v)]
+    pos = _positive(finite)
+    if log is None:
+        log = len(pos) > 1 and max(pos) / min(pos) >= LOG_RATIO and min(finite) > 0
+    if log and pos:
+        ax.set_yscale("log")
+        log_axis(ax.yaxis, min(pos), max(pos))
+        return True
+    ax.set_yscale("linear")
+    plain_axis(ax.yaxis)
+    if finite:
+        lo, hi = min(finite), max(finite)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        want = window * abs(mid)
+        if half < want:  # the values +-window
+            ax.set_ylim(lo - want, hi + want)
+    return False
+
+
+def _x_axis(ax) -> None:
     ax.set_xlabel("step")
+    plain_axis(ax.xaxis)
+
+
+def _series(data) -> list[tuple[str, list]]:
+    """A panel's runs as ``[(label, rows), ...]``: ``rows`` alone is one unlabelled run."""
+    if data and isinstance(data[0], tuple):
+        return [(str(label), list(rows)) for label, rows in data]
+    return [("", list(data or []))]
+
+
+def _width(i: int, n: int) -> float:
+    """Line-width factor of run ``i`` of ``n`` in one panel: the first drawn widest (and underneath),
+    so runs that coincide (the same settings run for different step counts) all stay visible."""
+    return 1.0 + 0.9 * (n - 1 - i) / (n - 1) if n > 1 else 1.0
+
+
+def _legend(ax, handles, fontsize=6.5):
+    if handles:
+        ax.legend(handles=handles, fontsize=fontsize, framealpha=0.75, ncol=2 if len(handles) > 5 else 1)
+
+
+def _key(ax, label, **style):
+    """A legend entry (a line drawn nowhere)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], label=label, **style)
+
+
+# -- the three run figures ----------------------------------------------------------------------
+
+def sharpness_values(rows) -> list[float]:
+    """Every value the sharpness figure draws for ``rows`` (its y scale is chosen on them)."""
+    keys = ["lambda_max", "lambda_max_sam", "edge", "gd_edge"] + _numbered(rows, "lambda_", 2) \
+        + _numbered(rows, "outlier_")
+    return [abs(r[k]) for r in rows for k in keys if _ok(r.get(k))]
+
+
+def draw_sharpness(ax, data, title: str = "", *, log: bool | None = None) -> None:
+    """lambda_max against the active edge and 2/eta over steps, with every other eigenvalue measured.
+
+    ``data`` is one run's rows, or ``[(label, rows), ...]`` for several runs in one panel (a colour
+    each; the line style tells the quantity). Each line's ``gid`` names what it draws: per run
+    ``lambda_max``, ``lambda_k`` (one per k >= 2), ``outliers``, ``lambda_max_sam``, ``edge`` and
+    ``gd_edge``; ``edge=gd_edge`` where the edge is 2/eta at every point (GD: one line, labelled
+    ``edge = 2/η``). 2/eta shared by every run in the panel is drawn once."""
+    runs = _series(data)
+    many = len(runs) > 1
+    keys, values, fixed = [], [], []
+    gd_all = [v for _, rows in runs for v in _col(rows, "gd_edge")[1]]
+    one_gd = bool(gd_all) and max(gd_all) - min(gd_all) <= SAME * max(gd_all)
+    merged = bool(gd_all) and all(_same(rows, "edge", "gd_edge") for _, rows in runs if rows)
+    any_edge = any(_ok(r.get("edge")) for _, rows in runs for r in rows)
+    gd_name = r"edge = $2/\eta$" if merged else r"$2/\eta$"
+    gd_style = dict(color="C3", lw=1.5, ls="--") if merged else dict(color="k", lw=1.0, ls=":")
+    for i, (label, rows) in enumerate(runs):
+        if not rows:
+            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            continue
+        values += sharpness_values(rows)
+        c, w, z = (f"C{i}" if many else "C0"), _width(i, len(runs)), 2 + i / 100
+        if many:
+            keys.append(_key(ax, label, color=c, lw=1.6 * w))
+        ax.plot(*_col(rows, "lambda_max"), color=c, lw=1.6 * w, zorder=z, gid="lambda_max", label=r"$\lambda_{max}$")
+        ks = _numbered(rows, "lambda_", 2)
+        name = rf"$|\lambda_2|..|\lambda_{{{len(ks) + 1}}}|$" if len(ks) > 1 else r"$|\lambda_2|$"
+        for j, k in enumerate(ks):
+            ax.plot(*_col(rows, k, abs), color=c, lw=0.7, alpha=0.55, gid="lambda_k", label=name if j == 0 else "_")
+        outs = _numbered(rows, "outlier_")
+        if outs:
+            pts = [(r["step"], r[k]) for k in outs for r in rows if _ok(r.get(k))]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="none", marker="o", ms=2.5, color=c, alpha=0.3,
+                    mec="none", gid="outliers", label="tracked outliers")
+        if any(_ok(r.get("lambda_max_sam")) for r in rows):
+            ax.plot(*_col(rows, "lambda_max_sam"), color=c, lw=0.9, ls=":", gid="lambda_max_sam",
+                    label=r"$\lambda_{max}$ at SAM point")
+        if not merged and any(_ok(r.get("edge")) for r in rows):
+            ax.plot(*_col(rows, "edge"), color=c if many else "C3", lw=1.5 * w, ls="--", zorder=z, gid="edge",
+                    label="edge")
+        if not one_gd and gd_all:  # eta differs between the runs: each its own 2/eta
+            ax.plot(*_col(rows, "gd_edge"), gid="edge=gd_edge" if merged else "gd_edge", label=gd_name,
+                    **(gd_style | ({"color": c} if many else {})))
+    if one_gd:  # one 2/eta for the panel, over the steps of every run
+        steps = [r["step"] for _, rows in runs for r in rows if _ok(r.get("gd_edge"))]
+        fixed += ax.plot([min(steps), max(steps)], [gd_all[0]] * 2, gid="edge=gd_edge" if merged else "gd_edge",
+                         label=gd_name, **gd_style)
+    handles = keys + _quantity_handles(ax, many, fixed)
+    if not any_edge:
+        handles.append(_key(ax, "edge: none known", ls="none"))
+    _legend(ax, handles)
+    y_axis(ax, values, log=log)
+    _x_axis(ax)
+    ax.set_ylabel(YLABEL["sharpness"])
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
 
 
-def draw_alignment(ax, rows, title: str = "") -> None:
-    ax.plot(*_col(rows, "align_grad"), label="gradient")
-    ax.plot(*_col(rows, "align_sam_grad"), label="step direction")
+def _quantity_handles(ax, many: bool, fixed=()):
+    """One legend entry per quantity drawn on ``ax``; with several runs (a colour each) the entry
+    is grey, except for the lines drawn once for the whole panel (``fixed``)."""
+    seen, out = set(), []
+    thinnest = {}  # label -> the run drawn thinnest (a grey entry shows the plain width)
+    for line in ax.lines:
+        lab = line.get_label()
+        if lab not in thinnest or line.get_linewidth() < thinnest[lab].get_linewidth():
+            thinnest[lab] = line
+    for line in ax.lines:
+        lab = line.get_label()
+        if lab.startswith("_") or lab in seen:
+            continue
+        seen.add(lab)
+        if many and line not in fixed:
+            t = thinnest[lab]
+            out.append(_key(ax, lab, color="0.35", ls=t.get_linestyle(), lw=t.get_linewidth(),
+                            marker=t.get_marker(), ms=t.get_markersize(), alpha=t.get_alpha()))
+        else:
+            out.append(line)
+    return out
+
+
+def draw_alignment(ax, data, title: str = "") -> None:
+    """|cos| of the gradient and of the step direction with the top eigenvector; one line
+    ``gradient = step direction`` where they coincide (GD; ``gid`` ``align_grad=align_sam_grad``)."""
+    runs = _series(data)
+    many = len(runs) > 1
+    keys = []
+    for i, (label, rows) in enumerate(runs):
+        if not rows:
+            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            continue
+        c1, c2 = (f"C{i}", f"C{i}") if many else ("C0", "C1")
+        w, z = _width(i, len(runs)), 2 + i / 100
+        if many:
+            keys.append(_key(ax, label, color=c1, lw=1.6 * w))
+        if _same(rows, "align_grad", "align_sam_grad"):
+            ax.plot(*_col(rows, "align_grad"), color=c1, lw=1.6 * w, zorder=z, gid="align_grad=align_sam_grad",
+                    label="gradient = step direction")
+            continue
+        ax.plot(*_col(rows, "align_grad"), color=c1, lw=1.6 * w, zorder=z, gid="align_grad", label="gradient")
+        if any(_ok(r.get("align_sam_grad")) for r in rows):
+            ax.plot(*_col(rows, "align_sam_grad"), color=c2, lw=1.0 * w, zorder=z, ls="--", marker=".", ms=3,
+                    gid="align_sam_grad", label="step direction")
+    _legend(ax, keys + _quantity_handles(ax, many))
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel("|cos| with top eigenvector")
+    plain_axis(ax.yaxis)
+    _x_axis(ax)
+    ax.set_ylabel(YLABEL["alignment"])
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
 
 
-def draw_loss(ax, rows, title: str = "") -> None:
-    ax.plot(*_col(rows, "loss"), label="train")
-    if any(r.get("test_loss") is not None for r in rows):
-        ax.plot(*_col(rows, "test_loss"), marker="o", ms=3, label="test")
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+def draw_loss(ax, data, title: str = "") -> None:
+    """Training loss (line) and test loss (points) over steps."""
+    runs = _series(data)
+    many = len(runs) > 1
+    keys, values = [], []
+    for i, (label, rows) in enumerate(runs):
+        if not rows:
+            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            continue
+        c1, c2 = (f"C{i}", f"C{i}") if many else ("C0", "C1")
+        w, z = _width(i, len(runs)), 2 + i / 100
+        if many:
+            keys.append(_key(ax, label, color=c1, lw=1.4 * w))
+        steps, loss = _col(rows, "loss")
+        values += loss
+        ax.plot(steps, loss, color=c1, lw=1.4 * w, zorder=z, gid="loss", label="train")
+        if any(_ok(r.get("test_loss")) for r in rows):
+            steps, test = _col(rows, "test_loss")
+            values += test
+            ax.plot(steps, test, color=c2, ls="--" if many else "-", lw=0.9 * w, zorder=z, marker="o", ms=3 * w,
+                    gid="test_loss",
+                    label="test")
+    _legend(ax, keys + _quantity_handles(ax, many))
+    y_axis(ax, values)
+    _x_axis(ax)
+    ax.set_ylabel(YLABEL["loss"])
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
 
+
+DRAW = {"sharpness": draw_sharpness, "alignment": draw_alignment, "loss": draw_loss}
+
+
+# -- files --------------------------------------------------------------------------------------
 
 def save(fig, path_stem: Path) -> list[Path]:
     paths = [Path(f"{path_stem}.png"), Path(f"{path_stem}.pdf")]
@@ -89,45 +345,77 @@ def save(fig, path_stem: Path) -> list[Path]:
     return paths
 
 
-def plot_run(run_dir) -> list[Path]:
-    """``sharpness``, ``alignment`` and ``loss`` figures (PNG and PDF) inside the run folder."""
+def run_figures(run_dir) -> dict:
+    """``{"sharpness": fig, "alignment": fig, "loss": fig}`` of one run folder (empty without
+    measurements); the caller closes them."""
     plt = _pyplot()
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     if not rows:
-        return []
+        return {}
     title = _label(read_json(run_dir / CONFIG)) if (run_dir / CONFIG).exists() else run_dir.name
-    written = []
-    for name, draw in (("sharpness", draw_sharpness), ("alignment", draw_alignment), ("loss", draw_loss)):
-        fig, ax = plt.subplots(figsize=(5, 3.4))
+    out = {}
+    for name, draw in DRAW.items():
+        fig, ax = plt.subplots(figsize=(5.4, 3.6))
         draw(ax, rows, title)
-        written += save(fig, run_dir / name)
+        fig.tight_layout()
+        out[name] = fig
+    return out
+
+
+def plot_run(run_dir) -> list[Path]:
+    """``sharpness``, ``alignment`` and ``loss`` figures (PNG and PDF) inside the run folder."""
+    plt = _pyplot()
+    written = []
+    for name, fig in run_figures(run_dir).items():
+        written += save(fig, Path(run_dir) / name)
         plt.close(fig)
     return written
+
+
+def comparison_figure(run_dirs: Sequence):
+    """The demo's figure: one sharpness panel per run, side by side, on one shared y axis (linear
+    when the runs' values together span less than :data:`LOG_RATIO`, else log)."""
+    plt = _pyplot()
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
+    values = [v for _, rows in runs for v in sharpness_values(rows)]
+    pos = _positive(values)
+    log = len(pos) > 1 and max(pos) / min(pos) >= LOG_RATIO
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
+    for ax, (run_dir, rows) in zip(axes[0], runs):
+        if ax is not axes[0][0]:
+            ax.sharey(axes[0][0])
+        title = _label(read_json(run_dir / CONFIG)) if (run_dir / CONFIG).exists() else run_dir.name
+        draw_sharpness(ax, rows, title, log=log)
+    y_axis(axes[0][0], values, log=log)  # the shared limits cover every run's values
+    for ax in axes[0]:
+        ax.tick_params(labelleft=True)
+    fig.suptitle(r"$\lambda_{max}$ against each optimizer's own edge (same y axis, "
+                 + ("log" if log else "linear") + ")", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def plot_comparison(run_dirs: Sequence, out_stem) -> list[Path]:
     """One row of sharpness panels, one per run, side by side (the demo's figure)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(run_dirs), figsize=(5 * len(run_dirs), 3.6), squeeze=False)
-    for ax, run_dir in zip(axes[0], run_dirs):
-        run_dir = Path(run_dir)
-        draw_sharpness(ax, read_metrics(run_dir), _label(read_json(run_dir / CONFIG)))
-    fig.tight_layout()
+    fig = comparison_figure(run_dirs)
     written = save(fig, out_stem)
     plt.close(fig)
     return written
 
 
-def plot_grid(panels, draw, out_stem, *, title: str = "") -> list[Path]:
-    """A grid of panels, ``panels[i][j]`` = ``(rows, panel title)`` or ``None`` (an empty cell)."""
+def grid_figure(panels, draw, *, title: str = ""):
+    """A grid of panels, ``panels[i][j]`` = ``(data, panel title)`` or ``None`` (an empty cell);
+    ``data`` is one run's rows or ``[(label, rows), ...]`` (see :func:`draw_sharpness`)."""
     plt = _pyplot()
     n_rows, n_cols = len(panels), max(len(r) for r in panels)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.2 * n_cols, 3.0 * n_rows), squeeze=False)
+    wide = any(cell is not None and cell[0] and isinstance(cell[0][0], tuple) for line in panels for cell in line)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=((5.0 if wide else 4.4) * n_cols, 3.3 * n_rows), squeeze=False)
     for i, line in enumerate(panels):
         for j in range(n_cols):
             cell = line[j] if j < len(line) else None
-            if cell is None or not cell[0]:
+            if cell is None or not _drawable(cell[0]):
                 axes[i][j].axis("off")
                 if cell is not None:
                     axes[i][j].set_title(f"{cell[1]}\n(no measurements)", fontsize=9)
@@ -136,6 +424,17 @@ def plot_grid(panels, draw, out_stem, *, title: str = "") -> list[Path]:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def _drawable(data) -> bool:
+    return any(rows for _, rows in _series(data)) if data else False
+
+
+def plot_grid(panels, draw, out_stem, *, title: str = "") -> list[Path]:
+    """:func:`grid_figure`, saved as PNG and PDF."""
+    plt = _pyplot()
+    fig = grid_figure(panels, draw, title=title)
     written = save(fig, out_stem)
     plt.close(fig)
     return written

@@ -10,7 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from samedge.plots import _pyplot, save
+from samedge.plots import _pyplot, log_axis, save, y_axis
+
+WINDOW = 0.01  # a boundary panel's y axis spans at least +-1% around its values: bisection's float
+#                rounding (~1e-7 of the edge) is not drawn as scatter
 
 def _title(name: str) -> str:
     from samedge import optimizers
@@ -37,6 +40,9 @@ def _axis(b):
 def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
     """One panel per optimizer: ``eta * edge`` predicted (lines) against bisected thresholds (markers).
 
+    Each y axis is linear with plain tick labels and spans at least +-1% (:data:`WINDOW`) around its
+    values, so that GD's constant eta * edge = 2 is a flat line, not float rounding blown up.
+
     ``bounds`` are :class:`samedge.theory.Boundary`; a panel's lines are split by momentum ``beta``.
     """
     plt = _pyplot()
@@ -58,9 +64,10 @@ def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
                     ms=6, label="simulated" + lab)
         if logx:
             ax.set_xscale("log")
+            log_axis(ax.xaxis, float(np.min(x)), float(np.max(x)))
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(r"$\eta\,\lambda$ at the edge")
-        ax.ticklabel_format(axis="y", useOffset=False)
+        ax.set_ylabel(r"$\eta\,\lambda$ at the edge (dimensionless)")
+        y_axis(ax, np.concatenate([eta * b.predicted, eta * b.simulated]).tolist(), log=False, window=WINDOW)
         worst = np.max(np.abs(b.simulated / b.predicted - 1))
         ax.set_title(f"{_title(b.name)}\nmax |sim/pred - 1| = {worst:.1e}", fontsize=8)
         ax.legend(fontsize=6)
@@ -91,6 +98,7 @@ def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
         ax.plot([s.lambda_max], [1e-6], marker="v", color=f"C{i}", ms=7)
     ax.set_yscale("log")
     ax.set_ylim(1e-7, None)
+    log_axis(ax.yaxis, 1e-7, max(float(np.max(s.density)) for s in spectra) if spectra else 1.0)
     ax.set_xlabel(r"Hessian eigenvalue $\lambda$")
     ax.set_ylabel("density (SLQ)")
     ax.set_title((title + "\n" if title else "") + r"dashed: the optimizer's edge; $\triangledown$: the largest node (the top Ritz value)",

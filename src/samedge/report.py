@@ -7,8 +7,14 @@ from ``summary.json`` (``unfinished`` when there is none). The edge statistics a
 second half of the run: the median and 10th/90th percentiles of lambda_max / edge, the share of
 measurements with |lambda_max / edge - 1| <= 0.1, and the median of lambda_max / (2/eta).
 
-Figure grids, one set per (task, preset, seed): rows are step sizes eta, columns radii rho (rho = 0
-is the GD run); ``sharpness`` (lambda_max against its edge and 2/eta), ``alignment`` and ``loss``.
+Each median is shown with its support, the number of second-half measurements behind it
+(``ratio_count``; ``1.017 (n=6)``), and flagged when fewer than :data:`MIN_SUPPORT`.
+
+Figure grids, one set per (task, preset, seed): rows are step sizes eta, columns the optimizer and
+its settings (rho = 0 is the GD run); ``sharpness`` (lambda_max against its edge and 2/eta, with
+lambda_2..k and the tracked outliers when measured), ``alignment`` and ``loss``. Every run is
+drawn: runs sharing a cell (e.g. different step counts, or the same point under several
+sub-folders) are one line each in that cell's panel, named by their folder.
 """
 
 from __future__ import annotations
@@ -26,9 +32,14 @@ from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
 
 COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "settings", "seed", "status", "steps", "final_train_loss",
            "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
-           "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "wall_time_s",
+           "ratio_count", "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "wall_time_s",
            "measure_share", "error")
-EDGE_BAND = (0.85, 1.15)  # "at the edge": the issue's acceptance band for a converged SAM run's median
+# Counts of left-out measurements that analysis.summarize may give; shown (CSV, tables) when it does.
+EXTRA = ("rows_unconverged", "rows_uncertified", "ratio_left_out")
+EXTRA_HEADINGS = {"rows_unconverged": "unconverged rows", "rows_uncertified": "uncertified rows",
+                  "ratio_left_out": "left out of ratio"}
+EDGE_BAND = (0.85, 1.15)  # "at the edge": the acceptance band for a completed SAM-type run's median
+MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
 
@@ -90,26 +101,33 @@ def summary_row(run: Run, root: Path) -> dict:
         "final_train_loss": stats.get("final_loss"), "test_metric": metric, "test_value": value,
         "ratio_median": stats.get("ratio_median"), "ratio_p10": stats.get("ratio_p10"),
         "ratio_p90": stats.get("ratio_p90"), "ratio_within_10pct": stats.get("ratio_within_10pct"),
+        "ratio_count": stats.get("ratio_count", 0),
         "lambda_over_gd_edge_median": stats.get("lambda_over_gd_edge_median"),
         "final_lambda_max": stats.get("final_lambda_max"), "final_edge": stats.get("final_edge"),
         "final_gd_edge": stats.get("final_gd_edge"), "wall_time_s": run.summary.get("wall_time_s"),
         "measure_share": run.summary.get("measure_share"), "error": run.summary.get("error", ""),
         # an optimizer without a closed-form edge: lambda is measured, the ratio is left empty
         "no_edge": bool(run.rows) and all(r.get("edge") is None for r in run.rows),
-    }
+    } | {k: stats[k] for k in EXTRA if k in stats}
 
 
 def _sort_key(row):
     return (row["task"] or "", row["preset"] or "", row["seed"] or 0, row["eta"] or 0, row["rho"], row["optimizer"] or "",
-            row["settings"])
+            row["settings"], row["run"])
+
+
+def _extras(rows) -> list[str]:
+    """The :data:`EXTRA` counts some run's summary has."""
+    return [k for k in EXTRA if any(k in r for r in rows)]
 
 
 def write_csv(rows, path: Path) -> Path:
+    columns = list(COLUMNS) + _extras(rows)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
     return path
 
 
@@ -124,20 +142,65 @@ def _panel_title(config) -> str:
     return ", ".join([f"eta={config.get('lr', 0):g}"] + [f"{k}={v:g}" for k, v in hp.items()]) + f" ({kind})"
 
 
-def figure_grids(runs, fig_dir: Path) -> list[Path]:
-    """Sharpness, alignment and loss grids (PNG and PDF) per (task, preset, seed); returns the PNGs."""
+def _run_name(run: Run, root: Path) -> str:
+    return str(run.path.relative_to(root)) if run.path != root else run.path.name
+
+
+def _short(text: str, width: int = 34) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
+
+
+def run_labels(runs, root: Path) -> list[str]:
+    """Short legend labels for runs sharing a grid cell: their folders relative to ``root`` less
+    the path parts they all share, with the last step measured (``a (200 steps)``)."""
+    parts = [Path(_run_name(r, root)).parts for r in runs]
+    lead = 0
+    while all(len(p) > lead + 1 and p[lead] == parts[0][lead] for p in parts):
+        lead += 1
+    trail = 0
+    while all(len(p) > lead + trail + 1 and p[-1 - trail] == parts[0][-1 - trail] for p in parts):
+        trail += 1
+    names = ["/".join(p[lead:len(p) - trail]) for p in parts]
+    if len(set(names)) < len(names):  # identical after trimming: keep the whole relative path
+        names = ["/".join(p) for p in parts]
+    return [_short(n) + (f" ({r.rows[-1]['step']} steps)" if r.rows else " (no measurements)")
+            for n, r in zip(names, runs)]
+
+
+def grid_panels(runs, root: Path) -> list[tuple[tuple, list]]:
+    """``[((task, preset, seed), panels), ...]``: one figure grid per (task, preset, seed), rows eta,
+    columns optimizer and settings; a cell is ``(rows, title)`` for one run and
+    ``([(label, rows), ...], title)`` for several (see :func:`run_labels`), so no run is left out."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         c = run.config
         groups.setdefault((c.get("task"), c.get("preset"), c.get("seed")), []).append(run)
+    out = []
+    for key, group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        etas = sorted({float(r.config.get("lr", 0)) for r in group})
+        columns = sorted({_column(r.config) for r in group})
+        cells: dict[tuple, list[Run]] = {}
+        for r in sorted(group, key=lambda r: str(r.path)):
+            cells.setdefault((float(r.config.get("lr", 0)), _column(r.config)), []).append(r)
+        panels = [[_panel(cells[(e, p)], root) if (e, p) in cells else None for p in columns] for e in etas]
+        out.append((key, panels))
+    return out
+
+
+def _panel(cell: list, root: Path) -> tuple:
+    title = _panel_title(cell[0].config)
+    if len(cell) == 1:
+        return cell[0].rows, title
+    return list(zip(run_labels(cell, root), (r.rows for r in cell))), title + f" - {len(cell)} runs"
+
+
+def figure_grids(runs, fig_dir: Path, root: Path | None = None) -> list[Path]:
+    """Sharpness, alignment and loss grids (PNG and PDF) per (task, preset, seed); returns the PNGs."""
+    if root is None:
+        root = Path(*_common(runs)) if runs else Path(".")
     fig_dir.mkdir(parents=True, exist_ok=True)
     pngs = []
-    for (task, preset, seed), group in sorted(groups.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
-        etas = sorted({float(r.config.get("lr", 0)) for r in group})
-        rhos = sorted({_column(r.config) for r in group})
-        cells = {(float(r.config.get("lr", 0)), _column(r.config)): r for r in group}
-        panels = [[(cells[(e, p)].rows, _panel_title(cells[(e, p)].config)) if (e, p) in cells else None
-                   for p in rhos] for e in etas]
+    for (task, preset, seed), panels in grid_panels(runs, root):
         for name, draw in GRIDS:
             stem = fig_dir / f"{name}_{task}_{preset}_s{seed}"
             plots.plot_grid(panels, draw, stem, title=f"{task} ({preset}), seed {seed}: {name}")
@@ -145,10 +208,24 @@ def figure_grids(runs, fig_dir: Path) -> list[Path]:
     return pngs
 
 
+def _common(runs) -> tuple:
+    parts = [r.path.parts for r in runs]
+    common = []
+    for level in zip(*parts):
+        if any(p != level[0] for p in level):
+            break
+        common.append(level[0])
+    return tuple(common)
+
+
 def _cell(row, key) -> str:
-    if key == "ratio_median" and row.get("no_edge"):
-        return "no known edge"
-    return _fmt(row[key])
+    if key == "ratio_median":
+        if row.get("no_edge"):
+            return "no known edge"
+        if row.get("ratio_median") is None:
+            return ""
+        return f"{_fmt(row['ratio_median'])} (n={row.get('ratio_count') or 0})" + ("*" if few(row) else "")
+    return _fmt(row.get(key))
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -161,17 +238,35 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
-TABLE = ("task", "optimizer", "eta", "settings", "seed", "status", "steps", "final_train_loss", "test_metric",
+TABLE = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps", "final_train_loss", "test_metric",
          "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct", "lambda_over_gd_edge_median")
-HEADINGS = ("task", "optimizer", "eta", "settings", "seed", "status", "steps", "train loss", "test metric", "value",
-            "median λmax/edge", "p10", "p90", "within ±10%", "median λmax/(2/η)")
+HEADINGS = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps", "train loss", "test metric",
+            "value", "median λmax/edge (n)", "p10", "p90", "within ±10%", "median λmax/(2/η)")
+FEW_NOTE = (f"* median of fewer than {MIN_SUPPORT} second-half measurements: too few to say where the run sits. "
+            "(n) = the number of second-half measurements behind the median.")
+
+
+def _table(rows) -> tuple[list[str], list[str]]:
+    """The table's keys and headings: :data:`TABLE`, then the :data:`EXTRA` counts the runs have."""
+    extras = _extras(rows)
+    return list(TABLE) + extras, list(HEADINGS) + [EXTRA_HEADINGS[k] for k in extras]
+
+
+def few(row) -> bool:
+    """Whether ``row``'s median rests on fewer than :data:`MIN_SUPPORT` measurements."""
+    return row.get("ratio_median") is not None and (row.get("ratio_count") or 0) < MIN_SUPPORT
 
 
 def at_edge_line(rows) -> str:
+    """How many completed SAM-type runs (rho > 0) have their median lambda_max/edge in the band."""
     sam = [r for r in rows if r["rho"] > 0 and r["status"] == "completed"]
     ok = [r for r in sam if r["ratio_median"] is not None and EDGE_BAND[0] <= r["ratio_median"] <= EDGE_BAND[1]]
-    return (f"Converged SAM runs (rho > 0) with median λmax/edge in [{EDGE_BAND[0]}, {EDGE_BAND[1]}] "
-            f"over the second half: {len(ok)} of {len(sam)}.")
+    text = (f"Completed SAM-type runs (rho > 0) with median λmax/edge over the second half in "
+            f"[{EDGE_BAND[0]}, {EDGE_BAND[1]}]: {len(ok)} of {len(sam)}")
+    thin = [r for r in sam if few(r)]
+    if thin:
+        text += f" ({len(thin)} of the {len(sam)} with a median of fewer than {MIN_SUPPORT} measurements)"
+    return text + "."
 
 
 def _counts(rows) -> str:
@@ -182,13 +277,15 @@ def _counts(rows) -> str:
 
 
 def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
+    keys, headings = _table(rows)
     lines = [f"# samedge report: {root}", "",
              f"{len(rows)} runs: {_counts(rows)}. {at_edge_line(rows)}", "",
-             "Statistics over the second half of each run, recomputed from its metrics.csv; "
-             "the edge is 2/η for GD and the SAM-edge for SAM.", "",
-             "| " + " | ".join(HEADINGS) + " |", "|" + "---|" * len(HEADINGS)]
+             f"Statistics over the second half of each run, recomputed from its metrics.csv; {EDGE_NOTE}", "",
+             "| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
     for r in rows:
-        lines.append("| " + " | ".join(_cell(r, k) for k in TABLE) + " |")
+        lines.append("| " + " | ".join(_cell(r, k).replace("|", "\\|") for k in keys) + " |")
+    if any(few(r) for r in rows):
+        lines += ["", FEW_NOTE]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -201,27 +298,40 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
     return path
 
 
+EDGE_NOTE = ("the edge is each optimizer's own (2/η for GD, the SAM-edge for SAM; `samedge edge` prints them); "
+             "run = the run folder under the reported one.")
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th{background:#eee}td.l{text-align:left}
-tr.failed td{background:#fdd}tr.diverged td{background:#ffe9c6}img{max-width:100%;margin:1em 0}"""
+tr.failed td{background:#fdd}tr.diverged td{background:#ffe9c6}img{max-width:100%;margin:1em 0}
+td.few{color:#a40}"""
+
+
+def _td_class(row, key) -> str:
+    if key in ("run", "task", "optimizer", "status", "test_metric"):
+        return " class=l"
+    if key == "ratio_median" and few(row):
+        return f' class=few title="fewer than {MIN_SUPPORT} measurements behind this median"'
+    return ""
 
 
 def write_html(rows, pngs, root: Path, out: Path) -> Path:
     """``report.html`` with the figures inlined as base64 PNG data URIs: opens with no server."""
     e = html.escape
+    keys, headings = _table(rows)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              f"<title>samedge report: {e(str(root))}</title><style>{_CSS}</style></head><body>",
              f"<h1>samedge report: {e(str(root))}</h1>",
              f"<p>{len(rows)} runs: {e(_counts(rows))}. {e(at_edge_line(rows))}</p>",
              f"<p>Generated {e(_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}. "
-             "Statistics over the second half of each run; the edge is 2/η for GD and the SAM-edge for SAM.</p>",
-             '<table id="summary"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in HEADINGS) + "</tr></thead><tbody>"]
+             f"Statistics over the second half of each run; {e(EDGE_NOTE.replace('`', ''))}</p>",
+             '<table id="summary"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in headings) + "</tr></thead><tbody>"]
     for r in rows:
-        cells = "".join(f'<td{" class=l" if k in ("task", "optimizer", "status", "test_metric") else ""}>'
-                        f"{e(_cell(r, k))}</td>" for k in TABLE)
+        cells = "".join(f"<td{_td_class(r, k)}>{e(_cell(r, k))}</td>" for k in keys)
         title = f' title="{e(r["error"])}"' if r["error"] else ""
         parts.append(f'<tr class="{e(r["status"])}"{title}>{cells}</tr>')
     parts.append("</tbody></table>")
+    if any(few(r) for r in rows):
+        parts.append(f"<p>{e(FEW_NOTE)}</p>")
     for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(png.stem)}</h2>")
@@ -247,7 +357,7 @@ def write_report(root, out=None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted((summary_row(r, root) for r in runs), key=_sort_key)
     csv_path = write_csv(rows, out / "summary.csv")
-    pngs = figure_grids(runs, out / "figures")
+    pngs = figure_grids(runs, out / "figures", root)
     md = write_markdown(rows, pngs, root, out)
     page = write_html(rows, pngs, root, out)
     return [csv_path, *pngs, md, page]

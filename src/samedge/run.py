@@ -144,6 +144,7 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known | hyper_names))}")
     defaults = tasks.DEFAULT_PRESET
     base = dict(steps=defaults.steps, measure_every=defaults.measure_every, eval_every=defaults.eval_every)
+    base |= dict(defaults.run)
     if isinstance(optimizer, Optimizer):
         if hparams:
             raise TypeError(f"hyperparameters {', '.join(hparams)} belong in your optimizer object")

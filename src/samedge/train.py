@@ -197,8 +197,12 @@ def _start(cfg, task, optimizer, init_measure, store, resume) -> _State:
         if ckpt is not None:
             if ckpt.seed != cfg.seed:
                 raise RunDirError(f"{store.path}: checkpoint seed {ckpt.seed} differs from the config's {cfg.seed}")
-            state = _State(ckpt.params, ckpt.opt_state, measure.MeasureState(ckpt.vectors), list(ckpt.rows),
-                           ckpt.step, ckpt.elapsed_s, ckpt.step)
+            # the guard's memory is in the rows: how many measurements, and the last lambda_max
+            last = ckpt.rows[-1]["lambda_max"] if ckpt.rows else float("nan")
+            mstate = measure.MeasureState(ckpt.vectors.astype(mstate.vectors.dtype),
+                                          jnp.asarray(len(ckpt.rows), mstate.count.dtype),
+                                          jnp.asarray(last, mstate.lambda_prev.dtype))
+            state = _State(ckpt.params, ckpt.opt_state, mstate, list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step)
         store.rewrite(state.rows)
     return state
 

@@ -43,6 +43,8 @@ class Preset:
     grid_lr: tuple[float, ...] = ()  # the sweep grid of step sizes
     grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # sweep values of hyperparameters
     run: Mapping[str, Any] = field(default_factory=dict)  # other RunConfig defaults
+    # defaults of optimizer hyperparameters (rho ...), for the optimizers that have them
+    hparams: Mapping[str, float] = field(default_factory=dict)
 
     def default_lr(self, optimizer: str) -> float:
         return self.lr.get(optimizer, self.lr["*"])
@@ -51,7 +53,9 @@ class Preset:
 # The one preset of a task that brings none: the run's own defaults, a schedule sized for a
 # model of a few thousand parameters on CPU.
 DEFAULT_PRESET = Preset(name="default", description="no preset: samedge's defaults", task={}, steps=1000,
-                        measure_every=50, eval_every=250, lr={"*": 0.1})
+                        measure_every=50, eval_every=250, lr={"*": 0.1},
+                        # lambda at the ascent point costs a second Lanczos run and no summary uses it
+                        run={"measure_sam_point": False})
 
 
 @dataclass

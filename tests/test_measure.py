@@ -1,0 +1,129 @@
+"""The measurement as a library call: its guard against a Krylov miss, its columns, its precision.
+
+Independent truths: the eigenvalues of a diagonal operator written down by hand, dense ``eigh``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from samedge import curvature, measure, optimizers
+from samedge.measure import MeasureSettings, MeasureState
+
+N = 2000
+
+
+def swap_problem(top: float, second: float, n: int = N, seed: int = 0):
+    """A quadratic loss whose Hessian is diagonal: ``top`` and ``second`` above a bulk in [-0.5, 2]."""
+    rng = np.random.default_rng(seed)
+    d = rng.uniform(-0.5, 2.0, n)
+    d[0], d[1] = top, second
+    d = jnp.asarray(d, jnp.float32)
+    return (lambda w, batch: 0.5 * jnp.sum(d * w["w"] ** 2)), d
+
+
+def old_top_state(n: int = N, count: int = 1) -> MeasureState:
+    """The state after a measurement whose top vector was the eigenvector of the (then) top, 10."""
+    e = jnp.zeros((1, n)).at[0, 1].set(1.0)
+    return MeasureState(e, jnp.asarray(count, jnp.int32), jnp.asarray(10.0, jnp.float32))
+
+
+def test_swap_todays_rule_misses_the_new_top():
+    """Today's rule (warm start + 1% noise, stop on the residual) stops on 10 although 11 exists."""
+    loss, d = swap_problem(11.0, 10.0)
+    matvec, _ = curvature.flat_hvp(lambda p: loss(p, None), {"w": jnp.ones(N)})
+    noise = jax.random.normal(jax.random.PRNGKey(3), (N,))
+    v0 = old_top_state().vectors[0] + 0.01 * noise / jnp.linalg.norm(noise)
+    old = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3)
+    assert float(old.values[0]) == pytest.approx(10.0, rel=1e-4) and float(old.residuals[0]) <= 1e-3
+    assert int(old.num_matvecs) <= 3
+
+
+def test_swap_the_guarded_measurement_reports_the_true_top():
+    """The same warm start through the measurement: the minimum Krylov steps find 11 (dense truth)."""
+    loss, d = swap_problem(11.0, 10.0)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1))
+    row, state = m.measure({"w": jnp.ones(N)}, None, old_top_state(), jax.random.PRNGKey(3))
+    truth = float(np.max(np.abs(np.asarray(d))))
+    assert float(row["lambda_max"]) == pytest.approx(truth, rel=1e-4)
+    assert int(row["converged"]) == 1 and int(row["certified"]) == 1
+    assert abs(float(state.vectors[0, 0])) > 0.99  # the carried vector is the new top's
+
+
+def test_swap_a_miss_is_flagged_and_corrected_by_the_cross_check():
+    """A start with no random part at all (start_noise 0) sits in an invariant subspace: Lanczos
+    stops on the old top, 10, and no rule can see 10.5 from there. When no cross-check is due, the
+    row cannot know; at the next cross-check the row is marked uncertified and reports the true top."""
+    loss, d = swap_problem(10.5, 10.0)
+    truth = float(np.max(np.abs(np.asarray(d))))
+    settings = MeasureSettings(crosscheck_every=5, start_noise=0.0, min_hvps=1)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), settings)
+    w = {"w": jnp.ones(N)}
+    quiet, _ = m.measure(w, None, old_top_state(count=1), jax.random.PRNGKey(3))
+    assert float(quiet["lambda_max"]) == pytest.approx(10.0, rel=1e-5)  # the miss
+    assert np.isnan(float(quiet["crosscheck_lambda"]))
+    row, state = m.measure(w, None, old_top_state(count=5), jax.random.PRNGKey(3))  # due: 5 % 5 == 0
+    assert float(row["crosscheck_lambda"]) == pytest.approx(truth, rel=1e-3)
+    assert float(row["lambda_max"]) == pytest.approx(truth, rel=1e-3)
+    assert int(row["certified"]) == 0 and int(row["converged"]) == 1
+    assert abs(float(state.vectors[0, 0])) > 0.99  # the next warm start carries the true top
+
+
+def test_a_jump_in_lambda_triggers_a_cross_check():
+    loss, d = swap_problem(11.0, 10.0)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=0))
+    state = MeasureState(old_top_state().vectors, jnp.asarray(3, jnp.int32), jnp.asarray(5.0, jnp.float32))
+    row, _ = m.measure({"w": jnp.ones(N)}, None, state, jax.random.PRNGKey(0))  # 11 against 5: a jump
+    assert np.isfinite(float(row["crosscheck_lambda"])) and int(row["hvps_crosscheck"]) > 0
+    row, _ = m.measure({"w": jnp.ones(N)}, None, old_top_state(count=3)._replace(
+        lambda_prev=jnp.asarray(11.0, jnp.float32), vectors=jnp.zeros((1, N)).at[0, 0].set(1.0)),
+        jax.random.PRNGKey(0))
+    assert np.isnan(float(row["crosscheck_lambda"])) and int(row["hvps_crosscheck"]) == 0
+
+
+def test_lambda_top_is_the_largest_algebraic_eigenvalue():
+    """Negative curvature dominating: lambda_max = |most negative|, lambda_top the largest value."""
+    d = jnp.asarray(np.concatenate([[-7.0, 3.0], np.linspace(-1, 1, 98)]), jnp.float32)
+    loss = lambda w, b: 0.5 * jnp.sum(d * w ** 2)  # noqa: E731
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(tol=1e-6, min_hvps=30))
+    row, _ = m.measure(jnp.ones(100), None, m.init(jnp.ones(100), jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    assert float(row["lambda_max"]) == pytest.approx(7.0, rel=1e-5)
+    assert float(row["lambda_1"]) == pytest.approx(-7.0, rel=1e-5)
+    assert float(row["lambda_top"]) == pytest.approx(3.0, rel=1e-4)
+
+
+def test_unconverged_rows_say_so():
+    loss, _ = swap_problem(11.0, 10.9)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(max_hvps=4, min_hvps=1, tol=1e-8))
+    w = jnp.ones(N)
+    row, _ = m.measure({"w": w}, None, m.init({"w": w}, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    assert int(row["converged"]) == 0 and int(row["certified"]) == 0 and int(row["hvps"]) == 4
+
+
+def test_the_measurement_program_asks_for_full_precision_products():
+    """On accelerators float32 matmuls default to reduced precision; the lowered measurement pins
+    every dot product to HIGHEST (on the CPU it changes nothing)."""
+    x = jnp.ones((8, 4))
+    loss = lambda p, b: jnp.mean((b @ p["w"]) ** 2)  # noqa: E731
+    m = measure.measurement(loss, optimizers.build("sam", 0.1, rho=0.1))
+    params = {"w": jnp.ones((4, 3))}
+    state = m.init(params, jax.random.PRNGKey(0))
+    # the jitted program inside measure: lower it through a jit of the call itself
+    text = jax.jit(lambda p, b, s, k: m.measure(p, b, s, k)).lower(params, x, state, jax.random.PRNGKey(1)).as_text()
+    dots = [ln for ln in text.splitlines() if "dot_general" in ln]
+    assert dots and all("HIGHEST" in ln for ln in dots), dots[:3]
+
+
+def test_float64_measurement_matches_dense_eigh(x64):
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(60, 60))
+    h = jnp.asarray(a @ a.T / 60)
+    loss = lambda w, b: 0.5 * w @ h @ w + jnp.sum(jnp.sin(w))  # noqa: E731
+    w = jnp.asarray(rng.normal(size=60))
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(tol=1e-10, dtype="float64"))
+    row, state = m.measure(w.astype(jnp.float32), None, m.init(w, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    w32 = w.astype(jnp.float32).astype(jnp.float64)  # the point the measurement saw, in float64
+    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda v: loss(v, None))(w32)))
+    assert state.vectors.dtype == jnp.float64
+    assert float(row["lambda_max"]) == pytest.approx(np.max(np.abs(dense)), rel=1e-9)
