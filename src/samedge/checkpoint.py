@@ -88,6 +88,19 @@ def _write(f, data: bytes) -> None:
     store._write(f, data)
 
 
+def step_of(folder) -> int | None:
+    """The step of the checkpoint in ``folder``, or ``None`` when there is none (or it is unreadable)."""
+    from flax import serialization
+
+    source = path(folder)
+    if not source.is_file():
+        return None
+    try:
+        return int(serialization.msgpack_restore(source.read_bytes())["step"])
+    except Exception:
+        return None
+
+
 def load(folder, params_template, opt_state_template) -> Checkpoint | None:
     """Read the checkpoint of a run back onto the structure of the templates.
 

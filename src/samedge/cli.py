@@ -201,9 +201,15 @@ def _finished(out, run_config=None) -> bool:
 
 
 def _report(out, summary) -> int:
+    from samedge import checkpoint
+
     _print_summary(out, summary)
     if summary["status"] == "interrupted":
-        print(f"checkpoint at step {summary.get('checkpoint_step', 0)}; continue with `samedge resume {out}`")
+        step = checkpoint.step_of(out)  # what is on disk, not what the run meant to write
+        if step is None:
+            print(f"no checkpoint was written; `samedge resume {out}` runs it again from step 0")
+        else:
+            print(f"checkpoint at step {step}; continue with `samedge resume {out}`")
     return 0 if summary["status"] in ("completed", "diverged") else 1
 
 
@@ -220,6 +226,11 @@ def _cmd_resume(args) -> int:
                            f"samedge.fit(task, optimizer, out=..., resume=True)")
     if _finished(out):
         return 0
+    from samedge import checkpoint
+
+    step = checkpoint.step_of(out)
+    print(f"{out}: resuming from the checkpoint at step {step} of {cfg.steps}" if step is not None
+          else f"{out}: no checkpoint; running it again from step 0 of {cfg.steps}")
     summary = run.execute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, resume=True)
     return _report(out, summary)
 
@@ -233,11 +244,23 @@ def _add_resume(sub) -> None:
 
 
 def _print_summary(out, summary) -> None:
-    med = summary.get("ratio_median")
-    print(f"{out}: {summary['status']} after {summary.get('steps_done', 0)} steps; "
-          f"final loss {summary.get('final_loss', float('nan')):.4g}; "
-          f"median lambda_max/edge over the second half "
-          + (f"{med:.3f}" if med is not None else "n/a"))
+    """The exit line: the status, the row just written (the last measurement) and the edge statistic
+    with its support."""
+    med, n = summary.get("ratio_median"), summary.get("ratio_count") or 0
+    line = f"{out}: {summary['status']} after {summary.get('steps_done', 0)} steps"
+    if summary.get("final_step") is not None:
+        line += (f"; last measurement at step {summary['final_step']}: loss {summary.get('final_loss'):.4g}, "
+                 f"lambda_max {summary.get('final_lambda_max'):.4g}")
+        if summary.get("final_edge") is not None:
+            line += f", edge {summary['final_edge']:.4g}"
+    if med is not None:
+        line += f"; median lambda_max/edge over the second half {med:.3f} (from {n} measurement{'s' * (n != 1)})"
+    elif summary.get("final_step") is not None and summary.get("final_edge") is None:
+        line += "; no known edge for this optimizer"
+    print(line)
+    if med is not None and n < 3:
+        print(f"warning: the median rests on {n} measurement{'s' * (n != 1)}; measure more often "
+              f"(--measure-every) or run longer for a statistic worth reading")
     bad = [(summary.get("rows_unconverged") or 0, "did not converge (left out of the ratio statistics)"),
            (summary.get("rows_uncertified") or 0, "are uncertified (a cross-check found a larger eigenvalue)")]
     for count, what in bad:

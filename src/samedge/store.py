@@ -438,12 +438,14 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
                       f"`samedge resume {path}` (or --resume), or pass --overwrite to start again")
 
 
-def require_same_config(path, run_config: Mapping) -> None:
+def require_same_config(path, run_config: Mapping, *,
+                        remedy: str = "choose another --out, or pass --overwrite to replace it") -> None:
     """Refuse a folder whose run has another configuration.
 
     Args:
         path: the run folder (it must hold a run).
         run_config: the configuration wanted (``RunConfig.to_dict()``).
+        remedy: what the message tells the user to do (a sweep has no ``--overwrite``).
 
     Returns:
         None. A run of another configuration is a :class:`RunDirError` naming (up to four of) the
@@ -452,8 +454,7 @@ def require_same_config(path, run_config: Mapping) -> None:
     changed = _differences(read_run_config(path)["run"], run_config)
     if changed:
         detail = ", ".join(f"{k} {old!r} there, {new!r} here" for k, old, new in changed[:4])
-        raise RunDirError(f"{path} holds a run with another configuration ({detail}); "
-                          f"choose another --out, or pass --overwrite to replace it")
+        raise RunDirError(f"{path} holds a run with another configuration ({detail}); {remedy}")
 
 
 _ABSENT = object()

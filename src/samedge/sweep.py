@@ -125,7 +125,8 @@ def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
     if status is None:
         return "new"
     if cfg is not None:
-        require_same_config(path, cfg.to_dict())
+        require_same_config(path, cfg.to_dict(), remedy=f"delete {path} to run this grid point afresh, "
+                                                      f"or give the sweep another --out")
     return "finished" if status in FINISHED else "unfinished"
 
 
@@ -335,9 +336,12 @@ def run_sweep(configs: Sequence[config_mod.RunConfig], out, *, backend: str = "l
     def on_done(job, summary):
         count[0] += 1
         med = summary.get("ratio_median")
-        detail = f"median lambda_max/edge {med:.3f}" if isinstance(med, (int, float)) else summary.get("error", "")
-        log(f"[{count[0]}/{total}] {job.name}: {summary.get('status')} {detail} "
-            f"({time.perf_counter() - t0:.0f} s)")
+        detail = (f"median lambda_max/edge {med:.3f} (n={summary.get('ratio_count', '?')})"
+                  if isinstance(med, (int, float)) else summary.get("error", ""))
+        took = summary.get("wall_time_s")
+        log(f"[{count[0]}/{total}] {job.name}: {summary.get('status')} {detail}; "
+            + (f"run {took:.0f} s, " if isinstance(took, (int, float)) else "")
+            + f"sweep {time.perf_counter() - t0:.0f} s so far")
 
     if not todo:
         pass

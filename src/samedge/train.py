@@ -19,6 +19,7 @@ and the measurement's random draws are ``fold_in(PRNGKey(seed), t)``.
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import time
@@ -207,8 +208,14 @@ def _start(cfg, task, optimizer, init_measure, store, resume) -> _State:
     return state
 
 
+def _natural(key: str):
+    """``outlier_2`` before ``outlier_10``: digits compare as numbers."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
 def _row(values, step, measure_s, started, optimizer, evaluation) -> dict:
-    row = {"step": step, "time_s": None} | {k: _scalar(v) for k, v in values.items()}
+    # a jitted function returns its dict with sorted keys; put numbered columns in numeric order
+    row = {"step": step, "time_s": None} | {k: _scalar(values[k]) for k in sorted(values, key=_natural)}
     if optimizer.edge is None:  # no known edge: the columns stay empty, never a made-up edge
         row |= {"edge": None, "ratio": None}
     row["measure_s"] = measure_s
