@@ -133,7 +133,7 @@ def test_progress_and_exit_lines_show_the_last_row(tmp_path, data_dir, capsys):
 
 @pytest.mark.parametrize("interrupt_at, checkpoint_every, expected", [
     (1, 10, None),  # the first chunk: nothing written yet
-    (3, 10, 10),  # the third chunk: the step-10 checkpoint is the last one written
+    (3, 10, 20),  # the third chunk: the step-20 checkpoint is the last one written
 ])
 def test_after_an_interrupt_the_message_matches_the_disk(tmp_path, data_dir, capsys, monkeypatch,
                                                          interrupt_at, checkpoint_every, expected):
@@ -161,7 +161,7 @@ def test_after_an_interrupt_the_message_matches_the_disk(tmp_path, data_dir, cap
         assert "no checkpoint was written" in text and f"samedge resume {out}" in text
     else:
         assert f"checkpoint at step {on_disk}; continue with `samedge resume {out}`" in text
-    assert (on_disk is None) == (expected is None)
+    assert on_disk == expected
     monkeypatch.setattr(train, "make_chunk", real)
     assert cli.main(["resume", str(out), "--data-dir", str(data_dir), "--no-progress"]) == 0
     said = capsys.readouterr().out.splitlines()[0]
