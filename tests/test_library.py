@@ -11,7 +11,8 @@ Each test names the property it checks and the independent truth it checks it ag
 - an optimizer without a known edge leaves ``edge`` and ``ratio`` empty;
 - a user task factory runs through the CLI and resumes exactly after a SIGKILL (truth: the same
   run in one go); the same factory runs as an installed plugin's entry point;
-- a user optimizer entry runs, sweeps and reports (truth: its own closed-form edge).
+- a user optimizer entry runs, sweeps and reports (truth: its own closed-form edge), and its
+  hyperparameters are taken wherever the built-in ones are (fit, resolve, expand_grid keywords).
 
 The user's code lives in ``tests/fixtures`` (imported as ``tests.fixtures.<module>:<attr>``, the
 way a user's package would be).
@@ -38,15 +39,14 @@ import pytest
 
 import samedge
 from samedge import checkpoint, cli, config, optimizers, run, tasks, train
-from samedge.errors import ConfigError, SamedgeError
+from samedge.errors import ConfigError
 from samedge.store import read_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MNIST = ["--set", "n_train=256", "--set", "n_test=64", "--set", "width=32", "--set", "depth=3"]
-TINY_MNIST_CONFIG = dict(n_train=256, n_test=64, width=32, depth=3)
 USER_TASK = "tests.fixtures.user_tasks:make_task"
 TOY = "tests.fixtures.user_optimizers:toy"
-# Columns a run writes that are not the measurement's: the clocks and the test-set evaluation.
+# Columns of metrics.csv that the measurement does not give: the step and the clocks (and test_*).
 NOT_MEASURED = {"step", "time_s", "measure_s"}
 ROW_KEYS = ("lambda_max", "edge", "ratio", "loss", "grad_norm", "align_grad", "align_sam_grad", "hvps")
 
@@ -459,26 +459,43 @@ def _table(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in WALL_COLUMNS} for row in _rows(run_dir)]
 
 
-def test_user_factory_through_cli_resumes_exactly_after_sigkill(tmp_path):
+@pytest.fixture(scope="module")
+def plugin_run(tmp_path_factory):
+    """The factory registered by a fake installed package under the entry-point group
+    ``samedge.tasks`` as ``myquad`` (a dist-info folder on PYTHONPATH, what pip writes), run in one
+    go through ``python -m samedge run myquad`` with the schedule of the resume test below."""
+    site = tmp_path_factory.mktemp("site")
+    info = site / "fake_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[samedge.tasks]\nmyquad = {USER_TASK}\n")
+    out = tmp_path_factory.mktemp("plugin") / "A"
+    r = _samedge("run", "myquad", *FACTORY_RUN, "--out", str(out), env=_subprocess_env(str(site)))
+    return r, out
+
+
+def test_task_registered_as_an_entry_point_runs(plugin_run):
+    """Property: a factory an installed package registers under the entry-point group
+    ``samedge.tasks`` is a task name for ``samedge run``, its ``--set`` values included.
+    Truth: the run exits 0 with the rows of its schedule, records the task as ``myquad`` and the
+    factory's config as set (n = 64 reached the factory: 64 training points)."""
+    r, out = plugin_run
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [int(row["step"]) for row in _rows(out)] == list(range(0, 61, 10))
+    saved = read_run_config(out)
+    assert saved["run"]["task"] == "myquad" and saved["task_info"]["n_train"] == 64
+
+
+def test_user_factory_through_cli_resumes_exactly_after_sigkill(plugin_run, tmp_path):
     """Property: a task given as ``package.module:factory`` runs through ``python -m samedge run``
     with ``--set`` values converted to its dataclass config's field types, is named safely on disk,
     and a run SIGKILLed after its step-30 row resumes (``samedge resume``) exactly.
-    Truth: the same run done in one go: metrics.csv equal as text except the clocks."""
-    a, b = tmp_path / "A", tmp_path / "B"
-    r = _samedge("run", USER_TASK, *FACTORY_RUN, "--out", str(a))
+    Truth: the same factory run in one go (the entry-point run above, the same code by another
+    name): metrics.csv equal as text except the clocks."""
+    r, a = plugin_run
     assert r.returncode == 0, r.stderr[-2000:]
     expected = _table(a)
-    assert [int(row["step"]) for row in expected] == list(range(0, 61, 10))
-
-    saved = read_run_config(a)
-    assert saved["task_info"]["lr_scale_type"] == "float"  # --set lr_scale=1 reached the factory as 1.0
-    assert saved["task_info"]["n_train"] == 64
-    built = tasks.make_task_config(USER_TASK, {"lr_scale": 1, "n": "64"})
-    assert isinstance(built.lr_scale, float) and built.lr_scale == 1.0 and built.n == 64
-    name = run.default_out(config.from_dict(saved["run"]))
-    assert name.parent == Path("runs") and re.fullmatch(r"[A-Za-z0-9._-]+", name.name), name
-    assert name.name.startswith("tests.fixtures.user_tasks-make_task-sam-lr")
-
+    b = tmp_path / "B"
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", HOLD_WRAPPER, "run", USER_TASK, *FACTORY_RUN, "--out", str(b)],
                             cwd=ROOT, env=_subprocess_env() | {"HOLD": str(HOLD_STEP), "READY": str(ready)},
@@ -499,29 +516,20 @@ def test_user_factory_through_cli_resumes_exactly_after_sigkill(tmp_path):
     assert [int(row["step"]) for row in _table(b)] == [0, 10, 20, 30]
     assert not (b / "summary.json").exists()
 
+    saved = read_run_config(b)
+    assert saved["task_info"]["lr_scale_type"] == "float"  # --set lr_scale=1 reached the factory as 1.0
+    assert saved["task_info"]["n_train"] == 64
+    built = tasks.make_task_config(USER_TASK, {"lr_scale": 1, "n": "64"})
+    assert isinstance(built.lr_scale, float) and built.lr_scale == 1.0 and built.n == 64
+    name = run.default_out(config.from_dict(saved["run"]))
+    assert name.parent == Path("runs") and re.fullmatch(r"[A-Za-z0-9._-]+", name.name), name
+    assert name.name == "tests.fixtures.user_tasks-make_task-sam-lr0.1-rho0.1-s0"
+
     r = _samedge("resume", str(b), "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert _table(b) == expected
     summary = json.loads((b / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["resumed_from"] == 20
-
-
-def test_task_registered_as_an_entry_point_runs(tmp_path):
-    """Property: a factory an installed package registers under the entry-point group
-    ``samedge.tasks`` is a task name for ``samedge run``.
-    Truth: a dist-info folder on PYTHONPATH (what pip writes) naming the fixture factory as ``myquad``;
-    the run exits 0 with the rows of its schedule and records the task as ``myquad``."""
-    site = tmp_path / "site"
-    info = site / "fake_plugin-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[samedge.tasks]\nmyquad = {USER_TASK}\n")
-    out = tmp_path / "run"
-    r = _samedge("run", "myquad", "--optimizer", "gd", "--lr", "0.1", "--steps", "10", "--measure-every", "5", "--out", str(out), "--no-progress",
-                 env=_subprocess_env(str(site)))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert [int(row["step"]) for row in _rows(out)] == [0, 5, 10]
-    assert read_run_config(out)["run"]["task"] == "myquad"
 
 
 # ---------------------------------------------------------------------------------------------

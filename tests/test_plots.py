@@ -184,6 +184,19 @@ def test_lambda_2_to_k_and_tracked_outliers_are_drawn(tmp_path):
         _close(figs.values())
 
 
+def test_unconverged_measurements_are_marked(tmp_path):
+    rows = _rows(100)
+    for r in rows:
+        r["converged"] = 0 if r["step"] in (30, 70) else 1
+    figs = plots.run_figures(_write_run(tmp_path / "sam", _config(), rows))
+    try:
+        ax = figs["sharpness"].axes[0]
+        marks, = _lines(ax, "unconverged")
+        assert list(marks.get_xdata()) == [30, 70] and "not converged" in _legend_texts(ax)
+    finally:
+        _close(figs.values())
+
+
 def test_grid_panels_draw_lambda_k_and_outliers_too(tmp_path):
     root = tmp_path / "runs"
     _write_run(root / "sam", _config(), _rows(100, topk=2, outliers=1))

@@ -87,7 +87,7 @@ def test_summary_csv_statistics_match_hand_computed_values(sweep_dir):
     assert "| 1 (n=5) |" in md  # the median with its support
     assert "Completed SAM-type runs (rho > 0)" in md and "1 of 1" in md  # the completed SAM run is in [0.85, 1.15]
     # the unfinished run's median rests on steps 1 and 2 only: flagged, and the flag explained
-    assert "| 1 (n=2)* |" in md and f"* median of fewer than {report.MIN_SUPPORT}" in md
+    assert "| 1 (n=2)* |" in md and report.FEW_NOTE in md
     assert "DataError: boom" in md
 
 
@@ -176,22 +176,27 @@ def test_runs_sharing_a_grid_cell_are_each_drawn_and_listed(same_point_dir, monk
     assert sorted(r[0] for r in page.rows) == sorted([*names, "mnist-gd-lr0.1-s0"])
 
 
-def test_counts_of_left_out_rows_are_shown_when_the_summary_has_them(sweep_dir, monkeypatch):
-    from samedge import analysis
-
-    original = analysis.summarize
-    monkeypatch.setattr(analysis, "summarize", lambda rows: original(rows) | (
-        {"rows_unconverged": 2, "rows_uncertified": 1, "ratio_left_out": 3} if rows else {}))
-    report.write_report(sweep_dir)
-    table = _csv(sweep_dir / "summary.csv")
-    sam = table["mnist-sam-lr0.1-rho0.1-s0"]
-    assert (sam["rows_unconverged"], sam["rows_uncertified"], sam["ratio_left_out"]) == ("2", "1", "3")
-    assert table["mnist-sam-lr0.3-rho0.3-s0"]["ratio_left_out"] == ""  # no measurements, no count
-    md = (sweep_dir / "report.md").read_text()
+def test_counts_of_left_out_rows_are_shown(tmp_path):
+    """Rows the measurement could not vouch for: steps 1 and 6 unconverged (6 is in the second half,
+    so its ratio is left out and 4 of the 5 second-half rows remain), step 7 uncertified."""
+    rows = _rows([5.0, 0.1, 3.0, 0.2] + HALF, edge=8.0, gd_edge=20.0)
+    for r in rows:
+        r["converged"] = 0.0 if r["step"] in (1, 6) else 1.0
+        r["certified"] = 0.0 if r["step"] == 7 else 1.0
+    root = tmp_path / "guard"
+    _make(root, "sam", 0.1, 0.1, rows)
+    report.write_report(root)
+    sam = _csv(root / "summary.csv")["mnist-sam-lr0.1-rho0.1-s0"]
+    assert (sam["rows_unconverged"], sam["rows_uncertified"], sam["ratio_left_out"]) == ("2", "1", "1")
+    assert int(sam["ratio_count"]) == 4
+    # median of the second half without step 6 (ratio 1.0): 0.8, 0.95, 1.08, 1.3 -> 1.015
+    assert float(sam["ratio_median"]) == pytest.approx(1.015)
+    md = (root / "report.md").read_text()
     header, = [ln for ln in md.splitlines() if ln.startswith("| run |")]
     assert header.endswith("| unconverged rows | uncertified rows | left out of ratio |")
     row, = [ln for ln in md.splitlines() if ln.startswith("| mnist-sam-lr0.1-rho0.1-s0 |")]
-    assert row.endswith("| 2 | 1 | 3 |")
+    assert "| 1.015 (n=4) |" in row and row.endswith("| 2 | 1 | 1 |")
+    assert report.EXTRA_NOTE in md
 
 
 def test_report_of_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):

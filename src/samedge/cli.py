@@ -55,6 +55,10 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("diverge_factor", float, "stop as diverged when the loss exceeds this multiple of the initial loss (default 1000)"),
         Setting("track_fraction", float, "also track every Hessian eigenvalue above this fraction of the edge; 0 = off (default 0)"),
         Setting("measure_sam_point", bool, "also measure lambda_max at the optimizer's ascent point (default: the preset's)"),
+        Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check every K measurements, and on a jump; "
+                                         "0: only on a jump (default 10)"),
+        Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
+                                      "(default float32)"),
     )
 
 
@@ -562,6 +566,10 @@ def main(argv=None) -> int:
         # package.module:factory names resolve from the current folder, as with `python -m samedge`
         sys.path.insert(0, os.getcwd())
     try:
+        if getattr(args, "measure_dtype", None) == "float64":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)  # before any array exists
         jit_cache.enable()  # later runs of the same programs skip their compile
         return args.handler(args)
     except SamedgeError as exc:

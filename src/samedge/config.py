@@ -46,6 +46,10 @@ class RunConfig:
     diverge_factor: float = 1000.0
     track_fraction: float = 0.0  # 0 = off; else also track every eigenvalue above this fraction of the edge
     track_max: int = 12  # most eigenvalues tracked that way (the square loss on 10 classes shows ~10 outliers)
+    # a cold random-start Lanczos cross-check every this many measurements (0: only on a jump);
+    # see samedge.measure.MeasureSettings
+    crosscheck_every: int = 10
+    measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
     # True when the optimizer was passed as a Python object (samedge.fit): ``optimizer`` is then only
     # its name, and resuming needs the same object again.
@@ -64,6 +68,9 @@ class RunConfig:
         _number("lanczos_tol", self.lanczos_tol, lambda v: v > 0, "must be > 0")
         _number("track_fraction", self.track_fraction, lambda v: 0 <= v < 1, "must be in [0, 1)")
         _integer("track_max", self.track_max, 1)
+        _integer("crosscheck_every", self.crosscheck_every, 0)
+        if self.measure_dtype not in ("float32", "float64"):
+            raise ConfigError(f"--measure-dtype must be float32 or float64, got {self.measure_dtype!r}")
         for name in ("steps", "measure_every", "eval_every", "topk", "lanczos_max_iters"):
             _integer(name, getattr(self, name), 1)
         _integer("seed", self.seed, 0)

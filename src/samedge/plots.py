@@ -8,13 +8,14 @@ What every figure shows, and how it stays readable:
 - every y axis is labelled (``eigenvalue of the Hessian``, ``|cos| with top eigenvector``, ``loss``)
   with plain tick labels (``20``, ``0.5``; never ``2x10^1``);
 - the y axis is linear when the plotted values span less than a factor :data:`LOG_RATIO`, log
-  otherwise, and a linear axis spans at least +-1% around its values (float rounding is not drawn
+  otherwise, and a linear axis reaches at least 1% beyond its values (float rounding is not drawn
   as structure);
 - lines that coincide by construction are drawn once with a merged label: ``edge = 2/η`` for GD
   (its edge is 2/eta), ``gradient = step direction`` when the step follows the gradient;
 - the sharpness figure draws every measured eigenvalue: ``lambda_max`` (thick), ``|lambda_2..k|``
   (thin, with ``--topk``), the tracked outliers (faint points, with ``--track-fraction``) and
-  ``lambda_max`` at the SAM point (dotted);
+  ``lambda_max`` at the SAM point (dotted); a ``lambda_max`` whose Lanczos did not converge is
+  marked with a red x (the statistics leave those rows out);
 - a panel may hold several runs (``[(label, rows), ...]`` instead of ``rows``): each run then has
   its own colour and the line style tells the quantity, so no run is left out of a grid cell.
 """
@@ -133,8 +134,8 @@ def y_axis(ax, values, *, log: bool | None = None, window: float = MIN_WINDOW) -
     """Scale and label the y axis of ``ax`` for ``values``; returns whether it is log.
 
     Log when ``log`` says so, or (``log=None``) when the positive values span at least
-    :data:`LOG_RATIO`; linear otherwise, with limits at least ``+-window`` (relative) around the
-    middle of the values, so that rounding noise is not drawn as scatter."""
+    :data:`LOG_RATIO`; linear otherwise, reaching at least ``window`` x the values' middle beyond
+    them on either side, so that rounding noise is not drawn as scatter."""
     finite = [v for v in values if _ok(v)]
     pos = _positive(finite)
     if log is None:
@@ -177,7 +178,7 @@ def _legend(ax, handles, fontsize=6.5):
         ax.legend(handles=handles, fontsize=fontsize, framealpha=0.75, ncol=2 if len(handles) > 5 else 1)
 
 
-def _key(ax, label, **style):
+def _key(label, **style):
     """A legend entry (a line drawn nowhere)."""
     from matplotlib.lines import Line2D
 
@@ -212,12 +213,12 @@ def draw_sharpness(ax, data, title: str = "", *, log: bool | None = None) -> Non
     gd_style = dict(color="C3", lw=1.5, ls="--") if merged else dict(color="k", lw=1.0, ls=":")
     for i, (label, rows) in enumerate(runs):
         if not rows:
-            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            keys.append(_key(f"{label} (no measurements)", ls="none"))
             continue
         values += sharpness_values(rows)
         c, w, z = (f"C{i}" if many else "C0"), _width(i, len(runs)), 2 + i / 100
         if many:
-            keys.append(_key(ax, label, color=c, lw=1.6 * w))
+            keys.append(_key(label, color=c, lw=1.6 * w))
         ax.plot(*_col(rows, "lambda_max"), color=c, lw=1.6 * w, zorder=z, gid="lambda_max", label=r"$\lambda_{max}$")
         ks = _numbered(rows, "lambda_", 2)
         name = rf"$|\lambda_2|..|\lambda_{{{len(ks) + 1}}}|$" if len(ks) > 1 else r"$|\lambda_2|$"
@@ -228,6 +229,11 @@ def draw_sharpness(ax, data, title: str = "", *, log: bool | None = None) -> Non
             pts = [(r["step"], r[k]) for k in outs for r in rows if _ok(r.get(k))]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="none", marker="o", ms=2.5, color=c, alpha=0.3,
                     mec="none", gid="outliers", label="tracked outliers")
+        missed = [(r["step"], r["lambda_max"]) for r in rows if r.get("converged") == 0 and _ok(r.get("lambda_max"))]
+        if missed:  # Lanczos missed its tolerance there: drawn, but marked (the statistics leave them out)
+            ax.plot([p[0] for p in missed], [p[1] for p in missed], ls="none", marker="x", ms=5, color="C3",
+                    mew=1.2, zorder=z + 1, gid="unconverged", label="not converged")
+            fixed += ax.lines[-1:]
         if any(_ok(r.get("lambda_max_sam")) for r in rows):
             ax.plot(*_col(rows, "lambda_max_sam"), color=c, lw=0.9, ls=":", gid="lambda_max_sam",
                     label=r"$\lambda_{max}$ at SAM point")
@@ -243,7 +249,7 @@ def draw_sharpness(ax, data, title: str = "", *, log: bool | None = None) -> Non
                          label=gd_name, **gd_style)
     handles = keys + _quantity_handles(ax, many, fixed)
     if not any_edge:
-        handles.append(_key(ax, "edge: none known", ls="none"))
+        handles.append(_key("edge: none known", ls="none"))
     _legend(ax, handles)
     y_axis(ax, values, log=log)
     _x_axis(ax)
@@ -267,7 +273,7 @@ def _quantity_handles(ax, many: bool, fixed=()):
         seen.add(lab)
         if many and line not in fixed:
             t = thinnest[lab]
-            out.append(_key(ax, lab, color="0.35", ls=t.get_linestyle(), lw=t.get_linewidth(),
+            out.append(_key(lab, color="0.35", ls=t.get_linestyle(), lw=t.get_linewidth(),
                             marker=t.get_marker(), ms=t.get_markersize(), alpha=t.get_alpha()))
         else:
             out.append(line)
@@ -282,12 +288,12 @@ def draw_alignment(ax, data, title: str = "") -> None:
     keys = []
     for i, (label, rows) in enumerate(runs):
         if not rows:
-            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            keys.append(_key(f"{label} (no measurements)", ls="none"))
             continue
         c1, c2 = (f"C{i}", f"C{i}") if many else ("C0", "C1")
         w, z = _width(i, len(runs)), 2 + i / 100
         if many:
-            keys.append(_key(ax, label, color=c1, lw=1.6 * w))
+            keys.append(_key(label, color=c1, lw=1.6 * w))
         if _same(rows, "align_grad", "align_sam_grad"):
             ax.plot(*_col(rows, "align_grad"), color=c1, lw=1.6 * w, zorder=z, gid="align_grad=align_sam_grad",
                     label="gradient = step direction")
@@ -311,12 +317,12 @@ def draw_loss(ax, data, title: str = "") -> None:
     keys, values = [], []
     for i, (label, rows) in enumerate(runs):
         if not rows:
-            keys.append(_key(ax, f"{label} (no measurements)", ls="none"))
+            keys.append(_key(f"{label} (no measurements)", ls="none"))
             continue
         c1, c2 = (f"C{i}", f"C{i}") if many else ("C0", "C1")
         w, z = _width(i, len(runs)), 2 + i / 100
         if many:
-            keys.append(_key(ax, label, color=c1, lw=1.4 * w))
+            keys.append(_key(label, color=c1, lw=1.4 * w))
         steps, loss = _col(rows, "loss")
         values += loss
         ax.plot(steps, loss, color=c1, lw=1.4 * w, zorder=z, gid="loss", label="train")

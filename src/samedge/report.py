@@ -39,6 +39,9 @@ EXTRA = ("rows_unconverged", "rows_uncertified", "ratio_left_out")
 EXTRA_HEADINGS = {"rows_unconverged": "unconverged rows", "rows_uncertified": "uncertified rows",
                   "ratio_left_out": "left out of ratio"}
 EDGE_BAND = (0.85, 1.15)  # "at the edge": the acceptance band for a completed SAM-type run's median
+EXTRA_NOTE = ("unconverged rows: measurements whose Lanczos missed its tolerance (marked x in the sharpness "
+              "figures); left out of ratio: those of them in the second half, which the statistics leave out; "
+              "uncertified rows: measurements where a cold cross-check found a larger eigenvalue (adopted).")
 MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
@@ -242,8 +245,8 @@ TABLE = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps
          "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct", "lambda_over_gd_edge_median")
 HEADINGS = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps", "train loss", "test metric",
             "value", "median λmax/edge (n)", "p10", "p90", "within ±10%", "median λmax/(2/η)")
-FEW_NOTE = (f"* median of fewer than {MIN_SUPPORT} second-half measurements: too few to say where the run sits. "
-            "(n) = the number of second-half measurements behind the median.")
+FEW_NOTE = ("(n): the number of second-half measurements behind the median; a median marked * rests on fewer "
+            f"than {MIN_SUPPORT}, too few to say where the run sits.")
 
 
 def _table(rows) -> tuple[list[str], list[str]]:
@@ -286,6 +289,8 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
         lines.append("| " + " | ".join(_cell(r, k).replace("|", "\\|") for k in keys) + " |")
     if any(few(r) for r in rows):
         lines += ["", FEW_NOTE]
+    if _extras(rows):
+        lines += ["", EXTRA_NOTE]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -332,6 +337,8 @@ def write_html(rows, pngs, root: Path, out: Path) -> Path:
     parts.append("</tbody></table>")
     if any(few(r) for r in rows):
         parts.append(f"<p>{e(FEW_NOTE)}</p>")
+    if _extras(rows):
+        parts.append(f"<p>{e(EXTRA_NOTE)}</p>")
     for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(png.stem)}</h2>")

@@ -151,7 +151,9 @@ def measure_settings(cfg: RunConfig, optimizer: steps.Optimizer) -> measure.Meas
         ascends = optimizers.get(cfg.optimizer).ascends(cfg.hparams)
     return measure.MeasureSettings(topk=cfg.topk, tol=cfg.lanczos_tol, max_hvps=cfg.lanczos_max_iters,
                                    track_fraction=cfg.track_fraction, track_max=cfg.track_max,
-                                   ascent_point=cfg.measure_sam_point and ascends)
+                                   ascent_point=cfg.measure_sam_point and ascends,
+                                   crosscheck_every=cfg.crosscheck_every,
+                                   dtype="float64" if cfg.measure_dtype == "float64" else None)
 
 
 def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
