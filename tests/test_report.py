@@ -170,7 +170,8 @@ def test_runs_sharing_a_grid_cell_are_each_drawn_and_listed(same_point_dir, monk
     for name, second_half in names.items():
         line, = [ln for ln in md.splitlines() if ln.startswith(f"| {name} |")]
         assert f"| 1 (n={second_half}) |" in line
-    assert "Completed SAM-type runs (rho > 0) with median λmax/edge over the second half in [0.85, 1.15]: 3 of 3." in md
+    assert ("Completed SAM-type runs (rho > 0) with median λmax/edge over the second half in [0.85, 1.15]: "
+            "3 of 3.") in md
     page = _Page()
     page.feed((same_point_dir / "report.html").read_text(encoding="utf-8"))
     assert sorted(r[0] for r in page.rows) == sorted([*names, "mnist-gd-lr0.1-s0"])

@@ -32,8 +32,8 @@ from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
 
 COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "settings", "seed", "status", "steps", "final_train_loss",
            "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
-           "ratio_count", "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge", "wall_time_s",
-           "measure_share", "error")
+           "ratio_count", "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge",
+           "wall_time_s", "measure_share", "error")
 # Counts of left-out measurements that analysis.summarize may give; shown (CSV, tables) when it does.
 EXTRA = ("rows_unconverged", "rows_uncertified", "ratio_left_out")
 EXTRA_HEADINGS = {"rows_unconverged": "unconverged rows", "rows_uncertified": "uncertified rows",
