@@ -124,7 +124,7 @@ def test_html_is_self_contained_with_table_and_png_figures(sweep_dir):
     statuses = sorted(r[6] for r in page.rows)
     assert statuses == ["completed", "completed", "failed", "unfinished"]
     sam = next(r for r in page.rows if r[:5] == ["mnist-sam-lr0.1-rho0.1-s0", "mnist", "sam", "0.1", "rho=0.1"])
-    assert sam[11] == "1 (n=5)"  # median ratio, formatted, with its support
+    assert sam[12] == "1 (n=5)"  # median ratio, formatted, with its support (after first_ratio)
     assert len(page.imgs) == 3
     for img in page.imgs:
         head, data = img["src"].split(",", 1)
@@ -203,3 +203,29 @@ def test_counts_of_left_out_rows_are_shown(tmp_path):
 def test_report_of_a_folder_without_runs_is_a_one_line_error(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == cli.EXIT_USER_ERROR
     assert "no run folders" in capsys.readouterr().err
+
+
+def test_first_ratio_and_the_spread_over_seeds(tmp_path):
+    """first_ratio is the first row's ratio; a cell run with two seeds gets its mean and std."""
+    import statistics
+
+    medians = []
+    for seed, level in ((0, 1.0), (1, 1.2)):
+        cfg = config.resolve("mnist", "quick", optimizer="sam", lr=0.1, rho=0.1, seed=seed)
+        rows = [{"step": 10 * i, "loss": 1.0, "grad_norm": 1.0, "lambda_max": 1.0, "edge": 1.0, "gd_edge": 20.0,
+                 "ratio": 0.3 if i == 0 else level} for i in range(5)]
+        path = tmp_path / run.default_out(cfg).name
+        from samedge.store import RunStore
+        store = RunStore.create(path, {"run": cfg.to_dict(), "task_info": {}})
+        for r in rows:
+            store.append(r)
+        store.finish("completed", {})
+        medians.append(level)
+    report.write_report(tmp_path)
+    import csv
+    table = list(csv.DictReader(open(tmp_path / "summary.csv")))
+    assert [float(r["first_ratio"]) for r in table] == [0.3, 0.3]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Across seeds" in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| mnist | quick | sam |"))
+    assert f"| 0,1 | {statistics.fmean(medians):.4g} | {statistics.stdev(medians):.4g} |" in line

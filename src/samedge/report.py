@@ -32,7 +32,7 @@ from samedge.store import CONFIG, METRICS, SUMMARY, read_json, read_metrics
 
 COLUMNS = ("run", "task", "preset", "optimizer", "eta", "rho", "settings", "seed", "status", "steps", "final_train_loss",
            "test_metric", "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
-           "ratio_count", "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge",
+           "ratio_count", "first_ratio", "lambda_over_gd_edge_median", "final_lambda_max", "final_edge", "final_gd_edge",
            "wall_time_s", "measure_share", "error")
 # Counts of left-out measurements that analysis.summarize may give; shown (CSV, tables) when it does.
 EXTRA = ("rows_unconverged", "rows_uncertified", "ratio_left_out")
@@ -105,6 +105,8 @@ def summary_row(run: Run, root: Path) -> dict:
         "ratio_median": stats.get("ratio_median"), "ratio_p10": stats.get("ratio_p10"),
         "ratio_p90": stats.get("ratio_p90"), "ratio_within_10pct": stats.get("ratio_within_10pct"),
         "ratio_count": stats.get("ratio_count", 0),
+        # where the run started: GD's rise to 2/eta (progressive sharpening) shows as first_ratio < 1
+        "first_ratio": run.rows[0].get("ratio") if run.rows else None,
         "lambda_over_gd_edge_median": stats.get("lambda_over_gd_edge_median"),
         "final_lambda_max": stats.get("final_lambda_max"), "final_edge": stats.get("final_edge"),
         "final_gd_edge": stats.get("final_gd_edge"), "wall_time_s": run.summary.get("wall_time_s"),
@@ -242,9 +244,10 @@ def _fmt(value, digits: int = 4) -> str:
 
 
 TABLE = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps", "final_train_loss", "test_metric",
-         "test_value", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct", "lambda_over_gd_edge_median")
+         "test_value", "first_ratio", "ratio_median", "ratio_p10", "ratio_p90", "ratio_within_10pct",
+         "lambda_over_gd_edge_median")
 HEADINGS = ("run", "task", "optimizer", "eta", "settings", "seed", "status", "steps", "train loss", "test metric",
-            "value", "median λmax/edge (n)", "p10", "p90", "within ±10%", "median λmax/(2/η)")
+            "value", "first λmax/edge", "median λmax/edge (n)", "p10", "p90", "within ±10%", "median λmax/(2/η)")
 FEW_NOTE = ("(n): the number of second-half measurements behind the median; a median marked * rests on fewer "
             f"than {MIN_SUPPORT}, too few to say where the run sits.")
 
@@ -291,6 +294,13 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
         lines += ["", FEW_NOTE]
     if _extras(rows):
         lines += ["", EXTRA_NOTE]
+    spread = seed_spread(rows)
+    if spread:
+        lines += ["", "## Across seeds", "",
+                  "Mean and standard deviation (n - 1) over seeds of each cell's second-half median λmax/edge.", "",
+                  "| task | preset | optimizer | eta | settings | seeds | mean | std |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {s['task']} | {s['preset']} | {s['optimizer']} | {_fmt(s['eta'])} | {s['settings']} | "
+                  f"{s['seeds']} | {_fmt(s['mean'])} | {_fmt(s['std'])} |" for s in spread]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -301,6 +311,33 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def seed_spread(rows) -> list[dict]:
+    """For each cell (task, preset, optimizer, eta, settings) run with two or more seeds: the mean and
+    standard deviation (n - 1) over seeds of the second-half median ratio.
+
+    >>> r = dict(task="t", preset="p", optimizer="sam", eta=0.1, settings="rho=0.1")
+    >>> seed_spread([r | {"seed": 0, "ratio_median": 1.0}, r | {"seed": 1, "ratio_median": 1.2}])[0]["mean"]
+    1.1
+    """
+    import statistics
+
+    cells: dict[tuple, list] = {}
+    for r in rows:
+        if r.get("ratio_median") is not None:
+            key = (r["task"], r["preset"], r["optimizer"], r["eta"], r["settings"])
+            cells.setdefault(key, []).append(r)
+    out = []
+    for (task, preset, optimizer, eta, settings), group in cells.items():
+        seeds = sorted({g["seed"] for g in group})
+        if len(seeds) < 2:
+            continue
+        values = [g["ratio_median"] for g in group]
+        out.append(dict(task=task, preset=preset, optimizer=optimizer, eta=eta, settings=settings,
+                        seeds=",".join(str(s) for s in seeds), mean=round(statistics.fmean(values), 12),
+                        std=statistics.stdev(values)))
+    return out
 
 
 EDGE_NOTE = ("the edge is each optimizer's own (2/η for GD, the SAM-edge for SAM; `samedge edge` prints them); "
