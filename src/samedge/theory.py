@@ -185,13 +185,14 @@ class Check(NamedTuple):
     boundary: Boundary
 
 
-def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000) -> list[Check]:
+def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000, on_check=None) -> list[Check]:
     """Check each optimizer's closed-form edge on quadratics (see the module docstring).
 
     Args:
       names: optimizers (default: every one with a closed-form edge).
       grad_norm: the gradient norm the quadratic holds.
       num_steps: simulated steps per run.
+      on_check: called with each :class:`Check` as soon as it is done (progress).
 
     Returns:
       One :class:`Check` per optimizer; ``ok`` when the component decays at ``BELOW`` x the edge at
@@ -215,4 +216,6 @@ def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000) -> list[
         worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
         ok = bool(grown[:p].max() <= 1 and grown[p:].min() >= 1e3 and worst < TOLERANCE)
         out.append(Check(name, p, float(grown[:p].max()), float(grown[p:].min()), worst, ok, b))
+        if on_check is not None:
+            on_check(out[-1])
     return out
