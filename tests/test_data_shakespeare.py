@@ -116,6 +116,82 @@ def test_too_short_for_one_batch_is_an_error():
         sh.make_batch_fn(10, 8, 4, jax.random.PRNGKey(0))
 
 
+def authors_chunks(corpus: np.ndarray, seq_len: int, batch_size: int) -> np.ndarray:
+    """The paper's code's training examples (sam_edge dataset.py, load_ascii_dataset): the corpus
+    less its incomplete last batch, reshaped into rows of T + 1 characters."""
+    crop_len = seq_len + 1
+    _, remainder = divmod(corpus.size, batch_size * crop_len)
+    if remainder:
+        corpus = corpus[:-remainder]
+    return corpus.reshape([-1, crop_len])
+
+
+@pytest.mark.parametrize("n", [200, 215, 216])
+def test_chunk_batches_visit_every_chunk_once_per_epoch(n):
+    t, b = 8, 4  # chunks of 9; n // 36 whole batches of them
+    tokens = np.arange(n, dtype=np.int32)  # a token equal to its position reveals each chunk's start
+    m = sh.num_chunks(n, t, b)
+    assert m == n // 36 * 4 and m == len(authors_chunks(tokens, t, b))
+    steps = m // b
+    batch = jax.jit(sh.make_batch_fn(n, t, b, jax.random.PRNGKey(3), "chunks"))
+    epochs = []
+    for e in range(3):
+        rows = np.concatenate([np.asarray(batch(jnp.asarray(tokens), s)) for s in range(steps * e, steps * (e + 1))])
+        assert rows.shape == (m, t + 1)
+        np.testing.assert_array_equal(rows, rows[:, :1] + np.arange(t + 1))  # contiguous
+        np.testing.assert_array_equal(np.sort(rows[:, 0]), np.arange(m) * (t + 1))  # every chunk start once
+        # the same set of rows as the authors' reshape, each once
+        np.testing.assert_array_equal(rows[np.argsort(rows[:, 0])], authors_chunks(tokens, t, b))
+        epochs.append(rows[:, 0])
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])  # reshuffled
+
+
+def test_chunk_batches_on_the_real_text_are_its_chunks(data_dir):
+    text = sh.split(sh.load(data_dir).text).train
+    tokens_np = sh.encode(text)
+    t, b = 64, 128  # the paper's
+    assert sh.num_chunks(len(tokens_np), t, b) == 13_056 == len(authors_chunks(tokens_np, t, b))
+    batch = jax.jit(sh.make_batch_fn(len(tokens_np), t, b, jax.random.PRNGKey(0), "chunks"))
+    rows = np.asarray(batch(jnp.asarray(tokens_np), 101))  # the last step of the first epoch (102 steps)
+    chunks = {tuple(r) for r in authors_chunks(tokens_np.astype(np.int32), t, b)}
+    assert len({tuple(r) for r in rows}) == b and all(tuple(r) in chunks for r in rows)
+
+
+@pytest.mark.parametrize("windows", ["all", "chunks"])
+def test_batch_of_a_step_is_a_pure_function_of_seed_and_step(windows):
+    n, t, b = 1000, 8, 4
+    tokens = jnp.arange(n, dtype=jnp.int32)
+    make = functools.partial(sh.make_batch_fn, n, t, b, windows=windows)
+    fn = make(jax.random.PRNGKey(5))
+    jitted, rebuilt = jax.jit(fn), jax.jit(make(jax.random.PRNGKey(5)))
+    steps = [0, 1, 26, 27, 28, 500]  # 27 steps an epoch for chunks, across epoch boundaries
+    first = {s: np.asarray(jitted(tokens, s)) for s in steps}
+    for s in reversed(steps):  # a resumed run: other steps in between, a fresh build, eager, traced step
+        np.testing.assert_array_equal(np.asarray(rebuilt(tokens, jnp.asarray(s))), first[s])
+        np.testing.assert_array_equal(np.asarray(fn(tokens, s)), first[s])
+        np.testing.assert_array_equal(np.asarray(jitted(tokens, s)), first[s])
+    assert len({first[s].tobytes() for s in steps}) == len(steps)
+    other = jax.jit(make(jax.random.PRNGKey(6)))
+    assert not np.array_equal(np.asarray(other(tokens, 0)), first[0])  # the seed matters
+    if windows == "chunks":
+        assert all(np.all(first[s][:, 0] % (t + 1) == 0) for s in steps)
+
+
+def test_chunks_too_short_for_one_batch_is_an_error():
+    sh.make_batch_fn(36, 8, 4, jax.random.PRNGKey(0), "chunks")  # exactly one batch of 4 chunks of 9
+    with pytest.raises(DataError, match="35 characters: 3 non-overlapping chunks of 9 characters, fewer than one batch of 4"):
+        sh.make_batch_fn(35, 8, 4, jax.random.PRNGKey(0), "chunks")
+    with pytest.raises(ValueError, match="unknown windows 'every'"):
+        sh.make_batch_fn(100, 8, 4, jax.random.PRNGKey(0), "every")
+
+
+def test_fixed_chunks_are_distinct_chunk_starts():
+    starts = sh.fixed_windows(200, 8, 20, jax.random.PRNGKey(0), "chunks", batch_size=4)
+    np.testing.assert_array_equal(np.sort(starts), np.arange(20) * 9)  # all 20 chunks, once each
+    with pytest.raises(DataError, match="20 non-overlapping chunks"):
+        sh.fixed_windows(200, 8, 21, jax.random.PRNGKey(0), "chunks", batch_size=4)
+
+
 def test_fixed_windows_are_distinct_and_inside():
     starts = sh.fixed_windows(100, 8, 92, jax.random.PRNGKey(0))
     np.testing.assert_array_equal(np.sort(starts), np.arange(92))  # all 92 windows, once each

@@ -127,3 +127,34 @@ def test_float64_measurement_matches_dense_eigh(x64):
     dense = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda v: loss(v, None))(w32)))
     assert state.vectors.dtype == jnp.float64
     assert float(row["lambda_max"]) == pytest.approx(np.max(np.abs(dense)), rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam", "sam_adam", "sam_adam_pre"])
+def test_preconditioned_sharpness_against_dense_eigh(name, x64):
+    """lambda_max(P^-1/2 H P^-1/2) with P read from a live optax state, against dense eigh (float64);
+    for SAM over Adam, the linearised step's top mode against the dense P^-1 (H + rho H^2/|g|)."""
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.normal(size=(40, 40)))
+    loss = lambda w, b: 0.5 * jnp.sum((a @ w) ** 2) / 40 + jnp.sum(jnp.cos(w))  # noqa: E731
+    opt = optimizers.build(name, 0.01)
+    w = jnp.asarray(rng.normal(size=40))
+    st = opt.init(w)
+    for _ in range(5):
+        w, st, _ = opt.update(w, st, jax.value_and_grad(lambda q: loss(q, None)))
+    m = measure.measurement(loss, opt, MeasureSettings(tol=1e-9))
+    row, _ = m.measure(w, None, m.init(w, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), st)
+    g = jax.grad(lambda q: loss(q, None))(w)
+    p = np.asarray(opt.preconditioner(st, g))
+    h = np.asarray(jax.hessian(lambda q: loss(q, None))(w))
+    s = np.diag(p ** -0.5)
+    assert float(row["precond_sharpness"]) == pytest.approx(np.max(np.abs(np.linalg.eigvalsh(s @ h @ s))), rel=1e-5)
+    hp = optimizers.resolve_hparams(name)
+    if name == "sam_adam":
+        mu = np.max(np.linalg.eigvals(np.diag(1 / p) @ (h + hp["rho"] * h @ h / np.linalg.norm(g))).real)
+        assert float(row["step_mu"]) == pytest.approx(mu, rel=1e-5)
+        eta_eff = 0.01 * (1 - hp["beta1"]) / (1 + hp["beta1"])
+        assert float(row["step_radius"]) == pytest.approx(abs(1 - eta_eff * mu), rel=1e-6)
+        assert "edge" not in row
+    else:
+        assert float(row["ratio"]) == pytest.approx(float(row["precond_sharpness"]) / float(row["edge"]), rel=1e-12)
+        assert float(row["precond_edge"]) == float(row["edge"])

@@ -10,7 +10,7 @@ from samedge import edges, optimizers, steps
 from samedge.errors import ConfigError
 
 
-@pytest.mark.parametrize("name", optimizers.names())
+@pytest.mark.parametrize("name", ["gd", "sam", "momentum", "nesterov", "usam", "sam_momentum"])
 def test_each_entry_builds_an_optimizer_with_its_closed_form_edge(name):
     entry = optimizers.get(name)
     hp = entry.defaults()
@@ -81,3 +81,37 @@ def test_sam_around_any_optax_base_has_no_made_up_edge():
 def test_a_base_that_is_not_an_optax_transformation_is_refused():
     with pytest.raises(TypeError, match="optax.GradientTransformation"):
         steps.sam(0.1, rho=0.1)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam", "sam_adam", "sam_adam_pre"])
+def test_the_preconditioner_read_from_a_live_state_is_the_one_the_next_update_applies(name, x64):
+    """After a few real steps, P read from the optax state (and the gradient at the point) equals the
+    division the next optax update performs: updates = -lr * (first moment) / P."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(5, 5)))
+    loss = lambda w: 0.5 * jnp.sum((a @ w) ** 2) + jnp.sum(jnp.cos(w))  # noqa: E731
+    opt = optimizers.build(name, 0.01)
+    hp = optimizers.resolve_hparams(name)
+    w = jnp.asarray(rng.normal(size=5))
+    state = opt.init(w)
+    for _ in range(4):
+        w, state, _ = opt.update(w, state, jax.value_and_grad(loss))
+    g = jax.grad(loss)(w)
+    p = opt.preconditioner(state, g)
+    base = optax.rmsprop(0.01, decay=hp["beta2"], eps=hp["eps"]) if name == "rmsprop" else \
+        optax.adam(0.01, b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"])
+    updates, _ = base.update(g, state, w)
+    if name == "rmsprop":
+        first = g
+    else:  # the bias-corrected first moment of the next step
+        s = state[0]
+        first = (hp["beta1"] * s.mu + (1 - hp["beta1"]) * g) / (1 - hp["beta1"] ** (s.count + 1))
+    np.testing.assert_allclose(-0.01 * first / p, updates, rtol=1e-10)
+
+
+def test_adaptive_edges_are_the_closed_forms():
+    g = jnp.array([0.3, 0.4])
+    assert float(optimizers.build("rmsprop", 0.01).edge(g, None)) == pytest.approx(200.0)
+    assert float(optimizers.build("adam", 0.01, beta1=0.9).edge(g, None)) == pytest.approx(3800.0)
+    assert optimizers.build("sam_adam", 0.01).edge is None  # no closed form: step_radius instead
+    assert optimizers.get("sam_adam").equivalent({"rho": 0.0, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8})[0] == "adam"

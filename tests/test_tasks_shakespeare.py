@@ -54,6 +54,36 @@ def test_paper_preset_builds_the_paper_architecture():
     assert logits.shape == (2, 64, 128)
 
 
+def test_paper_preset_is_the_authors_setup_and_quick_is_ours():
+    paper = task_mod.Config(**task_mod.PRESETS["paper"].task)
+    assert (paper.init, paper.gelu, paper.windows) == ("authors", "tanh", "chunks")
+    model = task_mod.make_model(paper)
+    assert (model.init_scheme, model.gelu) == ("authors", "tanh")
+    quick = task_mod.Config(**task_mod.PRESETS["quick"].task)
+    assert (quick.init, quick.gelu, quick.windows) == ("gpt2", "exact", "all")
+    assert (task_mod.Config().init, task_mod.Config().gelu, task_mod.Config().windows) == ("gpt2", "exact", "all")
+    model = task_mod.make_model(quick)
+    assert (model.init_scheme, model.gelu) == ("gpt2", "exact")
+
+
+def test_chunk_windows_train_on_the_texts_consecutive_chunks(tiny):
+    text, _, _ = tiny
+    cfg = task_mod.Config(**(TINY | {"windows": "chunks"}))
+    task = task_mod.build(cfg, corpus=sh.Corpus(text, "synthetic"))
+    train_text = "".join(text.splitlines(keepends=True)[:-cfg.test_lines])
+    t, b = cfg.seq_len, cfg.batch_size
+    n_chunks = len(train_text) // (b * (t + 1)) * b
+    assert task.info["n_train_windows"] == n_chunks and task.info["steps_per_epoch"] == n_chunks // b
+    chunks = [train_text[c * (t + 1):(c + 1) * (t + 1)] for c in range(n_chunks)]
+    batch = jax.jit(task.batch_fn)
+    seen = [sh.decode(row) for s in range(n_chunks // b) for row in np.asarray(batch(task.data, s))]
+    assert sorted(seen) == sorted(chunks)  # one epoch: every chunk once
+    fixed = task_mod.build(task_mod.Config(**(TINY | {"windows": "chunks", "measure_batch": 8})),
+                           corpus=sh.Corpus(text, "synthetic"))
+    rows = [sh.decode(r) for r in np.asarray(fixed.measure_batch_fn(fixed.data, 0))]
+    assert len(set(rows)) == 8 and all(r in chunks for r in rows)
+
+
 def test_real_corpus_task_info(data_dir):
     cfg = task_mod.Config(**task_mod.PRESETS["quick"].task)
     info = task_mod.build(cfg, data_dir=data_dir).info
@@ -136,7 +166,8 @@ def test_sam_ascent_and_descent_use_the_steps_minibatch(tiny):
 
 
 @pytest.mark.parametrize("key, value", [("seq_len", 0), ("batch_size", -1), ("measure_batch", -2),
-                                        ("n_heads", True), ("eval_windows", 1.5)])
+                                        ("n_heads", True), ("eval_windows", 1.5), ("init", "he"),
+                                        ("gelu", "fast"), ("windows", "every"), ("windows", 1)])
 def test_bad_settings_are_config_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         run_config.resolve("shakespeare", "quick", task_overrides={key: value})

@@ -1,6 +1,10 @@
 """Edges of stability: the largest Hessian eigenvalue an optimizer tolerates on a quadratic.
 
-Every edge here comes from the same model. On a quadratic with Hessian eigenvalue ``lam`` along a
+Every edge here comes from the same model.
+For the adaptive optimizers (RMSProp, Adam, SAM over Adam) the model has a *frozen* diagonal
+preconditioner ``P`` (the one the next step uses) and the edge bounds the largest eigenvalue of the
+preconditioned Hessian ``P^{-1} H`` (computed as ``P^{-1/2} H P^{-1/2}``, which is symmetric), as in
+Cohen et al. 2022, "Adaptive gradient methods at the edge of stability". On a quadratic with Hessian eigenvalue ``lam`` along a
 unit vector ``u``, one step of the optimizer multiplies the component along ``u`` by a factor (or, with
 momentum, a 2x2 matrix) that depends on ``lam``; the iteration is stable while that factor stays
 within [-1, 1]. The edge is the ``lam`` at which it reaches -1. All functions are pure, accept
@@ -14,6 +18,7 @@ import numpy as np
 __all__ = [
     "gd_edge", "sam_edge", "sam_edge_paper_form",
     "momentum_edge", "nesterov_edge", "usam_edge", "sam_momentum_edge",
+    "rmsprop_edge", "adam_edge", "sam_adam_pre_edge",
 ]
 
 
@@ -159,3 +164,63 @@ def sam_momentum_edge(eta, rho, beta, grad_norm):
     rho_over_g = _safe_ratio(xp, rho, grad_norm)
     c = 1.0 + beta
     return 4.0 * c / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * c * rho_over_g / eta)))
+
+
+def rmsprop_edge(eta):
+    """Edge of RMSProp in the preconditioned sharpness: ``lambda_max(P^{-1} H) = 2 / eta``.
+
+    The step (``optax.rmsprop``: ``nu' = beta2 nu + (1 - beta2) g**2``, no bias correction, eps inside
+    the square root) is ``w' = w - eta g / P`` with ``P = sqrt(nu' + eps)``. With ``P`` frozen, in the
+    coordinates ``u = P^{1/2} w`` it is gradient descent on ``P^{-1/2} H P^{-1/2}``, which has the
+    eigenvalues of ``P^{-1} H``; GD's factor ``1 - eta mu`` reaches -1 at ``mu = 2/eta``.
+
+    >>> rmsprop_edge(0.01)
+    200.0
+    """
+    return 2.0 / eta
+
+
+def adam_edge(eta, beta1):
+    """Edge of Adam in the preconditioned sharpness: ``(2 + 2 beta1) / (eta (1 - beta1))``.
+
+    Adam as optax has it: ``m' = beta1 m + (1 - beta1) g`` (an exponential average), bias-corrected
+    by ``1 - beta1**t`` (which tends to 1, so the steady state ignores it), ``w' = w - eta m_hat / P``
+    with ``P = sqrt(v_hat) + eps`` (eps outside the square root). With ``P`` frozen, along an
+    eigenvector of ``P^{-1/2} H P^{-1/2}`` with eigenvalue ``mu`` (``u = P^{1/2} w`` coordinates)
+    ``x_{t+1} = x_t - eta m_{t+1}``, ``m_{t+1} = beta1 m_t + (1 - beta1) mu x_t``, whose
+    characteristic polynomial is ``z**2 - (1 + beta1 - eta (1 - beta1) mu) z + beta1``. A root
+    reaches -1 when ``2 + 2 beta1 = eta (1 - beta1) mu``. At ``beta1 = 0.9`` this is the ``38/eta`` of
+    Cohen et al. (2022); at ``beta1 = 0`` it is RMSProp's ``2/eta``.
+
+    >>> round(float(adam_edge(0.01, 0.9)), 9)
+    3800.0
+    >>> adam_edge(0.1, 0.0) == rmsprop_edge(0.1)
+    True
+    """
+    return (2.0 + 2.0 * beta1) / (eta * (1.0 - beta1))
+
+
+def sam_adam_pre_edge(eta, rho, beta1, pre_grad_norm):
+    """Edge of SAM over Adam with the ascent in the preconditioner's geometry, in ``lambda_max(P^{-1} H)``.
+
+    The step ascends to ``w + rho P^{-1} g / ||P^{-1/2} g||`` and takes Adam's step with the gradient
+    there. In ``u = P^{1/2} w`` (``P`` frozen) the gradient is ``P^{-1/2} g``, the Hessian
+    ``H_u = P^{-1/2} H P^{-1/2}``, the ascent ``u + rho g_u / ||g_u||`` and Adam's step plain
+    EMA-momentum descent: SAM with momentum on ``H_u`` with gradient norm
+    ``G = ||g_u|| = ||P^{-1/2} g||`` (the norm that enters). Along an eigenvector of ``H_u`` with
+    eigenvalue ``mu`` the SAM gradient is ``mu (1 + rho mu / G) x``: Adam on the effective curvature
+    ``mu (1 + rho mu / G)``, so by :func:`adam_edge` the edge solves
+    ``(rho / G) mu**2 + mu - a = 0`` with ``a = (2 + 2 beta1) / (eta (1 - beta1))``, whose positive
+    root is ``2 a / (1 + sqrt(1 + 4 rho a / G))`` (the stable form). At ``beta1 = 0`` it is
+    :func:`sam_edge` on ``H_u``; at ``rho = 0`` it is :func:`adam_edge`.
+
+    >>> round(float(sam_adam_pre_edge(0.1, 0.0, 0.9, 1.0)), 9) == round(float(adam_edge(0.1, 0.9)), 9)
+    True
+    >>> round(float(sam_adam_pre_edge(0.1, 0.1, 0.0, 0.5)), 9) == round(float(sam_edge(0.1, 0.1, 0.5)), 9)
+    True
+    """
+    xp = _xp(eta, rho, beta1, pre_grad_norm)
+    eta = xp.asarray(eta, dtype=float) if xp is np else eta
+    a = (2.0 + 2.0 * beta1) / (eta * (1.0 - beta1))
+    rho_over_g = _safe_ratio(xp, rho, pre_grad_norm)
+    return 2.0 * a / (1.0 + xp.sqrt(1.0 + 4.0 * a * rho_over_g))

