@@ -72,9 +72,12 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 def _rel(a, b) -> float:
+    """Relative difference of two numbers (CSV text or arrays); 0 for two NaNs, inf for one."""
     a, b = float(a), float(b)
-    if a == b:
+    if a == b or (math.isnan(a) and math.isnan(b)):
         return 0.0
+    if math.isnan(a) or math.isnan(b):
+        return math.inf
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
@@ -132,10 +135,17 @@ def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
         as_text = {k: "" if v is None else repr(v) if isinstance(v, float) else str(v) for k, v in saved.items()}
         assert as_text == {k: v for k, v in written.items() if k in saved or v != ""}
 
+    # The measurement state after the step-80 measurement: its vectors (checkpointed) and the guard's
+    # memory, which the rows hold (how many measurements so far, the last lambda_max).
+    fresh = m.init(ckpt.params, jax.random.PRNGKey(0))
+    state = fresh._replace(vectors=ckpt.vectors.astype(fresh.vectors.dtype),
+                           count=jnp.asarray(len(ckpt.rows), fresh.count.dtype),
+                           lambda_prev=jnp.asarray(ckpt.rows[-1]["lambda_max"], fresh.lambda_prev.dtype))
+
     params, opt_state, losses = train.make_chunk(task, opt, MNIST_STEPS - last)(
         ckpt.params, ckpt.opt_state, task.data, jnp.asarray(last))
     assert np.all(np.isfinite(np.asarray(losses)))
-    row, _ = m.measure(params, task.measure_batch_fn(task.data, MNIST_STEPS), samedge.MeasureState(ckpt.vectors),
+    row, _ = m.measure(params, task.measure_batch_fn(task.data, MNIST_STEPS), state,
                        jax.random.fold_in(jax.random.PRNGKey(cfg.seed), MNIST_STEPS), opt_state)
 
     expected = rows[-1]
@@ -539,13 +549,11 @@ def test_user_factory_through_cli_resumes_exactly_after_sigkill(plugin_run, tmp_
 
 def test_user_optimizer_entry_runs_with_its_own_edge(tmp_path, data_dir, capsys):
     """Property: an optimizer registry entry in the user's module (``--optimizer module:ATTR``) runs
-    through ``samedge run`` with its own hyperparameter (given in ``--config``'s ``hparams``; the
-    CLI's flags are the built-in optimizers' only) and its own closed-form edge.
+    through ``samedge run`` with its own hyperparameter (``--hparam damp=0.5``: the named flags are
+    the built-in optimizers') and its own closed-form edge; a built-in flag it lacks is refused.
     Truth: the edge column equals 2/(eta (1 - damp)) = 40 at eta 0.1, damp 0.5; 2/eta = 20."""
-    settings = tmp_path / "toy.json"
-    settings.write_text(json.dumps({"optimizer": TOY, "hparams": {"damp": 0.5}}))
     out = tmp_path / "run"
-    rc = cli.main(["run", "mnist", *TINY_MNIST, "--optimizer", TOY, "--config", str(settings), "--lr", "0.1",
+    rc = cli.main(["run", "mnist", *TINY_MNIST, "--optimizer", TOY, "--hparam", "damp=0.5", "--lr", "0.1",
                    "--steps", "10", "--measure-every", "5", "--data-dir", str(data_dir), "--out", str(out),
                    "--no-progress"])
     assert rc == 0, capsys.readouterr().err
@@ -565,28 +573,25 @@ def test_user_optimizer_entry_runs_with_its_own_edge(tmp_path, data_dir, capsys)
     assert rc == 2 and "toy has no rho" in err and not (tmp_path / "rho").exists()
 
 
-def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch):
-    """Property: a sweep over the user optimizer's own hyperparameter gives one run folder per value
-    with distinct names; a value of a hyperparameter it lacks (rho) is ignored with a notice and
-    never merged into its runs; the report lists both runs with distinct settings and labels the
-    figures with the entry's label.
+def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch, capsys):
+    """Property: ``samedge sweep`` over the user optimizer's own hyperparameter (``--hparam
+    damp=0,0.5``) gives one run folder per value with distinct names; values of a hyperparameter it
+    lacks (``--rho 0.1,0.3``) are ignored with a notice and never merged into its runs; the report
+    lists both runs with distinct settings and labels the figures with the entry's label.
     Truth: the entry's edge, 2/(eta (1 - damp)), in each run's final_edge (20 and 40)."""
-    from samedge import plots, report, sweep
+    from samedge import plots, report
 
-    notices = []
-    configs = sweep.expand_grid(USER_TASK, None, optimizers=[TOY], lrs=[0.1],
-                                hparams={"damp": [0.0, 0.5], "rho": [0.1, 0.3]}, notice=notices.append,
-                                task_overrides={"n": 32}, steps=10, measure_every=5, eval_every=10)
-    assert notices == ["sweep: toy has no rho; its runs ignore the rho values given"]
-    assert sorted(dict(c.hparams)["damp"] for c in configs) == [0.0, 0.5]
-    assert all(set(c.hparams) == {"damp"} for c in configs)
-    names = sorted(run.run_name(c) for c in configs)
-    assert names == ["tests.fixtures.user_tasks-make_task-toy-lr0.1-d0-s0",
-                     "tests.fixtures.user_tasks-make_task-toy-lr0.1-d0.5-s0"]
-
-    results = sweep.run_sweep(configs, tmp_path, workers=2, log=lambda line: None)
-    assert sorted(results) == names
-    assert all(s["status"] == "completed" for s in results.values()), results
+    out = tmp_path / "sweep"
+    rc = cli.main(["sweep", USER_TASK, "--optimizer", TOY, "--lr", "0.1", "--hparam", "damp=0,0.5",
+                   "--rho", "0.1,0.3", "--set", "n=32", "--steps", "10", "--measure-every", "5",
+                   "--eval-every", "10", "--workers", "2", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+    assert "sweep: toy has no rho; its runs ignore the rho values given" in printed.out
+    names = ["tests.fixtures.user_tasks-make_task-toy-lr0.1-d0-s0", "tests.fixtures.user_tasks-make_task-toy-lr0.1-d0.5-s0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
+    for name, damp in zip(names, (0.0, 0.5)):
+        assert read_run_config(out / name)["run"]["hparams"] == {"damp": damp}  # no rho merged in
 
     titles = []
     original = plots.plot_grid
@@ -596,9 +601,9 @@ def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch):
         return original(panels, draw, out_stem, **kw)
 
     monkeypatch.setattr(plots, "plot_grid", recording)
-    written = report.write_report(tmp_path)
-    assert written[-1].name == "report.html" and (tmp_path / "summary.csv") in written
-    with open(tmp_path / "summary.csv", newline="") as f:
+    written = report.write_report(out)
+    assert written[-1].name == "report.html" and (out / "summary.csv") in written
+    with open(out / "summary.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert sorted(r["run"] for r in table) == names
     assert sorted(r["settings"] for r in table) == ["damp=0", "damp=0.5"]
@@ -606,7 +611,7 @@ def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch):
     edges = {r["settings"]: float(r["final_edge"]) for r in table}
     assert edges["damp=0"] == pytest.approx(20.0) and edges["damp=0.5"] == pytest.approx(40.0)
     assert titles and all(t.endswith("(Toy)") for t in titles), titles
-    assert {t for t in titles} == {"eta=0.1, damp=0 (Toy)", "eta=0.1, damp=0.5 (Toy)"}
+    assert set(titles) == {"eta=0.1, damp=0 (Toy)", "eta=0.1, damp=0.5 (Toy)"}
 
 
 def test_fit_takes_the_hyperparameters_of_a_user_optimizer_entry(tmp_path):

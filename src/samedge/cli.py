@@ -488,7 +488,14 @@ def _cmd_theory(args) -> int:
         print(f"{c.name:<13} {c.points:>6} {c.growth_below:>17.3g} {c.growth_above:>17.3g} {c.worst:>17.2e}  "
               + ("pass" if c.ok else "FAIL"), flush=True)
 
-    checks = theory.check(names, grad_norm=args.grad_norm, num_steps=args.steps, on_check=show)
+    plain = [n for n in names or theory.theory_optimizers() if n not in theory.ADAPTIVE]
+    adaptive = [n for n in names or theory.ADAPTIVE if n in theory.ADAPTIVE]
+    checks = theory.check(plain, grad_norm=args.grad_norm, num_steps=args.steps, on_check=show) if plain else []
+    if adaptive:
+        print(f"adaptive optimizers, frozen preconditioner, commuting and non-commuting Hessian blocks "
+              f"(max growth below: for sam_adam, the largest |step_radius - 1| at the thresholds):", flush=True)
+        checks += theory.adaptive_check(adaptive, grad_norm=args.grad_norm, num_steps=max(args.steps, 2000),
+                                        on_check=show)
     out.mkdir(parents=True, exist_ok=True)
     paths = plots_edges.plot_boundaries([c.boundary for c in checks], out / "boundaries")
     print(f"growth = max |w_0| over the second half / |w_0| at the start, at {theory.BELOW:g} (below) and "

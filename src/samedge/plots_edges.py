@@ -18,8 +18,10 @@ WINDOW = 0.01  # a boundary panel's y axis spans at least +-1% around its values
 def _title(name: str) -> str:
     from samedge import optimizers
 
+    import textwrap
+
     entry = optimizers.get(name)
-    return f"{entry.label}: {entry.edge_formula}"
+    return textwrap.fill(f"{entry.label}: {entry.edge_formula}", 48)
 
 
 def _axis(b):
@@ -28,12 +30,14 @@ def _axis(b):
 
     entry = optimizers.get(b.name)
     g = b.grid
-    if optimizers.RHO.name in entry.hyper_names and entry.edge_needs_grad_norm:
+    if optimizers.RHO.name in entry.hyper_names and (entry.edge_needs_grad_norm or entry.linear_step is not None):
         return g.rho / (g.eta * b.grad_norm), r"$\rho/(\eta\,\|g\|)$", True
     if optimizers.RHO.name in entry.hyper_names:
         return g.rho / g.eta, r"$\rho/\eta$", True
     if optimizers.MOMENTUM.name in entry.hyper_names:
         return g.beta, r"momentum $\beta$", False
+    if optimizers.BETA1.name in entry.hyper_names:
+        return g.beta, r"$\beta_1$ (Adam's first moment)", False
     return g.eta, r"$\eta$", True
 
 

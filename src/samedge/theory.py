@@ -60,7 +60,7 @@ def theory_optimizers() -> tuple[str, ...]:
     >>> theory_optimizers()[:2]
     ('gd', 'sam')
     """
-    return tuple(n for n, e in optimizers.BUILTIN.items() if e.edge is not None)
+    return tuple(n for n, e in optimizers.BUILTIN.items() if e.edge is not None and e.preconditioner is None)
 
 
 def _hparams(name, rho, beta) -> dict:
@@ -216,6 +216,184 @@ def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000, on_check
         worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
         ok = bool(grown[:p].max() <= 1 and grown[p:].min() >= 1e3 and worst < TOLERANCE)
         out.append(Check(name, p, float(grown[:p].max()), float(grown[p:].min()), worst, ok, b))
+        if on_check is not None:
+            on_check(out[-1])
+    return out
+
+
+# --- Adaptive optimizers: a frozen preconditioner -------------------------------------------------
+#
+# RMSProp, Adam and SAM over Adam, each written out as its recursion with a *frozen* diagonal
+# preconditioner P (the model behind their edges in samedge.edges), on a three-dimensional
+# quadratic: a 2 x 2 test block B = c R(theta) diag(1, kappa) R(theta)^T with P = diag(p0, p1)
+# there (theta = 0: B and P commute; theta != 0: they do not), and a drift direction (P = 1) with a
+# tiny curvature and a large offset that holds ||g|| near G, as above. The threshold is the
+# largest scale c whose growth stays <= 1, bisected, compared with the c the formula predicts:
+# lambda_max(P^-1 B) at the edge of edges.rmsprop_edge / adam_edge / sam_adam_pre_edge, and for SAM's
+# Euclidean ascent over Adam (no closed form in lambda(P^-1 B)), the c at which the linearised step's
+# radius |1 - eta (1 - beta1)/(1 + beta1) mu_max(P^-1 (B + rho B^2/G))| reaches 1.
+
+ADAPTIVE = ("rmsprop", "adam", "sam_adam_pre", "sam_adam")
+P_TEST = (4.0, 0.25)  # the preconditioner on the test block
+KAPPA = 0.3  # the second eigenvalue of the block, relative to the first
+X0_ADAPTIVE = 1e-30  # the test block's amplitude, relative to the held gradient norm (float64)
+DRIFT_ADAPTIVE = 1e-9  # the held gradient norm's relative drift over a run (the SAM edges depend on it)
+
+
+class AdaptiveGrid(NamedTuple):
+    eta: np.ndarray
+    rho: np.ndarray
+    beta1: np.ndarray
+    theta: np.ndarray  # rotation of the test block against P
+
+
+def adaptive_grid(name: str, *, etas=(0.01, 0.1), rhos=(0.05, 0.5), beta1s=(0.0, 0.5, 0.9),
+                  thetas=(0.0, 0.6)) -> AdaptiveGrid:
+    """The adaptive optimizer's settings crossed (RMSProp has no beta1, the plain ones no rho)."""
+    uses_rho = name in ("sam_adam", "sam_adam_pre")
+    uses_beta1 = name != "rmsprop"
+    e, r, b, t = np.meshgrid(np.asarray(etas, float), np.asarray(rhos if uses_rho else (0.0,), float),
+                             np.asarray(beta1s if uses_beta1 else (0.0,), float), np.asarray(thetas, float),
+                             indexing="ij")
+    return AdaptiveGrid(e.ravel(), r.ravel(), b.ravel(), t.ravel())
+
+
+def _block(theta, xp=np):
+    c, s = xp.cos(theta), xp.sin(theta)
+    rot = xp.stack([xp.stack([c, -s]), xp.stack([s, c])])
+    return rot @ xp.diag(xp.asarray([1.0, KAPPA])) @ rot.T
+
+
+def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps):
+    """Growth of the test block under the frozen-P recursion of ``name`` (traceable).
+
+    The test block is renormalised to ``X0_ADAPTIVE`` after every step and its log-amplitude
+    accumulated: the recursion stays linear in it (it never moves ``||g||``) and nothing under- or
+    overflows however long the run. The growth compares the largest amplitude of the last quarter of
+    the run with that of the second quarter, so a transient at the start (Adam's bias correction,
+    momentum's non-normal gain) does not count: it exceeds 1 exactly when the slowest mode grows.
+    """
+    mu = DRIFT_ADAPTIVE / (eta * num_steps)  # the drift direction: P = 1 there
+    h = jnp.zeros((3, 3)).at[:2, :2].set(scale * _block(theta, jnp)).at[2, 2].set(mu)
+    p = jnp.asarray([P_TEST[0], P_TEST[1], 1.0])
+    small = X0_ADAPTIVE * grad_norm / scale
+    w0 = jnp.asarray([small, small, grad_norm / mu])
+    pre = name == "sam_adam_pre"
+    euclid = name == "sam_adam"
+    test = jnp.asarray([1.0, 1.0, 0.0])
+
+    def body(carry, t):
+        w, m, log_amp = carry
+        g = h @ w
+        if pre:
+            d = g / p / jnp.sqrt(jnp.sum(g * g / p))
+        elif euclid:
+            d = g / jnp.linalg.norm(g)
+        else:
+            d = jnp.zeros_like(g)
+        ga = h @ (w + rho * d)
+        m = beta1 * m + (1 - beta1) * ga
+        m_hat = m / (1 - beta1 ** (t + 1.0)) if name != "rmsprop" else ga
+        w = w - eta * m_hat / p
+        amp = jnp.sqrt(jnp.sum((test * w) ** 2) + jnp.sum((test * m) ** 2))
+        factor = jnp.where(amp > 0, small / amp, 1.0)
+        w = jnp.where(test > 0, w * factor, w)
+        m = jnp.where(test > 0, m * factor, m)
+        log_amp = log_amp - jnp.log(factor)
+        return (w, m, log_amp), log_amp
+
+    _, path = jax.lax.scan(body, (w0, jnp.zeros(3), jnp.zeros(())), jnp.arange(num_steps, dtype=w0.dtype))
+    q = num_steps // 4
+    return jnp.exp(jnp.max(path[3 * q:]) - jnp.max(path[q:2 * q]))
+
+
+def adaptive_predicted_scale(name: str, grid: AdaptiveGrid, grad_norm: float = 1.0) -> np.ndarray:
+    """The block scale ``c`` at which the optimizer's edge is reached, from the formulas, ``(p,)``."""
+    from samedge import edges
+
+    out = []
+    for eta, rho, beta1, theta in zip(*grid):
+        b = _block(theta)
+        s = np.diag(np.asarray(P_TEST) ** -0.5)
+        top = np.max(np.linalg.eigvalsh(s @ b @ s))  # lambda_max(P^-1 B) at c = 1
+        if name == "rmsprop":
+            out.append(edges.rmsprop_edge(eta) / top)
+        elif name == "adam":
+            out.append(edges.adam_edge(eta, beta1) / top)
+        elif name == "sam_adam_pre":  # G_u = ||P^-1/2 g|| = G: the drift direction, where P = 1, carries g
+            out.append(float(edges.sam_adam_pre_edge(eta, rho, beta1, grad_norm)) / top)
+        else:  # the radius of the linearised step reaches 1: bisect c on the linear algebra
+            out.append(_radius_one(eta, rho, beta1, b, grad_norm))
+    return np.asarray(out)
+
+
+def step_radius(eta, rho, beta1, block, grad_norm) -> float:
+    """``|1 - eta (1 - beta1)/(1 + beta1) mu_max|`` with ``mu_max`` the top eigenvalue of
+    ``P^-1 (B + rho B^2 / G)`` (SAM's Euclidean ascent over Adam, linearised with P and G frozen)."""
+    a = np.diag(1 / np.asarray(P_TEST)) @ (block + rho * block @ block / grad_norm)
+    mu = np.max(np.linalg.eigvals(a).real)
+    return abs(1 - eta * (1 - beta1) / (1 + beta1) * mu)
+
+
+def _radius_one(eta, rho, beta1, block, grad_norm) -> float:
+    lo, hi = 1e-6, 1e6
+    for _ in range(200):
+        mid = np.sqrt(lo * hi)
+        if step_radius(eta, rho, beta1, mid * block, grad_norm) < 1:
+            lo = mid
+        else:
+            hi = mid
+    return float(np.sqrt(lo * hi))
+
+
+@functools.lru_cache(maxsize=None)
+def _adaptive_bisect(name: str, num_steps: int, iters: int):
+    def one(e, r, b, t, c0, lo, hi, g):
+        def halve(_, bracket):
+            a, c = bracket
+            m = 0.5 * (a + c)
+            stable = _adaptive_run(name, e, r, b, t, m * c0, g, num_steps) <= 1.0
+            return jnp.where(stable, m, a), jnp.where(stable, c, m)
+
+        a, c = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+        return 0.5 * (a + c) * c0
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None, None)))
+
+
+def adaptive_check(names=None, *, grad_norm: float = 1.0, num_steps: int = 2000, iters: int = 30,
+                   on_check=None) -> list[Check]:
+    """Each adaptive optimizer's threshold on the frozen-P quadratics against its formula.
+
+    Args:
+      names: a subset of :data:`ADAPTIVE` (default: all).
+      grad_norm: the gradient norm the drift direction holds.
+      num_steps: simulated steps per run; iters: halvings of the bisection bracket [0.9, 1.1].
+      on_check: called with each :class:`Check` when done.
+
+    Returns:
+      One :class:`Check` per optimizer; its boundary's ``predicted`` and ``simulated`` are
+      ``lambda_max(P^-1 B)`` at the edge; ``ok`` when every simulated threshold lies within 0.1% of
+      the prediction and, for ``sam_adam``, the linearised step's radius at the simulated thresholds
+      is within 1e-3 of 1 (that largest deviation is the check's ``growth_below``).
+    """
+    names = list(names) if names else list(ADAPTIVE)
+    out = []
+    for name in names:
+        grid = adaptive_grid(name)
+        predicted = adaptive_predicted_scale(name, grid, grad_norm)
+        with jax.enable_x64(True):
+            simulated = np.asarray(_adaptive_bisect(name, num_steps, iters)(
+                *_f64(*grid, predicted, 0.9, 1.1, grad_norm)))
+        worst = float(np.max(np.abs(simulated / predicted - 1)))
+        radius = [step_radius(e, r, b, s * _block(t), grad_norm) for e, r, b, t, s in zip(*grid, simulated)]
+        radius_err = float(np.max(np.abs(np.asarray(radius) - 1))) if name == "sam_adam" else 0.0
+        ok = worst < 1e-3 and radius_err < 1e-3
+        # in the units of the edges: lambda_max(P^-1 B) at the threshold
+        top = np.asarray([np.max(np.linalg.eigvalsh(np.diag(np.asarray(P_TEST) ** -0.5) @ _block(t)
+                                                     @ np.diag(np.asarray(P_TEST) ** -0.5))) for t in grid.theta])
+        boundary = Boundary(name, Grid(grid.eta, grid.rho, grid.beta1), grad_norm, predicted * top, simulated * top)
+        out.append(Check(name, len(grid.eta), radius_err, float("nan"), worst, ok, boundary))
         if on_check is not None:
             on_check(out[-1])
     return out
