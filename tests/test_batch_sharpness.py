@@ -120,21 +120,22 @@ def test_estimate_converges_to_the_enumerated_expectations(x64, b):
 def test_the_stopping_rule(x64):
     data, params = problem()
     sample = sampler(data, 3)
+    # rel_se traced: one compiled program per (max_batches, min_batches).
     run = jax.jit(lambda p, k, rel, mx, mn: bs.estimate(loss_fn, p, sample, k, max_batches=mx, rel_se=rel,
-                                                       min_batches=mn), static_argnums=(2, 3, 4))
+                                                       min_batches=mn), static_argnums=(3, 4))
     key = jax.random.PRNGKey(3)
     out = run(params, key, 0.02, 500, 10)
     assert "sam_batch_edge" not in out  # no edge asked for, no edge columns
     n = int(out["batch_sharpness_n"])
     assert 10 < n < 500
     assert float(out["batch_sharpness_se"]) <= 0.02 * abs(float(out["batch_sharpness"]))
-    # One batch fewer (the same first n - 1 batches: keys are folded from the index) had not got there.
+    # One batch fewer (the same first n - 1 batches: keys are folded from the index) had not got
+    # there: max_batches binds.
     before = run(params, key, 0.0, n - 1, 10)
     assert int(before["batch_sharpness_n"]) == n - 1
     assert float(before["batch_sharpness_se"]) > 0.02 * abs(float(before["batch_sharpness"]))
-    # min_batches binds when the target is loose, max_batches when it is out of reach.
-    assert int(run(params, key, 10.0, 500, 12)["batch_sharpness_n"]) == 12
-    assert int(run(params, key, 1e-6, 30, 10)["batch_sharpness_n"]) == 30
+    # min_batches binds when the target is loose.
+    assert int(run(params, key, 10.0, 500, 10)["batch_sharpness_n"]) == 10
 
 
 def test_chunks_traced_eta_and_the_optimizer_edge_agree(x64):
@@ -143,7 +144,8 @@ def test_chunks_traced_eta_and_the_optimizer_edge_agree(x64):
     key = jax.random.PRNGKey(5)
     kwargs = dict(max_batches=12, rel_se=0.0)
     # eta and rho traced under jit, one batch per loop iteration.
-    traced = jax.jit(lambda e, r: bs.estimate(loss_fn, params, sample, key, eta=e, rho=r, **kwargs))(ETA, RHO)
+    traced_fn = jax.jit(lambda e, r: bs.estimate(loss_fn, params, sample, key, eta=e, rho=r, **kwargs))
+    traced = traced_fn(ETA, RHO)
     # SAM's own edge from the optimizer registry (as measure.py would pass it), four batches per
     # iteration: the same batches (keys folded from the batch index), the same numbers.
     sam = optimizers.build("sam", ETA, rho=RHO)
@@ -152,7 +154,7 @@ def test_chunks_traced_eta_and_the_optimizer_edge_agree(x64):
     for name in traced:
         assert float(via_edge[name]) == pytest.approx(float(traced[name]), rel=1e-10, abs=1e-12), name
     # rho = 0 is SGD: the edge is 2/eta for every batch and the ratio is eta * batch_sharpness / 2.
-    sgd = bs.estimate(loss_fn, params, sample, key, eta=ETA, **kwargs)
+    sgd = traced_fn(ETA, 0.0)
     assert float(sgd["batch_sharpness"]) == pytest.approx(float(traced["batch_sharpness"]), rel=1e-12)
     assert float(sgd["sam_batch_edge"]) == pytest.approx(2 / ETA, rel=1e-12)
     assert float(sgd["sam_batch_ratio"]) == pytest.approx(ETA * float(sgd["batch_sharpness"]) / 2, rel=1e-12)
