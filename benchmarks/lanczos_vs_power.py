@@ -40,7 +40,7 @@ def solver(task, kind: str, n: int):
 def main() -> int:
     cfg, task, params = points.trained_point()
     lam, resid = points.truth(task, params)
-    print(f"trained quick-MNIST point: 400 SAM steps (lr {cfg.lr}, rho {cfg.rho}); "
+    print(f"trained quick-MNIST point: 400 SAM steps (lr {cfg.lr}, rho {cfg.hparams["rho"]}); "
           f"truth lambda_max = {lam:.7f} (float64 Lanczos, residual {resid:.1e})")
     v0 = points.random_start(params)
     rows = []

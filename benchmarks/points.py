@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from samedge import config, curvature, steps, tasks, train
+from samedge import config, curvature, tasks, train
 
 
 def data_dir():
@@ -32,7 +32,7 @@ def quick_task(name: str = "mnist", **overrides):
 def trained_point(train_steps: int = 400, chunk: int = 50):
     """``(cfg, task, params)`` after ``train_steps`` SAM steps (lr 0.1, rho 0.1) on quick MNIST."""
     cfg, task = quick_task("mnist", optimizer="sam")
-    optimizer = steps.build("sam", cfg.lr, cfg.rho)
+    optimizer = train.build_optimizer(cfg)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     state = optimizer.init(params)
     run_chunk = train.make_chunk(task, optimizer, chunk)
