@@ -120,7 +120,8 @@ def _measured_columns(rows) -> list[str]:
 
 def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
     """Property: a run's checkpoint holds everything its next measurement needs. From the step-80
-    checkpoint (parameters, optimizer state, the warm-start vectors of the step-80 measurement),
+    checkpoint (parameters, optimizer state, the warm-start vectors of the step-80 measurement, and
+    its rows, which give the measurement guard's memory: the count and the last lambda_max),
     ``train.make_chunk`` for 20 steps and one ``samedge.measurement`` call with key
     ``fold_in(PRNGKey(seed), 100)`` give the step-100 row.
     Truth: the step-100 row the CLI wrote; every measured column to 1e-6 relative (it is exact)."""
@@ -588,7 +589,7 @@ def test_user_optimizer_sweeps_and_reports(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr()
     assert rc == 0, printed.out + printed.err
     assert "sweep: toy has no rho; its runs ignore the rho values given" in printed.out
-    names = ["tests.fixtures.user_tasks-make_task-toy-lr0.1-d0-s0", "tests.fixtures.user_tasks-make_task-toy-lr0.1-d0.5-s0"]
+    names = [f"tests.fixtures.user_tasks-make_task-toy-lr0.1-d{damp}-s0" for damp in ("0", "0.5")]
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
     for name, damp in zip(names, (0.0, 0.5)):
         assert read_run_config(out / name)["run"]["hparams"] == {"damp": damp}  # no rho merged in

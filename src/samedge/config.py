@@ -125,6 +125,9 @@ def resolve(task: str, preset: str | None = None, *, task_overrides: Mapping[str
     """
     p = tasks.get_preset(task, preset)
     hyper_names = set(optimizers.all_hypers())
+    chosen = overrides.get("optimizer") or p.run.get("optimizer", optimizers.DEFAULT)
+    if isinstance(chosen, str):  # an entry from a user's module has its own hyperparameters
+        hyper_names |= set(optimizers.get(chosen).hyper_names)
     given = {k: v for k, v in overrides.items() if v is not None}
     hp = {k: given.pop(k) for k in list(given) if k in hyper_names} | dict(hparams or {})
     known = {f.name for f in dataclasses.fields(RunConfig)} - {"task", "preset", "task_config", "hparams",

@@ -134,6 +134,8 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
     if not isinstance(task, tasks.Task):
         raise TypeError(f"fit needs a samedge Task (see samedge.make_task), got {type(task).__name__}")
     hyper_names = set(optimizers.all_hypers())
+    if isinstance(optimizer, str):  # an entry from a user's module has its own hyperparameters
+        hyper_names |= set(optimizers.get(optimizer).hyper_names)
     hparams = {k: settings.pop(k) for k in list(settings) if k in hyper_names}
     known = {f for f in config_mod.RunConfig.__dataclass_fields__} - {"task", "preset", "task_config", "hparams",
                                                                        "custom_optimizer", "optimizer"}

@@ -82,6 +82,8 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
     """
     p = tasks.get_preset(task, preset)
     hyper_names = set(registry.all_hypers())
+    for name in optimizers or [registry.DEFAULT]:  # entries from a user's module have their own
+        hyper_names |= set(registry.get(name).hyper_names)
     lists = {k: list(v) for k, v in (hparams or {}).items()}
     lists |= {k: list(run_overrides.pop(k)) for k in list(run_overrides) if k in hyper_names}
     names = list(optimizers or [registry.DEFAULT])

@@ -211,7 +211,10 @@ def make_batch_fn(n_tokens: int, seq_len: int, batch_size: int, key: jax.Array, 
     m = num_examples(n_tokens, seq_len, batch_size, windows)
     steps_per_epoch = m // batch_size
     if steps_per_epoch < 1:
-        count, what = (max(m, 0), "windows") if windows == "all" else (n_tokens // (seq_len + 1), "non-overlapping chunks")
+        if windows == "all":
+            count, what = max(m, 0), "windows"
+        else:
+            count, what = n_tokens // (seq_len + 1), "non-overlapping chunks"
         raise DataError(
             f"the training text has {n_tokens} characters: {count} {what} of {seq_len + 1} "
             f"characters, fewer than one batch of {batch_size}; use a longer corpus, a shorter "

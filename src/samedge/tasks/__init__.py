@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from samedge.errors import ConfigError
+from samedge.errors import one_line as errors_one_line
 
 TASKS = ("mnist", "cifar10", "shakespeare")
 ENTRY_POINT_GROUP = "samedge.tasks"
@@ -124,12 +125,21 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
             raise ConfigError(f"{role} must be callable, got {type(fn).__name__}")
     batch_fn = batch_fn or whole_data
     measure_batch_fn = measure_batch_fn or batch_fn
-    data = jax.tree.map(jax.numpy.asarray, data)
+    def as_array(path, leaf):
+        try:
+            return jax.numpy.asarray(leaf)
+        except Exception:
+            raise ConfigError(f"data leaf {jax.tree_util.keystr(path) or '(the root)'} is a {type(leaf).__name__}, "
+                              f"not an array (the data must be a pytree of arrays)") from None
+
+    data = jax.tree_util.tree_map_with_path(as_array, data)
     try:
         shapes = jax.eval_shape(init_params, jax.random.PRNGKey(0))
     except Exception as exc:
-        raise ConfigError(f"init_params {checks.callable_name(init_params)} fails on a PRNG key: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"init_params {checks.callable_name(init_params)} fails on a PRNG key "
+                          f"({type(exc).__name__}: {errors_one_line(exc)}); its parameters must be a pytree of "
+                          f"floating-point arrays (split the float parameters out of your model, e.g. "
+                          f"nnx.split(model, nnx.Param) or eqx.partition(model, eqx.is_inexact_array))") from None
     checks.float_params(shapes)
     batch = checks.traceable_batch(batch_fn, data, "batch_fn")
     checks.traceable_batch(measure_batch_fn, data, "measure_batch_fn")
