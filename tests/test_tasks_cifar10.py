@@ -9,6 +9,7 @@ import json
 import pickle
 import re
 
+import functools
 import itertools
 
 import jax
@@ -133,17 +134,21 @@ def test_cli_bad_input_is_one_line_exit_2_and_no_run_folder(tmp_path, data_dir, 
     assert not out.exists()  # failed before the run folder was created: nothing that looks complete
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def draws(key, n, b, steps):
+    """The indices of steps 0 .. steps - 1, one compiled program."""
+    return jax.vmap(lambda t: tasks.minibatch_indices(key, t, n, b))(jnp.arange(steps))
+
+
 def test_the_minibatch_sampler_draws_without_replacement_deterministically():
     key = jax.random.PRNGKey(11)
-    steps = jnp.arange(2000)
-    draw = jax.jit(jax.vmap(lambda t: tasks.minibatch_indices(key, t, 10, 6)))
-    idx = np.asarray(draw(steps))
+    idx = np.asarray(draws(key, 10, 6, 2000))
     assert idx.shape == (2000, 6) and idx.dtype == np.int32 and idx.min() >= 0 and idx.max() < 10
     assert all(len(set(row)) == 6 for row in idx.tolist())  # no example twice within a batch
-    np.testing.assert_array_equal(idx, np.asarray(draw(steps)))  # a function of (key, step) ...
+    np.testing.assert_array_equal(idx, np.asarray(draws(key, 10, 6, 2000)))  # a function of (key, step) ...
     np.testing.assert_array_equal(idx[123], np.asarray(tasks.minibatch_indices(key, 123, 10, 6)))  # ... eager too
     assert len({tuple(sorted(r)) for r in idx[:50].tolist()}) > 40  # and the steps differ
-    other = np.asarray(jax.vmap(lambda t: tasks.minibatch_indices(jax.random.PRNGKey(12), t, 10, 6))(steps))
+    other = np.asarray(draws(jax.random.PRNGKey(12), 10, 6, 2000))
     assert (np.sort(other, 1) != np.sort(idx, 1)).any(1).mean() > 0.9  # another seed, other batches
 
 
@@ -151,13 +156,12 @@ def test_the_minibatch_sampler_is_uniform_over_subsets_and_examples():
     # Chi-square against the uniform distribution (fixed keys, so deterministic); thresholds are
     # the 0.999 quantiles: 36.12 for 14 degrees of freedom, 85.35 for 49.
     key = jax.random.PRNGKey(5)
-    pairs = np.sort(np.asarray(jax.vmap(lambda t: tasks.minibatch_indices(key, t, 6, 2))(jnp.arange(3000))), 1)
+    pairs = np.sort(np.asarray(draws(key, 6, 2, 3000)), 1)
     subsets = list(itertools.combinations(range(6), 2))
     counts = np.array([np.sum((pairs[:, 0] == a) & (pairs[:, 1] == b)) for a, b in subsets])
     expected = 3000 / len(subsets)
     assert counts.sum() == 3000 and np.sum((counts - expected) ** 2 / expected) < 36.12
-    idx = np.asarray(jax.vmap(lambda t: tasks.minibatch_indices(key, t, 50, 7))(jnp.arange(2000)))
-    counts = np.bincount(idx.ravel(), minlength=50)
+    counts = np.bincount(np.asarray(draws(key, 50, 7, 2000)).ravel(), minlength=50)
     expected = 2000 * 7 / 50
     assert np.sum((counts - expected) ** 2 / expected) < 85.35
 
@@ -182,10 +186,11 @@ def test_a_minibatch_cifar10_task(data_dir):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
     seed_4 = tasks.build_task("cifar10", tasks.make_task_config("cifar10", settings), data_dir=data_dir, seed=4)
-    assert any(not np.array_equal(np.asarray(task.batch_fn(task.data, t)[1]), np.asarray(seed_4.batch_fn(seed_4.data, t)[1]))
-               for t in range(5))
+    labels = lambda t, k: np.asarray(k.batch_fn(k.data, t)[1])  # noqa: E731
+    assert any(not np.array_equal(labels(t, task), labels(t, seed_4)) for t in range(5))
     # batch_size = n_train is the whole set, in order: full batch.
-    whole = tasks.build_task("cifar10", tasks.make_task_config("cifar10", TINY | dict(batch_size=16)), data_dir=data_dir)
+    whole_config = tasks.make_task_config("cifar10", TINY | dict(batch_size=16))
+    whole = tasks.build_task("cifar10", whole_config, data_dir=data_dir)
     assert whole.batch_fn(whole.data, 2) is whole.data and "batch_size" not in whole.info
 
 
@@ -205,12 +210,15 @@ def test_minibatch_training_resumes_exactly_and_follows_the_step_batches():
     whole, _, losses = train.make_chunk(task, opt, 4)(copy(p0), opt.init(p0), task.data, jnp.asarray(0))
     p1, s1, _ = train.make_chunk(task, opt, 1)(copy(p0), opt.init(p0), task.data, jnp.asarray(0))
     resumed, _, _ = train.make_chunk(task, opt, 3)(p1, s1, task.data, jnp.asarray(1))
+    @jax.jit
+    def sgd_step(params, t):
+        loss, grad = jax.value_and_grad(task.loss_fn)(params, task.batch_fn(task.data, t))
+        return jax.tree.map(lambda p, g: p - 0.5 * g, params, grad), loss
+
     manual = p0
     for t in range(4):
-        batch = task.batch_fn(task.data, t)
-        assert float(losses[t]) == pytest.approx(float(task.loss_fn(manual, batch)), rel=1e-5)
-        grad = jax.grad(task.loss_fn)(manual, batch)
-        manual = jax.tree.map(lambda p, g: p - 0.5 * g, manual, grad)
+        manual, loss = sgd_step(manual, t)
+        assert float(losses[t]) == pytest.approx(float(loss), rel=1e-5)
     for a, b, c in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), jax.tree.leaves(manual)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=1e-5, atol=1e-6)
