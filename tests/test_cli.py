@@ -176,3 +176,25 @@ def test_a_sweep_refusal_names_a_remedy_the_sweep_has(tmp_path, data_dir, capsys
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "another configuration" in err and "--overwrite" not in err and "delete" in err
+
+
+def test_minibatch_runs_with_batch_sharpness_and_a_batch_size_sweep(tmp_path, data_dir):
+    """--batch-size names the run folder and is a sweep axis that never merges grid points;
+    --batch-sharpness adds its columns, lambda_max_full against the full batch."""
+    from samedge import run, sweep
+
+    cfgs = sweep.expand_grid("cifar10", "quick", optimizers=["gd"], lrs=[0.001], batch_sizes=[16, 32, 0],
+                             task_overrides={"n_train": 64})
+    assert sorted(run.run_name(c) for c in cfgs) == ["cifar10-gd-lr0.001-b16-s0", "cifar10-gd-lr0.001-b32-s0",
+                                                     "cifar10-gd-lr0.001-s0"]
+    out = tmp_path / "run"
+    assert cli.main(["run", "cifar10", "--set", "n_train=64", "--set", "n_test=32", "--set", "base_channels=4",
+                     "--optimizer", "gd", "--lr", "0.001", "--batch-size", "16", "--steps", "2", "--measure-every", "2",
+                     "--batch-sharpness", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]) == 0
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [0, 2]
+    for r in rows:
+        assert r["batch_sharpness_n"] >= 10 and r["lambda_max_full"] > 0
+        # GD's per-batch edge is 2/eta, so the ratio is eta q_B / 2 averaged: eta / 2 x batch sharpness
+        assert r["sam_batch_ratio"] == pytest.approx(0.001 * r["batch_sharpness"] / 2, rel=1e-4)
+    assert read_json(out / "config.json")["run"]["task_config"]["batch_size"] == 16

@@ -179,7 +179,8 @@ def test_batch_of_a_step_is_a_pure_function_of_seed_and_step(windows):
 
 def test_chunks_too_short_for_one_batch_is_an_error():
     sh.make_batch_fn(36, 8, 4, jax.random.PRNGKey(0), "chunks")  # exactly one batch of 4 chunks of 9
-    with pytest.raises(DataError, match="35 characters: 3 non-overlapping chunks of 9 characters, fewer than one batch of 4"):
+    with pytest.raises(DataError, match="35 characters: 3 non-overlapping chunks of 9 characters, "
+                                        "fewer than one batch of 4"):
         sh.make_batch_fn(35, 8, 4, jax.random.PRNGKey(0), "chunks")
     with pytest.raises(ValueError, match="unknown windows 'every'"):
         sh.make_batch_fn(100, 8, 4, jax.random.PRNGKey(0), "every")

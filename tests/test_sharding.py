@@ -111,8 +111,8 @@ v = jax.random.normal(jax.random.PRNGKey(1), flat(base.init_params(jax.random.PR
 fixed, layouts = {}, {}
 for n in (1, 2, 4):
     t = sharding.shard_task(base, sharding.devices_for(n))
-    out.setdefault("data", {})[n] = [[list(x.sharding.spec), len(x.addressable_shards), list(x.addressable_shards[0].data.shape)]
-                                     for x in jax.tree.leaves(t.data)]
+    out.setdefault("data", {})[n] = [[list(x.sharding.spec), len(x.addressable_shards),
+                                      list(x.addressable_shards[0].data.shape)] for x in jax.tree.leaves(t.data)]
     fixed[n], layouts[n] = quantities(t, v)
 out["layout"] = layouts
 out["fixed"] = {n: compare(fixed[1], fixed[n]) for n in (2, 4)}
@@ -175,15 +175,23 @@ p = sh.init_params(jax.random.PRNGKey(0))
 
 
 def losses(task):
-    f = jax.jit(lambda p, d: (task.loss_fn(p, task.batch_fn(d, jnp.asarray(7))),
-                              task.loss_fn(p, task.measure_batch_fn(d, jnp.asarray(7))), task.batch_fn(d, jnp.asarray(7))))
-    return f(p, task.data)
+    def f(p, d):
+        batch = task.batch_fn(d, jnp.asarray(7))
+        return task.loss_fn(p, batch), task.loss_fn(p, task.measure_batch_fn(d, jnp.asarray(7))), batch
+
+    return jax.jit(f)(p, task.data)
 
 
 a, b = losses(sh), losses(t)
 out["sh_batch"] = [type(b[2]).__name__, [list(x.sharding.spec) for x in jax.tree.leaves(b[2])]]
 out["sh"] = {"loss": rel(a[0], b[0]), "measure_loss": rel(a[1], b[1])}
 lap("shakespeare")
+
+# What run.execute calls: all devices by default, one device leaves the task alone, no double split.
+split = sharding.for_run(base)
+out["for_run"] = {"all": sharding.is_sharded(split) and len(jax.tree.leaves(split.data)[0].addressable_shards) == 4,
+                  "one": sharding.for_run(base, 1) is base and not sharding.is_sharded(base),
+                  "again": sharding.for_run(split) is split and sharding.for_run(split, 2) is split}
 
 # 5. What one machine can say about several hosts: devices_for takes the global devices, the mesh
 # spans them, the multi-process placement gives the same arrays, a subset is refused with 2 processes.
@@ -231,7 +239,8 @@ def four_devices(data_dir, tmp_path_factory):
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp)], env=env, cwd=tmp, capture_output=True, text=True,
                           timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and lines, \
+        f"child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -246,7 +255,10 @@ def test_data_is_split_and_the_rest_replicated(four_devices):
         assert r["data"][n] == [[["batch"], int(n), [256 // int(n), 784]], [["batch"], int(n), [256 // int(n), 10]]]
         # parameters, gradients, HVPs, the stepped parameters and the Lanczos vectors: replicated
         assert all(r["layout"][n].values()), r["layout"][n]
-    assert r["sh_data"] == {"tokens": [[], r["sh_data"]["tokens"][1], 4], "measure": [["batch"], [20, 9], 4]}
+    sh = dict(r["sh_data"])
+    assert sh.pop("tokens")[::2] == [[], 4]  # the token stream: replicated (4 whole copies)
+    assert sh.pop("measure") == [["batch"], [20, 9], 4]  # the fixed measurement batch: 18 + 2 rows, split
+    assert all(spec == [] for spec, _, _ in sh.values()), sh  # anything else the task keeps: replicated
     assert r["sh_batch"] == ["PaddedBatch", [["batch"], []]]  # 30 windows + 2 split, the 2 replicated
 
 
@@ -279,6 +291,10 @@ def test_checkpoint_from_two_devices_continues_on_one_and_four(four_devices):
     for n in ("1", "4"):
         assert r["resumed_steps"][n] == [80, 100]
         assert not _close(r["resumed"][n], 1e-4), r["resumed"][n]
+
+
+def test_for_run(four_devices):
+    assert four_devices["for_run"] == {"all": True, "one": True, "again": True}
 
 
 def test_several_hosts_what_one_machine_can_check(four_devices):

@@ -55,6 +55,11 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("diverge_factor", float, "stop as diverged when the loss exceeds this multiple of the initial loss (default 1000)"),
         Setting("track_fraction", float, "also track every Hessian eigenvalue above this fraction of the edge; 0 = off (default 0)"),
         Setting("measure_sam_point", bool, "also measure lambda_max at the optimizer's ascent point (default: the preset's)"),
+        Setting("batch_sharpness", bool, "also measure batch sharpness over fresh minibatches (mean of q_B = "
+                                          "g_B'H_B g_B/|g_B|^2, its ratio-of-means form, the per-batch edge) and "
+                                          "lambda_max of the full batch (default: off)"),
+        Setting("batch_size", int, "minibatch size, a task setting (mnist, cifar10: default full batch; "
+                                   "shakespeare: the preset's)", sweep=True),
         Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check every K measurements, and on a jump; "
                                          "0: only on a jump (default 10)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
@@ -135,10 +140,11 @@ def _resolve(args, task: str):
     preset, from_file, task_file = _config_file(getattr(args, "config", None), task)
     preset = args.preset if args.preset is not None else preset
     flags = {k: v for k, v in _flags(args).items() if v is not None}
+    batch = {"batch_size": flags.pop("batch_size")} if "batch_size" in flags else {}  # a task setting
     if "optimizer" in flags and flags["optimizer"] != from_file.get("optimizer", flags["optimizer"]):
         from_file.pop("hparams", None)  # another optimizer: the file's hyperparameters are not its
     hparams = (from_file.pop("hparams", None) or {}) | {k: _number(k, v) for k, v in _parse_sets(args.hparam).items()}
-    return config.resolve(task, preset, task_overrides=task_file | _parse_sets(args.set), hparams=hparams,
+    return config.resolve(task, preset, task_overrides=task_file | _parse_sets(args.set) | batch, hparams=hparams,
                           **(from_file | flags))
 
 
@@ -392,11 +398,11 @@ def _sweep_task(args, task: str, out) -> dict:
             axes[s.name] = _list(value, s.kind, s.name)
         elif value is not None:
             single[s.name] = value
-    hyper = {k: v for k, v in axes.items() if k not in ("optimizer", "lr", "seed") and v is not None}
+    hyper = {k: v for k, v in axes.items() if k not in ("optimizer", "lr", "seed", "batch_size") and v is not None}
     hyper |= {k: _list(v, float, k) for k, v in _pairs(args.hparam, "--hparam").items()}
     configs = sweep.expand_grid(
         task, args.preset, optimizers=axes["optimizer"], lrs=axes["lr"], hparams=hyper,
-        seeds=axes["seed"] or [0], task_overrides=_parse_sets(args.set), **single,
+        seeds=axes["seed"] or [0], task_overrides=_parse_sets(args.set), batch_sizes=axes["batch_size"], **single,
     )
     options = {}
     if args.backend == "ray":

@@ -50,6 +50,8 @@ class RunConfig:
     # see samedge.measure.MeasureSettings
     crosscheck_every: int = 10
     measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)
+    # also batch sharpness over fresh minibatches and lambda_max of the full batch (samedge.batch_sharpness)
+    batch_sharpness: bool = False
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
     # True when the optimizer was passed as a Python object (samedge.fit): ``optimizer`` is then only
     # its name, and resuming needs the same object again.
@@ -78,6 +80,8 @@ class RunConfig:
         _number("diverge_factor", self.diverge_factor, lambda v: v > 1, "must be > 1")
         if self.topk > self.lanczos_max_iters:
             raise ConfigError(f"topk ({self.topk}) must not exceed lanczos_max_iters ({self.lanczos_max_iters})")
+        if not isinstance(self.batch_sharpness, bool):
+            raise ConfigError(f"batch_sharpness must be true or false, got {self.batch_sharpness!r}")
         if not isinstance(self.measure_sam_point, bool):
             raise ConfigError(f"measure_sam_point must be true or false, got {self.measure_sam_point!r}")
         if self.preset is not None:  # None: the task was passed as a Python object (samedge.fit)

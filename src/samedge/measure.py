@@ -85,6 +85,10 @@ class MeasureSettings:
         with the previous one falls below ``align_jump``.
       jump, align_jump: the thresholds above.
       dtype: ``None`` (the parameters' own) or ``"float64"``.
+      batch_sharpness: 0 = off; else at most this many fresh minibatches for the batch sharpness
+        (:mod:`samedge.batch_sharpness`: mean and ratio-of-means of ``q_B``, the per-batch edge)
+        and ``lambda_max_full``, the top eigenvalue of the full batch's Hessian (needs ``data``).
+      batch_sharpness_rel_se: stop the batches once the relative standard error is this small.
     """
 
     topk: int = 1
@@ -99,6 +103,8 @@ class MeasureSettings:
     jump: float = 0.25
     align_jump: float = 0.3
     dtype: str | None = None
+    batch_sharpness: int = 0
+    batch_sharpness_rel_se: float = 0.01
 
     @property
     def num_vectors(self) -> int:
@@ -163,7 +169,8 @@ def initial_vectors(params, k: int, key) -> jax.Array:
 
 
 def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettings | None = None, *,
-                accuracy_fn: Callable | None = None) -> Measurement:
+                accuracy_fn: Callable | None = None, batch_fn: Callable | None = None,
+                full_batch_fn: Callable | None = None) -> Measurement:
     """The measurement of ``optimizer``'s curvature and edge on ``loss_fn``.
 
     Args:
@@ -172,6 +179,8 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         own around any optax base): gives the edge, 2/eta, the descent gradient and the ascent point.
       settings: :class:`MeasureSettings` (default: top-1, tolerance 1e-3, at most 64 HVPs).
       accuracy_fn: ``(params, batch) -> scalar`` reported as ``acc``, or ``None``.
+      batch_fn: ``(data, step) -> batch``, the training scheme's minibatches (batch sharpness).
+      full_batch_fn: ``data -> batch``, the full batch (``lambda_max_full``).
 
     Returns:
       A :class:`Measurement`. ``init(params, key)`` draws random unit start vectors.
@@ -187,7 +196,13 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     at_ascent = settings.ascent_point and optimizer.ascent_point is not None
     has_pre = optimizer.preconditioner is not None
     has_lin = optimizer.linear_step is not None
-    n_extra = int(has_pre) + int(has_lin)  # warm-start rows after the top-k: preconditioned, linear step
+    has_full = settings.batch_sharpness > 0 and full_batch_fn is not None
+    if settings.batch_sharpness and batch_fn is None:
+        from samedge.errors import ConfigError
+
+        raise ConfigError("batch sharpness needs the training scheme's batch_fn (measurement(..., batch_fn=...))")
+    # warm-start rows after the top-k: preconditioned, linear step, full batch
+    n_extra = int(has_pre) + int(has_lin) + int(has_full)
     tracked_from = k + n_extra
     grad_fn = jax.value_and_grad(loss_fn)
 
@@ -202,11 +217,11 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         dtype = jnp.dtype(settings.dtype)
         return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
-    def measure(params, batch, state, key, opt_state):
+    def measure(params, batch, state, key, opt_state, data):
         with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
-            return _measure(cast(params), cast(batch), state, key, opt_state)
+            return _measure(cast(params), cast(batch), state, key, opt_state, data)
 
-    def _measure(params, batch, state, key, opt_state):
+    def _measure(params, batch, state, key, opt_state, data):
         vectors = state.vectors
         loss, grad = grad_fn(params, batch)
         g_flat = ravel_pytree(grad)[0]
@@ -229,6 +244,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             row["gd_edge"] = jnp.asarray(edges.gd_edge(optimizer.lr), loss.dtype)
         extra_rows, extra_vectors = _adaptive(params, batch, grad, vectors, key, opt_state, g_flat.dtype)
         row |= extra_rows
+        if settings.batch_sharpness:
+            stochastic_rows, full_vectors = _stochastic(params, vectors, key, opt_state, data, g_flat.dtype)
+            row |= stochastic_rows
+            extra_vectors = extra_vectors + full_vectors
         # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, else lambda_max(H)
         sharpness = row.get("precond_sharpness", lambda_max)
         if has_edge:
@@ -296,6 +315,31 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             out.append(e.vectors[:1].astype(vectors.dtype))
         return row, out
 
+    def _stochastic(params, vectors, key, opt_state, data, dtype):
+        """Batch sharpness over fresh minibatches and lambda_max of the full batch's Hessian."""
+        from samedge import batch_sharpness
+
+        if data is None:
+            from samedge.errors import ConfigError
+
+            raise ConfigError("batch sharpness draws fresh minibatches from the data: pass measure(..., data=...)")
+        sample = batch_sharpness.from_batch_fn(batch_fn, data)
+        euclidean = has_edge and not has_pre  # an adaptive edge bounds lambda(P^-1 H), not q_B
+        row = batch_sharpness.estimate(
+            loss_fn, params, lambda k: cast(sample(k)), jax.random.fold_in(key, 5),
+            max_batches=settings.batch_sharpness, rel_se=settings.batch_sharpness_rel_se,
+            min_batches=min(10, settings.batch_sharpness),
+            edge_fn=(lambda g: optimizer.edge(g, opt_state)) if euclidean else None)
+        if not has_full:
+            return row, []
+        full = cast(full_batch_fn(data))
+        i = k + int(has_pre) + int(has_lin)
+        noise = jax.random.normal(jax.random.fold_in(key, 6), vectors.shape[1:])
+        v0 = vectors[i] / jnp.linalg.norm(vectors[i]) + settings.start_noise * noise / jnp.linalg.norm(noise)
+        e = top_eigen(params, full, v0.astype(dtype), 1)
+        row |= {"lambda_max_full": jnp.abs(e.values[0]), "resid_full": e.residuals[0], "hvps_full": e.num_matvecs}
+        return row, [e.vectors[:1].astype(vectors.dtype)]
+
     def _guard(eig, state, params, batch, key, dtype):
         """The cross-check (when due) and the guard's columns; a larger eigenvalue found is adopted."""
         lam = jnp.abs(eig.values[0])
@@ -334,13 +378,13 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     compiled = jax.jit(measure)
     checked: set = set()
 
-    def measure_call(params, batch, state: MeasureState, key, opt_state=None):
+    def measure_call(params, batch, state: MeasureState, key, opt_state=None, data=None):
         signature = (jax.tree.structure(params), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params)))
         if signature not in checked:  # once per parameter structure: a trace, no compute
             checks.float_params(params)
             checks.scalar_loss(loss_fn, params, batch)
             checked.add(signature)
-        return compiled(params, batch, state, key, opt_state)
+        return compiled(params, batch, state, key, opt_state, data)
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)

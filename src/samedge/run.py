@@ -40,6 +40,8 @@ def run_name(cfg: config_mod.RunConfig) -> str:
         opt = tasks.safe_name(optimizers.get(cfg.optimizer).name)
         tags = optimizers.run_name_tags(cfg.optimizer, cfg.hparams)
     lr = f"-lr{cfg.lr:g}" if cfg.lr is not None else ""
+    batch = cfg.task_config.get("batch_size")  # a minibatch run says so (full batch: none or 0)
+    tags += f"-b{batch}" if isinstance(batch, int) and batch > 0 else ""
     return f"{tasks.safe_name(cfg.task)}-{opt}{lr}{tags}-s{cfg.seed}"
 
 

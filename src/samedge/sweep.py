@@ -60,7 +60,7 @@ class Job:
 def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[str] | None = None,
                 lrs: Sequence[float] | None = None, hparams: Mapping[str, Sequence[float]] | None = None,
                 seeds: Sequence[int] = (0,), task_overrides=None, notice: Callable[[str], None] = print,
-                **run_overrides) -> list[config_mod.RunConfig]:
+                batch_sizes: Sequence[int] | None = None, **run_overrides) -> list[config_mod.RunConfig]:
     """The resolved configs of the grid ``optimizers x lrs x (each optimizer's hyperparameters) x seeds``.
 
     Args:
@@ -69,6 +69,7 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
       lrs: step sizes.
       hparams: ``{hyperparameter: values}``; hyperparameter lists may also be keywords (``rho=[0.1]``).
       seeds: seeds.
+      batch_sizes: minibatch sizes (a task setting; each its own grid point and run folder).
       task_overrides: task settings for every run.
       notice: called with a line for each list an optimizer ignores.
       **run_overrides: other RunConfig settings for every run.
@@ -96,20 +97,19 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
         entry = registry.get(name)
         for h in sorted(set(lists) - set(entry.hyper_names)):
             notice(f"sweep: {entry.name} has no {h}; its runs ignore the {h} values given")
-    for seed in seeds:
-        for lr in lrs:
-            for name in names:
-                entry = registry.get(name)
-                axes = [lists.get(h, p.grid.get(h, [h_default])) for h, h_default in entry.defaults().items()]
-                for values in itertools.product(*axes):
-                    hp = {h: float(v) for h, v in zip(entry.hyper_names, values)}
-                    name_, hp = entry.equivalent(hp) or (name, hp)
-                    cfg = config_mod.resolve(task, p.name, task_overrides=task_overrides, hparams=hp,
-                                             **(run_overrides | dict(optimizer=name_, lr=float(lr), seed=int(seed))))
-                    key = run_name(cfg)
-                    if key not in seen:
-                        seen.add(key)
-                        out.append(cfg)
+    for seed, batch, lr, name in itertools.product(seeds, list(batch_sizes or [None]), lrs, names):
+        overrides = dict(task_overrides or {}) | ({} if batch is None else {"batch_size": int(batch)})
+        entry = registry.get(name)
+        axes = [lists.get(h, p.grid.get(h, [h_default])) for h, h_default in entry.defaults().items()]
+        for values in itertools.product(*axes):
+            hp = {h: float(v) for h, v in zip(entry.hyper_names, values)}
+            name_, hp = entry.equivalent(hp) or (name, hp)
+            cfg = config_mod.resolve(task, p.name, task_overrides=overrides, hparams=hp,
+                                     **(run_overrides | dict(optimizer=name_, lr=float(lr), seed=int(seed))))
+            key = run_name(cfg)
+            if key not in seen:
+                seen.add(key)
+                out.append(cfg)
     return out
 
 

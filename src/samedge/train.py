@@ -39,6 +39,7 @@ __all__ = ["schedule", "make_chunk", "Segment", "trajectory", "StopSignals", "me
            "spectra_along_run"]
 
 INIT_KEY = 0x5A3  # folded into the seed for the first measurement's random start vectors
+BATCH_SHARPNESS_MAX = 200  # most fresh minibatches a batch-sharpness estimate draws (--batch-sharpness)
 
 
 def schedule(total: int, every: int) -> list[int]:
@@ -153,6 +154,7 @@ def measure_settings(cfg: RunConfig, optimizer: steps.Optimizer) -> measure.Meas
                                    track_fraction=cfg.track_fraction, track_max=cfg.track_max,
                                    ascent_point=cfg.measure_sam_point and ascends,
                                    crosscheck_every=cfg.crosscheck_every,
+                                   batch_sharpness=BATCH_SHARPNESS_MAX if cfg.batch_sharpness else 0,
                                    dtype="float64" if cfg.measure_dtype == "float64" else None)
 
 
@@ -168,12 +170,12 @@ def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer):
     """The run's measurement as one jitted ``(params, data, step, state, opt_state) -> (row, state)``
     on the task's measurement batch of that step."""
     m = measure.measurement(task.loss_fn, optimizer, measure_settings(cfg, optimizer),
-                            accuracy_fn=task.accuracy_fn)
+                            accuracy_fn=task.accuracy_fn, batch_fn=task.batch_fn, full_batch_fn=task.full_batch_fn)
     seed_key = jax.random.PRNGKey(cfg.seed)
 
     def at_step(params, data, step, state, opt_state):
         return m.measure(params, task.measure_batch_fn(data, step), state, jax.random.fold_in(seed_key, step),
-                         opt_state)
+                         opt_state, data if cfg.batch_sharpness else None)
 
     init = lambda params: m.init(params, jax.random.fold_in(seed_key, INIT_KEY))  # noqa: E731
     return init, jax.jit(at_step)

@@ -78,6 +78,9 @@ class Task:
     measure_batch_fn: Callable[[Any, Any], Any]
     evaluate: Callable[[Any], dict]  # params -> {"test_loss": .., "test_acc": ..}
     info: dict = field(default_factory=dict)  # data source, sizes, number of parameters
+    # data -> the "full" batch: the whole training set (or, for a stream of text, a fixed set of
+    # windows); the measurement of lambda_max_full and batch sharpness (--batch-sharpness) use it
+    full_batch_fn: Callable[[Any], Any] | None = None
 
 
 def whole_data(data, step):
@@ -469,4 +472,5 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         measure_batch_fn=batch_fn,
         evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test_arrays).items()},
         info=info,
+        full_batch_fn=lambda data: data,
     )

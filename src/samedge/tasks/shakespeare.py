@@ -31,6 +31,7 @@ from samedge.models.transformer import GELUS, INITS, Transformer, cross_entropy
 from samedge.tasks import Preset, Task
 
 DATA_KEY = 0xDA7A  # folded into the run's seed for the data order, apart from the initialisation
+FULL_WINDOWS = 1024  # the fixed "full batch" of lambda_max_full and batch sharpness (--batch-sharpness)
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,11 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
         return model.init(key, jnp.zeros((1, t), jnp.int32))
 
     data = {"tokens": jnp.asarray(train_tokens)}
+    # the "full" batch of --batch-sharpness: a fixed set of FULL_WINDOWS training windows, drawn once
+    n_full = min(FULL_WINDOWS, sh.num_examples(len(train_tokens), t, config.batch_size, config.windows))
+    full_starts = sh.fixed_windows(len(train_tokens), t, n_full, jax.random.fold_in(data_key, 0xF11), config.windows,
+                                   config.batch_size)
+    data["full"] = jnp.asarray(sh.windows_at(train_tokens, full_starts, t), jnp.int32)  # (W, T + 1)
     if config.measure_batch:
         starts = sh.fixed_windows(len(train_tokens), t, config.measure_batch, measure_key, config.windows,
                                   config.batch_size)
@@ -227,4 +233,5 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
             "unigram_entropy_nats": sh.unigram_entropy(train_tokens),
             "n_params": n_params,
         },
+        full_batch_fn=lambda data: data["full"],
     )
