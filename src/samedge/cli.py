@@ -18,6 +18,8 @@ from samedge.errors import SamedgeError
 
 EXIT_USER_ERROR = 2
 DATA_DIR_HELP = "folder holding <task>/ data (default: $SAMEDGE_DATA_DIR, then the cache, then a download)"
+DEVICES_HELP = ("split each batch over this many devices of the default backend (default: all; 1: no splitting); "
+                "a run resumes on another count")
 TASK_HELP = ("mnist, cifar10, shakespeare, a task an installed package registers (entry point group "
              "samedge.tasks), or package.module:factory")
 
@@ -94,6 +96,7 @@ def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
         p.add_argument("--out", help="run folder (default: runs/<task>-<optimizer>-lr<eta>[-<setting><value>...]-s<seed>)")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--devices", type=int, default=None, help=DEVICES_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -195,7 +198,7 @@ def _cmd_run(args) -> int:
     if args.resume and _finished(out, cfg.to_dict()):
         return 0
     summary = run.execute(cfg, out, data_dir=args.data_dir, overwrite=args.overwrite,
-                          progress=not args.no_progress, resume=args.resume)
+                          progress=not args.no_progress, resume=args.resume, devices=args.devices)
     return _report(out, summary)
 
 
@@ -241,7 +244,8 @@ def _cmd_resume(args) -> int:
     step = checkpoint.step_of(out)
     print(f"{out}: resuming from the checkpoint at step {step} of {cfg.steps}" if step is not None
           else f"{out}: no checkpoint; running it again from step 0 of {cfg.steps}")
-    summary = run.execute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, resume=True)
+    summary = run.execute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, resume=True,
+                          devices=args.devices)
     return _report(out, summary)
 
 
@@ -249,6 +253,7 @@ def _add_resume(sub) -> None:
     p = sub.add_parser("resume", help="continue a stopped run from its config.json and last checkpoint")
     p.add_argument("dir", help="the run folder")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--devices", type=int, default=None, help=DEVICES_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_resume)
 
@@ -538,6 +543,9 @@ def _cmd_spectrum(args) -> int:
     out = Path(args.out)
     task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                             data_dir=args.data_dir, seed=cfg.seed)
+    from samedge import sharding
+
+    task = sharding.for_run(task, args.devices)
     spectra = []
     for s in train.spectra_along_run(cfg, task, at, num_probes=args.probes, num_matvecs=args.matvecs):
         print(f"step {s.step:>6}: lambda_max {s.lambda_max:.4g}  edge {s.edge:.4g}  ratio {s.lambda_max / s.edge:.3f}",

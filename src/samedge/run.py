@@ -68,7 +68,7 @@ def finished(out, run_config: dict | None = None) -> str | None:
 
 def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = False, progress: bool = True,
             allow_fallback: bool = False, task: tasks.Task | None = None, resume: bool = False,
-            optimizer: Optimizer | None = None) -> dict:
+            optimizer: Optimizer | None = None, devices: int | None = None) -> dict:
     """Run ``cfg`` in the folder ``out`` and return its summary.
 
     Args:
@@ -81,6 +81,8 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
       task: the task, already built (else built from ``cfg``).
       resume: continue the run in ``out`` from its last checkpoint.
       optimizer: the optimizer object when ``cfg.custom_optimizer``.
+      devices: split each batch over this many devices (:mod:`samedge.sharding`; default all local
+        devices of the default backend; results do not depend on it, and a run resumes on another count).
 
     Returns:
       The summary written to ``summary.json``. The folder is checked before any data is read;
@@ -93,6 +95,9 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                                 data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
+    from samedge import sharding
+
+    task = sharding.for_run(task, devices)  # one device: unchanged
     if resuming:
         store = RunStore.reopen(out, task.info)
     else:
@@ -105,7 +110,7 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
 
 
 def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, out=None, resume: bool = False,
-        overwrite: bool = False, progress: bool = True, **settings: Any) -> dict:
+        overwrite: bool = False, progress: bool = True, devices: int | None = None, **settings: Any) -> dict:
     """Train your own task with the whole run machinery and return its summary.
 
     Args:
@@ -118,6 +123,7 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         optimizer again).
       overwrite: replace a run already in ``out``.
       progress: draw a progress bar.
+      devices: split each batch over this many devices (default: all).
       **settings: any :class:`~samedge.config.RunConfig` field (``lr``, ``steps``,
         ``measure_every``, ``seed``, ``topk`` ...) and the optimizer's hyperparameters (``rho``).
 
@@ -163,4 +169,4 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         optimizer = None
     cfg = cfg.validate()
     return execute(cfg, Path(out) if out is not None else default_out(cfg), overwrite=overwrite, progress=progress,
-                   task=task, resume=resume, optimizer=optimizer)
+                   task=task, resume=resume, optimizer=optimizer, devices=devices)
