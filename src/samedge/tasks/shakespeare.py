@@ -93,7 +93,7 @@ PRESETS = {
         steps=1000,
         measure_every=25,
         eval_every=250,
-        lr={"*": 0.2},
+        lr={"adam": 1e-3, "rmsprop": 3e-4, "sam_adam": 1e-3, "sam_adam_pre": 1e-3, "*": 0.2},
         grid_lr=(0.1, 0.2),
         grid={"rho": (0.0, 0.1, 0.3)},
         # lambda_max at the ascent point costs a second Lanczos run and its compilation; it does not
