@@ -58,7 +58,8 @@ def summarize(rows: Sequence[Mapping]) -> dict:
     if rows:
         last = rows[-1]
         out["final_step"] = int(last["step"])
-        for key in ("loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio"):
+        for key in ("loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio", "precond_sharpness",
+                    "step_radius"):
             if last.get(key) is not None:
                 out[f"final_{key}"] = last[key]
         tests = [r for r in rows if r.get("test_loss") is not None]

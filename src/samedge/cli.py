@@ -266,10 +266,16 @@ def _print_summary(out, summary) -> None:
     if summary.get("final_step") is not None:
         line += (f"; last measurement at step {summary['final_step']}: loss {summary.get('final_loss'):.4g}, "
                  f"lambda_max {summary.get('final_lambda_max'):.4g}")
+        adaptive = summary.get("final_precond_sharpness") is not None
+        if adaptive:  # an adaptive optimizer's edge bounds lambda_max(P^-1 H)
+            line += f", lambda_max(P^-1 H) {summary['final_precond_sharpness']:.4g}"
         if summary.get("final_edge") is not None:
             line += f", edge {summary['final_edge']:.4g}"
+        if summary.get("final_step_radius") is not None:
+            line += f", step_radius {summary['final_step_radius']:.4g} (1 at the edge)"
     if med is not None:
-        line += f"; median lambda_max/edge over the second half {med:.3f} (from {n} measurement{'s' * (n != 1)})"
+        what = "lambda_max(P^-1 H)/edge" if summary.get("final_precond_sharpness") is not None else "lambda_max/edge"
+        line += f"; median {what} over the second half {med:.3f} (from {n} measurement{'s' * (n != 1)})"
     elif summary.get("final_step") is not None and summary.get("final_edge") is None:
         line += "; no known edge for this optimizer"
     print(line)
