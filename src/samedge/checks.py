@@ -20,7 +20,7 @@ import numpy as np
 
 from samedge.errors import ConfigError, one_line
 
-__all__ = ["float_params", "scalar_loss", "traceable_batch", "callable_name"]
+__all__ = ["float_params", "scalar_loss", "traceable_batch", "callable_name", "load_object"]
 
 _SPLIT_HINT = ("split the float parameters out of your model, e.g. nnx.split(model, nnx.Param) or "
                "eqx.partition(model, eqx.is_inexact_array), and close the rest over in the loss")
@@ -102,3 +102,30 @@ def traceable_batch(batch_fn: Callable, data, what: str = "batch_fn") -> Any:
                           f"(it must be a pure function of (data, step) made of jax.numpy operations): "
                           f"{type(exc).__name__}: {one_line(exc, 200)}") from None
 
+
+
+def load_object(path: str, what: str):
+    """The object named ``"package.module:ATTR"`` (a user's task factory or optimizer entry).
+
+    Args:
+      path: ``package.module:ATTR``.
+      what: its role, for messages (``task``, ``optimizer``).
+
+    Returns:
+      The attribute; :class:`ConfigError` in one line when the module cannot be imported or has no
+      such attribute.
+
+    >>> load_object("samedge.edges:gd_edge", "edge")(0.5)
+    4.0
+    """
+    import importlib
+
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ConfigError(f"{what} {path!r}: cannot import {module_name} ({type(exc).__name__}: {one_line(exc, 200)})"
+                          ) from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"{what} {path!r}: {module_name} has no {attr}")
+    return getattr(module, attr)

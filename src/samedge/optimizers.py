@@ -23,7 +23,6 @@ entry is imported by that path, so sweep workers and ``samedge resume`` find it 
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
@@ -303,15 +302,11 @@ def get(name: str) -> Entry:
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(f"optimizer {name!r}: cannot import {module_name} ({exc})") from None
-        entry = getattr(module, attr, None)
+        from samedge import checks
+
+        entry = checks.load_object(name, "optimizer")
         if not isinstance(entry, Entry):
-            raise ConfigError(f"optimizer {name!r}: {module_name}.{attr} is "
-                              f"{'missing' if entry is None else 'not a samedge.optimizers.Entry'}")
+            raise ConfigError(f"optimizer {name!r}: {name.replace(':', '.')} is not a samedge.optimizers.Entry")
         return entry
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(BUILTIN)} "
                       f"(or package.module:ENTRY)")

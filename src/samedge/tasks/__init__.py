@@ -183,14 +183,9 @@ def task_source(name: str) -> TaskSource:
         module = importlib.import_module(f"samedge.tasks.{name}")
         return TaskSource(name, "builtin", module.Config, module.PRESETS, module.build)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ConfigError(f"task {name!r}: cannot import {module_name} ({type(exc).__name__}: {exc})") from None
-        if not hasattr(module, attr):
-            raise ConfigError(f"task {name!r}: {module_name} has no {attr}")
-        return _factory_source(name, "factory", getattr(module, attr))
+        from samedge import checks
+
+        return _factory_source(name, "factory", checks.load_object(name, "task"))
     from importlib.metadata import entry_points
 
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
