@@ -70,7 +70,7 @@ def test_same_seed_same_numbers(tmp_path, data_dir):
         (["run", "mnist", "--rho", "-1"], "--rho must be >= 0"),
         (["run", "imagenet"], "unknown task 'imagenet'"),
         (["run", "mnist", "--preset", "huge"], "unknown preset 'huge'"),
-        (["run", "mnist", "--optimizer", "adam"], "unknown optimizer 'adam'"),
+        (["run", "mnist", "--optimizer", "adamw"], "unknown optimizer 'adamw'"),
         (["run", "mnist", "--steps", "0"], "--steps must be an integer >= 1"),
         (["run", "mnist", "--set", "widht=3"], "unknown mnist setting(s) widht"),
         (["run", "mnist", "--set", "width=-3"], "width must be a positive integer"),

@@ -53,7 +53,7 @@ def test_theory_command_prints_the_table_and_writes_the_figure(tmp_path, capsys)
     assert rc == 0
     assert "usam" in out and "FAILED" not in out
     assert (tmp_path / "boundaries.png").stat().st_size > 0 and (tmp_path / "boundaries.pdf").exists()
-    assert cli.main(["theory", "--out", str(tmp_path), "--optimizers", "adam"]) == 2
+    assert cli.main(["theory", "--out", str(tmp_path), "--optimizers", "adamw"]) == 2
 
 
 def test_adaptive_edges_hold_on_frozen_preconditioner_quadratics():
