@@ -190,9 +190,11 @@ def test_minibatch_runs_with_batch_sharpness_and_a_batch_size_sweep(tmp_path, da
     assert sorted(run.run_name(c) for c in cfgs) == ["cifar10-gd-lr0.001-b16-s0", "cifar10-gd-lr0.001-b32-s0",
                                                      "cifar10-gd-lr0.001-s0"]
     out = tmp_path / "run"
-    assert cli.main(["run", "cifar10", "--set", "n_train=64", "--set", "n_test=32", "--set", "base_channels=4",
-                     "--optimizer", "gd", "--lr", "0.001", "--batch-size", "16", "--steps", "2", "--measure-every", "2",
-                     "--batch-sharpness", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["run", "mnist", *TINY, "--optimizer", "gd", "--lr", "0.001", "--batch-size", "16", "--steps", "2",
+                     "--measure-every", "2", "--batch-sharpness", "--data-dir", str(data_dir), "--out", str(out),
+                     "--no-progress"]) == 0
+    assert out.name == "run" and run.run_name(cli._resolve(cli.build_parser().parse_args(
+        ["run", "mnist", "--optimizer", "gd", "--lr", "0.001", "--batch-size", "16"]), "mnist")) == "mnist-gd-lr0.001-b16-s0"
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [0, 2]
     for r in rows:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from samedge.data import mnist as mnist_data
 from samedge.errors import ConfigError
 from samedge.models.mlp import ACTIVATIONS, MLP
-from samedge.tasks import Preset, Task, full_batch_classification
+from samedge.tasks import Preset, Task, check_batch_size, full_batch_classification
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Config:
     depth: int = 4  # dense layers: three hidden ReLU layers and the read-out
     activation: str = "relu"  # of the hidden layers: relu (the paper's), tanh, elu or gelu
     init_scale: float = 1.0  # multiplies the Glorot-normal std of every weight (1: the paper's)
+    batch_size: int = 0  # 0: full batch (the paper's); 0 < B <= n_train: minibatch SGD/SAM
 
     def validate(self):
         for name in ("n_train", "n_test", "width", "depth"):
@@ -30,6 +31,7 @@ class Config:
         scale = self.init_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"mnist init_scale must be a positive number, got {scale!r}")
+        check_batch_size("mnist", self.batch_size, self.n_train)
 
 
 PRESETS = {
@@ -76,4 +78,5 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
     (x, y), (x_test, y_test) = mnist_data.preprocess(raw.train, raw.test, n_train, config.n_test)
     model = MLP(width=config.width, depth=config.depth, num_outputs=10, activation=config.activation,
                 init_scale=config.init_scale)
-    return full_batch_classification("mnist", config, model, (x, y), (x_test, y_test), source=raw.source)
+    return full_batch_classification("mnist", config, model, (x, y), (x_test, y_test), source=raw.source,
+                                     batch_size=config.batch_size, seed=seed)
