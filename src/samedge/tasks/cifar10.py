@@ -67,7 +67,7 @@ PRESETS = {
         grid={"rho": (0.0, 0.1, 0.3)},
         run=dict(measure_sam_point=False),
     ),
-    # The paper's setting: 1,000 images, 16 base channels (25,674 parameters), the paper's grid; a
+    # The paper's setting (ours: the step count and cadences; the paper ran a wall-clock budget): 1,000 images, 16 base channels (25,674 parameters), the paper's grid; a
     # GPU-sized job. Checked on the idle 2 CPU cores (seed 0, SAM lr 0.003 rho 0.1, `--steps 20
     # --measure-every 10`, the ascent-point measurement on): 85 s wall for 20 steps and 3
     # measurements. At initialisation the loss is 3.77 and lambda_max 386 (positive), but lambda_max
