@@ -138,3 +138,16 @@ def test_reproduce_sweeps_each_task_then_reports(tmp_path, data_dir, capsys):
     lines = (out / "summary.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith("mnist/mnist-sam-lr0.2-rho0.1-s0,mnist,quick,sam,0.2,0.1,rho=0.1,0,completed,10,")
     assert (out / "report.html").exists() and (out / "figures" / "sharpness_mnist_quick_s0.pdf").exists()
+
+
+def test_an_optimizer_set_outside_the_grid_sweeps_at_its_own_step_size():
+    """Adam's preset step size (1e-3) is not one of the quick MNIST grid's: a sweep without --lr runs
+    it there, with a notice, while SAM still takes the grid; --lr overrides both."""
+    p = __import__("samedge.tasks", fromlist=["x"]).get_preset("mnist", "quick")
+    notices = []
+    cfgs = sweep.expand_grid("mnist", "quick", optimizers=["sam", "adam"], rho=[0.1], notice=notices.append)
+    assert sorted(c.lr for c in cfgs if c.optimizer == "adam") == [p.default_lr("adam")] == [1e-3]
+    assert sorted(c.lr for c in cfgs if c.optimizer == "sam") == sorted(p.grid_lr)
+    assert any("adam runs at the quick preset's step size 0.001" in n for n in notices)
+    given = sweep.expand_grid("mnist", "quick", optimizers=["sam", "adam"], lrs=[0.2], rho=[0.1], notice=print)
+    assert sorted((c.optimizer, c.lr) for c in given) == [("adam", 0.2), ("sam", 0.2)]

@@ -3,7 +3,9 @@ sweep folder, run by local worker processes or by Ray tasks.
 
 The grid. Each optimizer is swept over the step sizes and over its own hyperparameters (its
 registry entry in :mod:`samedge.optimizers` says which it has): the values given, else the task
-preset's grid for that hyperparameter (``grid_lr``, ``grid``), else its default. Values of a
+preset's grid for that hyperparameter (``grid``), else its default; the step sizes given, else the
+preset's grid (``grid_lr``) for an optimizer the preset sets at one of its values, else that
+optimizer's own preset step size (Adam at 1e-3 is not swept over SAM's 0.4 and 0.5). Values of a
 hyperparameter an optimizer does not have are ignored for it, with a notice (so ``--optimizer
 momentum --rho 0.1,0.3`` is one run, said so, never two runs merged under one name). A grid point
 that the registry says is another optimizer exactly is run as that one: SAM at ``rho = 0`` takes
@@ -64,7 +66,9 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
     """The resolved configs of the grid ``optimizers x lrs x (each optimizer's hyperparameters) x seeds``.
 
     Args:
-      task, preset: the task and its preset (whose ``grid_lr`` and ``grid`` fill missing lists).
+      task, preset: the task and its preset (whose ``grid`` fills missing hyperparameter lists, and
+        ``Preset.sweep_lrs`` missing step sizes: the grid's, or an optimizer's own when the preset
+        sets it outside the grid).
       optimizers: optimizer names (default ``sam``).
       lrs: step sizes.
       hparams: ``{hyperparameter: values}``; hyperparameter lists may also be keywords (``rho=[0.1]``).
@@ -88,16 +92,24 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
     lists = {k: list(v) for k, v in (hparams or {}).items()}
     lists |= {k: list(run_overrides.pop(k)) for k in list(run_overrides) if k in hyper_names}
     names = list(optimizers or [registry.DEFAULT])
-    lrs = list(lrs if lrs else p.grid_lr)
+    # the step sizes of each optimizer: those given, else the preset's (its grid, or for an optimizer
+    # the preset sets outside the grid, that step size: Adam does not run at SAM's etas)
+    lr_lists = {name: [float(x) for x in lrs] if lrs else [float(x) for x in p.sweep_lrs(name)] for name in names}
     seeds = list(seeds) or [0]
-    if not lrs:
+    if not all(lr_lists.values()):
         raise ConfigError(f"the {task} {p.name} preset has no sweep grid; pass --lr")
     out, seen = [], set()
     for name in names:
         entry = registry.get(name)
         for h in sorted(set(lists) - set(entry.hyper_names)):
             notice(f"sweep: {entry.name} has no {h}; its runs ignore the {h} values given")
-    for seed, batch, lr, name in itertools.product(seeds, list(batch_sizes or [None]), lrs, names):
+        if not lrs and p.grid_lr and lr_lists[name] != [float(x) for x in p.grid_lr]:
+            notice(f"sweep: {entry.name} runs at the {p.name} preset's step size {lr_lists[name][0]:g}, not the "
+                   f"grid's {', '.join(f'{x:g}' for x in p.grid_lr)} (pass --lr to choose)")
+    all_lrs = list(dict.fromkeys(x for name in names for x in lr_lists[name]))
+    for seed, batch, lr, name in itertools.product(seeds, list(batch_sizes or [None]), all_lrs, names):
+        if lr not in lr_lists[name]:
+            continue
         overrides = dict(task_overrides or {}) | ({} if batch is None else {"batch_size": int(batch)})
         entry = registry.get(name)
         axes = [lists.get(h, p.grid.get(h, [h_default])) for h, h_default in entry.defaults().items()]

@@ -50,6 +50,28 @@ class Preset:
     def default_lr(self, optimizer: str) -> float:
         return self.lr.get(optimizer, self.lr["*"])
 
+    def sweep_lrs(self, optimizer: str) -> tuple[float, ...]:
+        """The step sizes a sweep runs ``optimizer`` at when none are given.
+
+        The grid's (``grid_lr``) for an optimizer whose default step size is one of them (GD and SAM
+        on the built-in presets); an optimizer the preset sets at a step size outside the grid (Adam
+        at 1e-3 beside a grid of 0.4 and 0.5) runs at that one alone. Empty when there is no grid.
+
+        Args:
+          optimizer: a registry name.
+
+        Returns:
+          A tuple of step sizes.
+
+        >>> p = Preset("p", "", {}, 10, 5, 5, lr={"adam": 1e-3, "*": 0.5}, grid_lr=(0.4, 0.5))
+        >>> p.sweep_lrs("sam"), p.sweep_lrs("adam")
+        ((0.4, 0.5), (0.001,))
+        """
+        if not self.grid_lr:
+            return ()
+        own = self.default_lr(optimizer)
+        return tuple(self.grid_lr) if own in self.grid_lr else (own,)
+
 
 # The one preset of a task that brings none: the run's own defaults, a schedule sized for a
 # model of a few thousand parameters on CPU.
