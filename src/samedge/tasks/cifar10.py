@@ -55,6 +55,11 @@ PRESETS = {
     # - this preset as it stands (no ascent-point measurement), `samedge run cifar10 --preset quick
     #   --optimizer sam|gd --rho 0.1`: SAM 91 s wall, median ratio 1.048 (1.036-1.066 from step 100
     #   on); GD lr 0.01 50 s wall, eta * lambda_max / 2 0.957-0.944 from step 40 on, median 0.949.
+    # - robustness over seeds and thread settings (30 Nov 2026, idle 2 cores), SAM lr 0.003 rho 0.1, seeds
+    #   0-2: `samedge run` (2 cores) medians 1.040 / 1.038 / 1.067, mean 1.048, std 0.016, 74-95 s a run;
+    #   `samedge sweep --workers 2` (one core a worker) 1.035 / 1.041 / 1.046, mean 1.041, std 0.005,
+    #   135-152 s a run. The means differ by 0.008 (< 2 x 0.016): the 1.198 once seen in a sweep worker
+    #   was the 128-image, 200-step preset's, not this one's.
     "quick": Preset(
         name="quick",
         description="the paper's CNN with 8 base channels on the first 256 CIFAR-10 images, full batch",
