@@ -86,12 +86,15 @@ PRESETS = {
         measure_every=300,
         eval_every=1500,  # a multiple of measure_every: test metrics are taken at measurement points
         # gd and sam share eta 0.5, one of the grid's, so that `samedge demo` compares them at one eta.
-        # The others were measured at their edges on the previous quick model (3 x 256 ReLU, 2,000
-        # images, 1,000 steps), not yet on this one: usam lr 0.5 with rho 0.5 (issue 7; the registry's
-        # default for usam; edge 2.0) and sam_momentum lr 0.1, rho 0.1, beta 0.9; the other momentum
-        # steps take the common 0.1. Adaptive ones: at these their preconditioned sharpness reached its
-        # edge within 600 steps (RESULTS.md: Adam 1.008, SAM over Adam 0.997 / step radius 0.978;
-        # RMSProp sits above, 1.22).
+        # usam lr 0.5 with rho 0.5 (the registry's default for usam; edge 2.0) and sam_momentum lr 0.1, rho
+        # 0.1, beta 0.9 were measured at their edges on the previous quick model (3 x 256 ReLU, 2,000 images,
+        # 1,000 steps; issue 7), not yet on this one; the other momentum steps take the common 0.1.
+        # Adaptive ones, measured on this model (30 Nov 2026, seeds 0-2, `samedge sweep mnist --preset quick
+        # --optimizer adam,rmsprop --seeds 0,1,2`, likewise sam_adam --rho 0.01 and sam_adam_pre --rho 0.001;
+        # 34-71 s a run on one core): preconditioned sharpness over its edge rises from 0.09-0.11 at step 0
+        # to second-half medians Adam 1.001-1.004, SAM over Adam in P's geometry 0.953-1.030, SAM's
+        # Euclidean ascent over Adam step_radius 0.941-1.028; RMSProp sits above, 1.119-1.186 (RESULTS.md).
+        # A sweep without --lr runs each at its step size below, not at the grid's (Preset.sweep_lrs).
         lr={"gd": 0.5, "sam": 0.5, "usam": 0.5, "adam": 1e-3, "rmsprop": 3e-4, "sam_adam": 1e-3, "sam_adam_pre": 1e-3,
             "*": 0.1},
         grid_lr=(0.4, 0.5),
