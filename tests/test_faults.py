@@ -340,8 +340,9 @@ def test_resume_when_the_model_changed_is_refused(tmp_path, capsys):
     cfg = cli._resolve(cli.build_parser().parse_args(base), "mnist")
     info = {"data_source": "x", "n_train": 40, "n_test": 20, "n_params": 12345}
     RunStore.create(tmp_path / "run", {"run": cfg.to_dict(), "task_info": info})
+    hidden = cfg.task_config["depth"] - 2  # hidden-to-hidden layers of the preset's MLP, width 8
     _fails(["resume", str(tmp_path / "run"), "--data-dir", str(data)], capsys, tmp_path,
-           f"the task's data or model differ from the run's (n_params 12345 then, {784 * 8 + 8 + 2 * (8 * 8 + 8) + 8 * 10 + 10} now)")
+           f"the task's data or model differ from the run's (n_params 12345 then, {784 * 8 + 8 + hidden * (8 * 8 + 8) + 8 * 10 + 10} now)")
 
 
 def test_resume_with_a_corrupt_checkpoint(tmp_path, capsys):
@@ -369,13 +370,13 @@ def test_divergence_stops_the_run_keeps_rows_and_a_finite_checkpoint(tmp_path, c
     out = tmp_path / "run"
     # GD at lr 12 is far beyond 2/lambda_max (lambda_max ~1.3 here): the loss blows up within a few steps.
     rc = cli.main(["run", "mnist", "--optimizer", "gd", "--lr", "12", "--set", "n_train=256", "--set", "n_test=256",
-                   "--set", "width=32", "--steps", "40", "--measure-every", "2", "--checkpoint-every", "2",
+                   "--set", "width=32", "--set", "depth=4", "--set", "activation=relu", "--steps", "40", "--measure-every", "2", "--checkpoint-every", "2",
                    "--eval-every", "40", "--data-dir", str(data_dir), "--out", str(out), "--no-progress"])
     assert rc == 0  # diverging is a result, not an error: a sweep goes on
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "diverged", summary
     rows = read_metrics(out)
-    blown = float(summary["diverged_reason"].split("loss ")[1].split()[0])
+    blown = float(summary["diverged_reason"].rsplit("loss ", 1)[1].split()[0])  # "... loss X at step N"
     assert blown > 1000 * rows[0]["loss"]  # the default diverge_factor
     assert all(np.isfinite(r["loss"]) and r["loss"] <= 1000 * rows[0]["loss"] for r in rows)
     assert len(rows) >= 2 and rows[-1]["step"] < summary["steps_done"] < 40
