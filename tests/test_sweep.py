@@ -151,3 +151,15 @@ def test_an_optimizer_set_outside_the_grid_sweeps_at_its_own_step_size():
     assert any("adam runs at the quick preset's step size 0.001" in n for n in notices)
     given = sweep.expand_grid("mnist", "quick", optimizers=["sam", "adam"], lrs=[0.2], rho=[0.1], notice=print)
     assert sorted((c.optimizer, c.lr) for c in given) == [("adam", 0.2), ("sam", 0.2)]
+
+
+def test_an_optimizer_whose_rho_default_is_off_the_grid_keeps_it():
+    """SAM's default rho (0.1) is one of the quick grid's: SAM takes the grid; SAM over Adam's (0.01) is
+    not: it runs at 0.01, said so; --rho overrides."""
+    notices = []
+    cfgs = sweep.expand_grid("mnist", "quick", optimizers=["sam", "sam_adam"], lrs=[0.001], notice=notices.append)
+    assert sorted(c.hparams["rho"] for c in cfgs if c.optimizer == "sam_adam") == [0.01]
+    assert sorted(c.hparams.get("rho", 0.0) for c in cfgs if c.optimizer in ("sam", "gd")) == [0.0, 0.1, 0.3, 1.0]
+    assert any("sam_adam runs at its rho 0.01" in n for n in notices)
+    given = sweep.expand_grid("mnist", "quick", optimizers=["sam_adam"], lrs=[0.001], rho=[0.3], notice=print)
+    assert [c.hparams["rho"] for c in given] == [0.3]

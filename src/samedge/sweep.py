@@ -3,7 +3,8 @@ sweep folder, run by local worker processes or by Ray tasks.
 
 The grid. Each optimizer is swept over the step sizes and over its own hyperparameters (its
 registry entry in :mod:`samedge.optimizers` says which it has): the values given, else the task
-preset's grid for that hyperparameter (``grid``), else its default; the step sizes given, else the
+preset's grid for that hyperparameter (``grid``) when the optimizer's default is one of its values,
+else that default; the step sizes given, else the
 preset's grid (``grid_lr``) for an optimizer the preset sets at one of its values, else that
 optimizer's own preset step size (Adam at 1e-3 is not swept over SAM's 0.4 and 0.5). Values of a
 hyperparameter an optimizer does not have are ignored for it, with a notice (so ``--optimizer
@@ -103,6 +104,10 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
         entry = registry.get(name)
         for h in sorted(set(lists) - set(entry.hyper_names)):
             notice(f"sweep: {entry.name} has no {h}; its runs ignore the {h} values given")
+        for h, h_default in entry.defaults().items():
+            if h not in lists and h in p.grid and _grid_values(p, h, h_default) != list(p.grid[h]):
+                notice(f"sweep: {entry.name} runs at its {h} {_grid_values(p, h, h_default)[0]:g}, not the "
+                       f"{p.name} grid's {', '.join(f'{x:g}' for x in p.grid[h])} (pass --{h.replace('_', '-')} to choose)")
         if not lrs and p.grid_lr and lr_lists[name] != [float(x) for x in p.grid_lr]:
             notice(f"sweep: {entry.name} runs at the {p.name} preset's step size {lr_lists[name][0]:g}, not the "
                    f"grid's {', '.join(f'{x:g}' for x in p.grid_lr)} (pass --lr to choose)")
@@ -112,7 +117,7 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
             continue
         overrides = dict(task_overrides or {}) | ({} if batch is None else {"batch_size": int(batch)})
         entry = registry.get(name)
-        axes = [lists.get(h, p.grid.get(h, [h_default])) for h, h_default in entry.defaults().items()]
+        axes = [lists.get(h, _grid_values(p, h, h_default)) for h, h_default in entry.defaults().items()]
         for values in itertools.product(*axes):
             hp = {h: float(v) for h, v in zip(entry.hyper_names, values)}
             name_, hp = entry.equivalent(hp) or (name, hp)
@@ -123,6 +128,15 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
                 seen.add(key)
                 out.append(cfg)
     return out
+
+
+def _grid_values(p, h: str, default: float) -> list:
+    """The values of hyperparameter ``h`` a sweep takes when none are given: the preset's grid when
+    the optimizer's default (the preset's, else the registry's) is one of them, else that default
+    alone (SAM over Adam at rho 0.01 is not swept over SAM's 0.1-1.0)."""
+    own = p.hparams.get(h, default)
+    grid = list(p.grid.get(h, ()))
+    return grid if own in grid else [own]
 
 
 def jobs_for(configs: Iterable[config_mod.RunConfig], out) -> list[Job]:
