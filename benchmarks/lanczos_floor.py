@@ -24,7 +24,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 
 import points
 from samedge import curvature
@@ -45,10 +44,7 @@ def main() -> int:
             return curvature.lanczos(matvec, v0, k=1, max_iters=m, tol=1e30, min_iters=ITERS).num_matvecs
         return run
 
-    @jax.jit
-    def bare(params, data, v):
-        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, data), params)
-        return jax.lax.fori_loop(0, ITERS, lambda i, v: matvec(v) / jnp.linalg.norm(v), v)
+    bare = points.hvp_loop(task, ITERS)
 
     runs = {m: solver(m) for m in (16, 64)}
     for m, run in runs.items():

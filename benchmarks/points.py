@@ -78,6 +78,24 @@ def truth(task, params, iters: int = 100) -> tuple[float, float]:
         return float(abs(eig.values[0])), float(eig.residuals[0])
 
 
+def hvp_loop(task, length: int):
+    """A jitted ``(params, data, v) -> v`` of ``length`` exact HVPs in a bare compiled loop (each
+    product normalised; the primal hoisted by XLA, as inside Lanczos): the floor a measurement's HVPs
+    cannot beat."""
+
+    @jax.jit
+    def loop(params, data, v):
+        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, data), params)
+
+        def step(i, v):
+            w = matvec(v)
+            return w / jnp.linalg.norm(w)
+
+        return jax.lax.fori_loop(0, length, step, v)
+
+    return loop
+
+
 def timed(fn, *args, repeats: int = 3):
     """``(result, median seconds)`` of ``fn(*args)`` after one untimed call (the compile)."""
     out = jax.block_until_ready(fn(*args))

@@ -128,17 +128,11 @@ def p2() -> dict:
     return out
 
 
-def hvp_floor(reps: int = 5, length: int = 20) -> float:
-    """Seconds of one exact HVP in a bare compiled loop of ``length`` HVPs at a trained quick-MNIST
-    point (the primal hoisted, as inside Lanczos): the floor a measurement's HVPs cannot beat."""
+def hvp_floor(loop, length: int, reps: int = 5) -> float:
+    """Seconds of one exact HVP at the trained quick-MNIST point, the best of ``reps`` runs of ``loop``
+    (:func:`points.hvp_loop` of ``length`` HVPs)."""
     cfg, task, params = points.trained_point()
     v0 = points.random_start(params)
-
-    @jax.jit
-    def loop(params, data, v):
-        matvec, _ = curvature.flat_hvp(lambda p: task.loss_fn(p, data), params)
-        return jax.lax.fori_loop(0, length, lambda i, v: matvec(v) / jnp.linalg.norm(v), v)
-
     jax.block_until_ready(loop(params, task.data, v0))
     best = float("inf")
     for _ in range(reps):
@@ -209,9 +203,11 @@ def main() -> int:
           f"{'HVPs':>5} {'overhead':>9} {'steady':>7}  ratio status")
     r3 = p3("mnist")
     print_p3(r3, "cold")
-    floor_before = hvp_floor()  # the floor on both sides of the warm run: a slow spell of a shared
-    r3w = p3("mnist")           # machine then falls on both sides of measure_over_hvp_floor
-    floor_after = hvp_floor()
+    length = 20
+    loop = points.hvp_loop(points.trained_point()[1], length)
+    floor_before = hvp_floor(loop, length)  # the floor on both sides of the warm run: a slow spell of a
+    r3w = p3("mnist")                       # shared machine then falls on both sides of the ratio
+    floor_after = hvp_floor(loop, length)
     print_p3(r3w, "warm")
     others = []
     for name in tasks.TASKS:

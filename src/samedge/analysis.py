@@ -46,8 +46,13 @@ def _value(row: Mapping, key: str, per: str | None = None):
     return float(v) / float(d)
 
 
+def _converged_values(rows: Sequence[Mapping], key: str, per: str | None = None) -> np.ndarray:
+    """The finite :func:`_value` of ``key`` (over ``per``) in the converged rows."""
+    return _finite(_value(r, key, per) for r in rows if converged(r))
+
+
 def _median(rows: Sequence[Mapping], key: str, per: str | None = None):
-    values = _finite(_value(r, key, per) for r in rows if converged(r))
+    values = _converged_values(rows, key, per)
     return (float(np.median(values)) if values.size else None), int(values.size)
 
 
@@ -192,8 +197,9 @@ def stochastic_stats(rows: Sequence[Mapping]) -> dict:
             out[f"{prefix}_q3_median"] = q3
         if q4 is not None:
             out[f"{prefix}_q4_median"] = q4
-        if q3 is not None and q4 is not None and reldiff(q3, q4) is not None:
-            out[f"{prefix}_quarters_reldiff"] = reldiff(q3, q4)
+        diff = reldiff(q3, q4) if q3 is not None and q4 is not None else None
+        if diff is not None:
+            out[f"{prefix}_quarters_reldiff"] = diff
     return out
 
 
@@ -208,7 +214,7 @@ def ratio_stats(rows: Sequence[Mapping], key: str = "ratio", band: float = 0.1) 
     (1.0, 1)
     """
     half = second_half(rows)
-    values = _finite(r.get(key) for r in half if converged(r))
+    values = _converged_values(half, key)
     left_out = sum(1 for r in half if not converged(r) and r.get(key) is not None)
     if values.size == 0:
         return {"ratio_median": None, "ratio_p10": None, "ratio_p90": None, "ratio_within_10pct": None,
@@ -255,8 +261,7 @@ def summarize(rows: Sequence[Mapping]) -> dict:
             if tests[-1].get("test_acc") is not None:
                 out["final_test_acc"] = tests[-1]["test_acc"]
         half = second_half(rows)
-        lam_gd = _finite(r["lambda_max"] / r["gd_edge"] for r in half if r.get("gd_edge") and converged(r))
-        out["lambda_over_gd_edge_median"] = float(np.median(lam_gd)) if lam_gd.size else None
+        out["lambda_over_gd_edge_median"] = half_median(rows, "lambda_max", per="gd_edge")[0]
         # the measurement's guard (samedge.measure): rows it could not vouch for
         out["rows_unconverged"] = sum(1 for r in rows if not converged(r))
         out["rows_uncertified"] = sum(1 for r in rows if r.get("certified") is not None and not r["certified"])

@@ -67,9 +67,9 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
     """The resolved configs of the grid ``optimizers x lrs x (each optimizer's hyperparameters) x seeds``.
 
     Args:
-      task, preset: the task and its preset (whose ``grid`` fills missing hyperparameter lists, and
-        ``Preset.sweep_lrs`` missing step sizes: the grid's, or an optimizer's own when the preset
-        sets it outside the grid).
+      task, preset: the task and its preset, whose :meth:`~samedge.tasks.Preset.sweep_values` fills
+        the step sizes and hyperparameter values not given: the grid's, or an optimizer's own where
+        the preset sets it outside the grid.
       optimizers: optimizer names (default ``sam``).
       lrs: step sizes.
       hparams: ``{hyperparameter: values}``; hyperparameter lists may also be keywords (``rho=[0.1]``).
@@ -93,32 +93,37 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
     lists = {k: list(v) for k, v in (hparams or {}).items()}
     lists |= {k: list(run_overrides.pop(k)) for k in list(run_overrides) if k in hyper_names}
     names = list(optimizers or [registry.DEFAULT])
-    # the step sizes of each optimizer: those given, else the preset's (its grid, or for an optimizer
-    # the preset sets outside the grid, that step size: Adam does not run at SAM's etas)
-    lr_lists = {name: [float(x) for x in lrs] if lrs else [float(x) for x in p.sweep_lrs(name)] for name in names}
     seeds = list(seeds) or [0]
-    if not all(lr_lists.values()):
-        raise ConfigError(f"the {task} {p.name} preset has no sweep grid; pass --lr")
-    out, seen = [], set()
+    # each optimizer's values on each axis: those given, else the preset's (Preset.sweep_values: the grid,
+    # or the optimizer's own value where it lies outside the grid; Adam does not run at SAM's etas)
+    plan: dict[str, dict[str, list[float]]] = {}
     for name in names:
         entry = registry.get(name)
         for h in sorted(set(lists) - set(entry.hyper_names)):
             notice(f"sweep: {entry.name} has no {h}; its runs ignore the {h} values given")
+        axes = {"lr": [float(x) for x in lrs] if lrs else list(p.sweep_lrs(name))}
+        if not axes["lr"]:
+            raise ConfigError(f"the {task} {p.name} preset has no sweep grid; pass --lr")
         for h, h_default in entry.defaults().items():
-            if h not in lists and h in p.grid and _grid_values(p, h, h_default) != list(p.grid[h]):
-                notice(f"sweep: {entry.name} runs at its {h} {_grid_values(p, h, h_default)[0]:g}, not the "
-                       f"{p.name} grid's {', '.join(f'{x:g}' for x in p.grid[h])} (pass --{h.replace('_', '-')} to choose)")
-        if not lrs and p.grid_lr and lr_lists[name] != [float(x) for x in p.grid_lr]:
-            notice(f"sweep: {entry.name} runs at the {p.name} preset's step size {lr_lists[name][0]:g}, not the "
-                   f"grid's {', '.join(f'{x:g}' for x in p.grid_lr)} (pass --lr to choose)")
-    all_lrs = list(dict.fromkeys(x for name in names for x in lr_lists[name]))
+            own = p.hparams.get(h, h_default)
+            axes[h] = [float(x) for x in lists[h]] if h in lists else list(p.sweep_values(h, own) or (own,))
+        for axis, values in axes.items():
+            grid = list(p.grid_lr if axis == "lr" else p.grid.get(axis, ()))
+            given = bool(lrs) if axis == "lr" else axis in lists
+            if grid and not given and values != grid:
+                where = (f"the {p.name} preset's step size {values[0]:g}, not the grid's" if axis == "lr"
+                         else f"its {axis} {values[0]:g}, not the {p.name} grid's")
+                notice(f"sweep: {entry.name} runs at {where} {', '.join(f'{x:g}' for x in grid)} "
+                       f"(pass --{axis.replace('_', '-')} to choose)")
+        plan[name] = axes
+    out, seen = [], set()
+    all_lrs = list(dict.fromkeys(x for axes in plan.values() for x in axes["lr"]))
     for seed, batch, lr, name in itertools.product(seeds, list(batch_sizes or [None]), all_lrs, names):
-        if lr not in lr_lists[name]:
+        if lr not in plan[name]["lr"]:
             continue
         overrides = dict(task_overrides or {}) | ({} if batch is None else {"batch_size": int(batch)})
         entry = registry.get(name)
-        axes = [lists.get(h, _grid_values(p, h, h_default)) for h, h_default in entry.defaults().items()]
-        for values in itertools.product(*axes):
+        for values in itertools.product(*(plan[name][h] for h in entry.hyper_names)):
             hp = {h: float(v) for h, v in zip(entry.hyper_names, values)}
             name_, hp = entry.equivalent(hp) or (name, hp)
             cfg = config_mod.resolve(task, p.name, task_overrides=overrides, hparams=hp,
@@ -128,15 +133,6 @@ def expand_grid(task: str, preset: str | None = None, *, optimizers: Sequence[st
                 seen.add(key)
                 out.append(cfg)
     return out
-
-
-def _grid_values(p, h: str, default: float) -> list:
-    """The values of hyperparameter ``h`` a sweep takes when none are given: the preset's grid when
-    the optimizer's default (the preset's, else the registry's) is one of them, else that default
-    alone (SAM over Adam at rho 0.01 is not swept over SAM's 0.1-1.0)."""
-    own = p.hparams.get(h, default)
-    grid = list(p.grid.get(h, ()))
-    return grid if own in grid else [own]
 
 
 def jobs_for(configs: Iterable[config_mod.RunConfig], out) -> list[Job]:

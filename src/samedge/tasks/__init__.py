@@ -50,27 +50,37 @@ class Preset:
     def default_lr(self, optimizer: str) -> float:
         return self.lr.get(optimizer, self.lr["*"])
 
-    def sweep_lrs(self, optimizer: str) -> tuple[float, ...]:
-        """The step sizes a sweep runs ``optimizer`` at when none are given.
+    def sweep_values(self, axis: str, own: float) -> tuple[float, ...]:
+        """The values a sweep takes on ``axis`` when none are given, for an optimizer whose own value is ``own``.
 
-        The grid's (``grid_lr``) for an optimizer whose default step size is one of them (GD and SAM
-        on the built-in presets); an optimizer the preset sets at a step size outside the grid (Adam
-        at 1e-3 beside a grid of 0.4 and 0.5) runs at that one alone. Empty when there is no grid.
+        The grid's (``grid_lr`` for ``"lr"``, else ``grid[axis]``) when ``own`` is one of them (GD
+        and SAM on the built-in presets); otherwise ``own`` alone: an optimizer the preset sets
+        outside the grid (Adam at eta 1e-3 beside a grid of 0.4 and 0.5; SAM over Adam at rho 0.01
+        beside 0.1-1.0) is not swept over values meant for another.
 
         Args:
-          optimizer: a registry name.
+          axis: ``"lr"`` or a hyperparameter name.
+          own: the optimizer's own value (its preset step size, or its default of the hyperparameter).
 
         Returns:
-          A tuple of step sizes.
+          A tuple of values; empty when the preset has no grid on ``axis``.
 
-        >>> p = Preset("p", "", {}, 10, 5, 5, lr={"adam": 1e-3, "*": 0.5}, grid_lr=(0.4, 0.5))
-        >>> p.sweep_lrs("sam"), p.sweep_lrs("adam")
-        ((0.4, 0.5), (0.001,))
+        >>> p = Preset("p", "", {}, 10, 5, 5, lr={"adam": 1e-3, "*": 0.5}, grid_lr=(0.4, 0.5), grid={"rho": (0.0, 0.1)})
+        >>> p.sweep_values("lr", 0.5), p.sweep_values("lr", 1e-3), p.sweep_values("rho", 0.01), p.sweep_values("beta", 0.9)
+        ((0.4, 0.5), (0.001,), (0.01,), ())
         """
-        if not self.grid_lr:
+        grid = tuple(self.grid_lr if axis == "lr" else self.grid.get(axis, ()))
+        if not grid:
             return ()
-        own = self.default_lr(optimizer)
-        return tuple(self.grid_lr) if own in self.grid_lr else (own,)
+        return grid if own in grid else (own,)
+
+    def sweep_lrs(self, optimizer: str) -> tuple[float, ...]:
+        """:meth:`sweep_values` for the step size of ``optimizer`` (its preset step size as ``own``).
+
+        >>> Preset("p", "", {}, 10, 5, 5, lr={"adam": 1e-3, "*": 0.5}, grid_lr=(0.4, 0.5)).sweep_lrs("adam")
+        (0.001,)
+        """
+        return self.sweep_values("lr", self.default_lr(optimizer))
 
 
 # The one preset of a task that brings none: the run's own defaults, a schedule sized for a
