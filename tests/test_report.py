@@ -234,11 +234,13 @@ def test_first_ratio_and_the_spread_over_seeds(tmp_path):
 
 def _bs_rows(bs, ratio=1.0, edge=8.0, gd_edge=20.0):
     """Rows of a run that measured batch sharpness ``bs`` per step (2/eta = 20), with a ratio of
-    means 1.1 x, lambda_max_full 0.5 x and sam_batch_ratio bs / 25 (a per-batch edge of 25)."""
-    return [{"step": step, "loss": 1.0, "grad_norm": 1.0, "lambda_max": ratio * edge, "edge": edge,
-             "gd_edge": gd_edge, "ratio": ratio, "batch_sharpness": b, "batch_sharpness_se": 0.01,
+    means 1.1 x, lambda_max_full 0.5 x and sam_batch_ratio bs / 25 (a per-batch edge of 25); ``ratio``
+    one number or one per step."""
+    ratios = ratio if isinstance(ratio, list) else [ratio] * len(bs)
+    return [{"step": step, "loss": 1.0, "grad_norm": 1.0, "lambda_max": r * edge, "edge": edge,
+             "gd_edge": gd_edge, "ratio": r, "batch_sharpness": b, "batch_sharpness_se": 0.01,
              "batch_sharpness_rom": 1.1 * b, "batch_sharpness_n": 50, "lambda_max_full": 0.5 * b,
-             "sam_batch_ratio": b / 25.0, "sam_batch_edge": 25.0} for step, b in enumerate(bs)]
+             "sam_batch_ratio": b / 25.0, "sam_batch_edge": 25.0} for step, (b, r) in enumerate(zip(bs, ratios))]
 
 
 # Steps 0..8: second half 4..8, third quarter (4, 6] = steps 5, 6, fourth (6, 8] = steps 7, 8.
@@ -280,11 +282,12 @@ class _Tables(HTMLParser):
 @pytest.fixture
 def batch_dir(tmp_path):
     """SAM at batch sizes 16, 8 and the full batch, GD at 16 (all with batch sharpness) and a full-batch GD
-    run without it; SAM's batch-16 run is still drifting in its last quarter."""
+    run without it; SAM's batch-16 run is still drifting in its last quarter (batch sharpness), its
+    batch-8 run too (lambda_max / edge)."""
     root = tmp_path / "batches"
     _make(root, "sam", 0.1, 0.1, _bs_rows(STEADY), batch=0)
     _make(root, "sam", 0.1, 0.1, _bs_rows(DRIFTING), batch=16)
-    _make(root, "sam", 0.1, 0.1, _bs_rows(STEADY), batch=8)
+    _make(root, "sam", 0.1, 0.1, _bs_rows(STEADY, ratio=[d / 20.0 for d in DRIFTING]), batch=8)
     _make(root, "gd", 0.1, 0.0, _bs_rows(STEADY, ratio=0.5, edge=20.0), batch=16)
     _make(root, "gd", 0.2, 0.0, _rows([0.5] * 9, edge=10.0, gd_edge=10.0))  # full batch, no batch sharpness
     return root
@@ -340,6 +343,11 @@ def test_stochastic_edges_table_by_batch_size_with_the_full_batch_last(batch_dir
     marked = [r[col["batch sharpness q3 / q4"]] for r in rows]
     assert [report.DRIFT_MARK in text for text, _ in marked] == [False, False, True, False]
     assert marked[2][1].get("class") == "drift"
+    ratio_marked = [r[col["λmax/edge q3 / q4"]] for r in rows]
+    assert [report.DRIFT_MARK in text for text, _ in ratio_marked] == [False, True, False, False]
+    assert ratio_marked[1][1].get("class") == "drift"
+    assert body[1][col["λmax/edge q3 / q4"]] == f"{q3:.4g} / {q4:.4g} {report.DRIFT_MARK}"  # the same numbers
+    assert body[3][col["λmax/edge q3 / q4"]] == "1 / 1"
     assert len(page.tables["summary"]) == 5
 
 

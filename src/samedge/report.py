@@ -11,7 +11,8 @@ Runs that measured batch sharpness (``--batch-sharpness``; :func:`samedge.analys
 also get a "Stochastic edges" table (:func:`stochastic_rows`): by batch size, the second-half
 medians over ``2/eta`` of batch sharpness, its ratio-of-means form, the full batch's lambda_max and
 the step's own minibatch lambda_max, SAM's ``sam_batch_ratio``, lambda_max / edge, and whether batch
-sharpness is stationary (its third- and fourth-quarter medians within :data:`STATIONARY_TOL`);
+sharpness and lambda_max / edge are stationary (their third- and fourth-quarter medians within
+:data:`STATIONARY_TOL`);
 ``summary.csv`` then carries ``batch_size`` and those statistics too.
 
 Each median is shown with its support, the number of second-half measurements behind it
@@ -54,7 +55,7 @@ STOCHASTIC = ("batch_sharpness_over_gd_edge_median", "batch_sharpness_rom_over_g
               "lambda_max_full_over_gd_edge_median", "sam_batch_ratio_median", "batch_sharpness_count",
               "batch_sharpness_q3_median", "batch_sharpness_q4_median", "batch_sharpness_quarters_reldiff",
               "ratio_q3_median", "ratio_q4_median", "ratio_quarters_reldiff")
-STATIONARY_TOL = 0.05  # batch sharpness's q3 and q4 medians further apart than this (relative): not stationary
+STATIONARY_TOL = 0.05  # q3 and q4 medians further apart than this (relative): not stationary
 MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
@@ -390,15 +391,15 @@ STOCHASTIC_TABLE = (
     ("batch_sharpness_rom_over_gd_edge_median", "ratio of means/(2/η)"),
     ("lambda_max_full_over_gd_edge_median", "λmax full/(2/η)"), ("lambda_over_gd_edge_median", "minibatch λmax/(2/η)"),
     ("sam_batch_ratio_median", "sam_batch_ratio"), ("ratio_median", "median λmax/edge (n)"),
-    ("batch_sharpness_quarters", "batch sharpness q3 / q4"))
+    ("batch_sharpness_quarters", "batch sharpness q3 / q4"), ("ratio_quarters", "λmax/edge q3 / q4"))
 DRIFT_MARK = "†"
 STOCHASTIC_NOTE = (
     "Runs that measured batch sharpness: second-half medians over 2/η of batch sharpness (the mean over fresh "
     "minibatches of q_B = g_B'H_B g_B/‖g_B‖²; SGD's edge of stochastic stability is 1), of its ratio-of-means form "
     "E[g_B'H_B g_B]/E[‖g_B‖²], of λmax of the full batch's Hessian and of λmax of the step's own minibatch; "
     "sam_batch_ratio: the mean of q_B / SAM-edge(‖g_B‖) (SAM-type runs); λmax/edge against the optimizer's own edge. "
-    "q3 / q4: the medians of batch sharpness/(2/η) over the third and fourth quarters of the run (by step), marked "
-    f"{DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} (not stationary). Batch: the minibatch size "
+    "q3 / q4: the medians of batch sharpness/(2/η) and of λmax/edge over the third and fourth quarters of the run "
+    f"(by step), marked {DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} (not stationary). Batch: the minibatch size "
     "(full last).")
 
 
@@ -427,20 +428,23 @@ def stochastic_rows(rows) -> list[dict]:
                                            _batch_order(r.get("batch_size")), r["seed"] or 0, r["run"]))
 
 
-def not_stationary(row) -> bool:
-    """Whether batch sharpness/(2/eta) moved by more than :data:`STATIONARY_TOL` between the third and
-    fourth quarters of the run.
+def not_stationary(row, quantity: str = "batch_sharpness") -> bool:
+    """Whether ``quantity`` (``batch_sharpness``: over 2/eta; ``ratio``: lambda_max / edge) moved by
+    more than :data:`STATIONARY_TOL` between the third and fourth quarters of the run.
 
     Args:
       row: a :func:`summary_row` dict.
+      quantity: ``"batch_sharpness"`` or ``"ratio"``.
 
     Returns:
       ``|q4 - q3| / q3 > STATIONARY_TOL`` for the quarters' medians (False when either is missing).
 
     >>> [not_stationary({"batch_sharpness_quarters_reldiff": d}) for d in (0.08, 0.02)], not_stationary({})
     ([True, False], False)
+    >>> not_stationary({"ratio_quarters_reldiff": 0.08}, "ratio")
+    True
     """
-    diff = row.get("batch_sharpness_quarters_reldiff")
+    diff = row.get(f"{quantity}_quarters_reldiff")
     return diff is not None and diff > STATIONARY_TOL
 
 
@@ -454,18 +458,19 @@ def _stochastic_cell(row, key) -> str:
         return ""  # non-SAM: the per-batch edge is 2/eta, and this is batch sharpness/(2/eta) again
     if key == "ratio_median":
         return _cell(row, key)
-    if key == "batch_sharpness_quarters":
-        q3, q4 = row.get("batch_sharpness_q3_median"), row.get("batch_sharpness_q4_median")
+    if key in ("batch_sharpness_quarters", "ratio_quarters"):
+        quantity = key.removesuffix("_quarters")
+        q3, q4 = row.get(f"{quantity}_q3_median"), row.get(f"{quantity}_q4_median")
         if q3 is None and q4 is None:
             return ""
-        return f"{_fmt(q3)} / {_fmt(q4)}" + (f" {DRIFT_MARK}" if not_stationary(row) else "")
+        return f"{_fmt(q3)} / {_fmt(q4)}" + (f" {DRIFT_MARK}" if not_stationary(row, quantity) else "")
     return _fmt(row.get(key))
 
 
 def _stochastic_td(row, key) -> str:
     if key in ("task", "optimizer", "settings"):
         return " class=l"
-    if key == "batch_sharpness_quarters" and not_stationary(row):
+    if key in ("batch_sharpness_quarters", "ratio_quarters") and not_stationary(row, key.removesuffix("_quarters")):
         return f' class=drift title="third and fourth quarters differ by more than {STATIONARY_TOL:.0%}"'
     if key == "ratio_median" and few(row):
         return f' class=few title="fewer than {MIN_SUPPORT} measurements behind this median"'
