@@ -68,6 +68,25 @@ def test_lanczos_on_a_chosen_spectrum_both_orderings(x64):
     np.testing.assert_allclose(la.values, [5.0, 4.0], rtol=1e-9)
 
 
+def test_lanczos_tolerance_as_a_function_of_the_ritz_value(x64):
+    """A tolerance loose below a bound and tight above it: the run with the bound above the top
+    eigenvalue stops as early as the loose tolerance alone, the one with the bound below it runs as
+    long as the tight tolerance alone (and reaches its accuracy)."""
+    n = 200
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(3), (n, n)))
+    spectrum = jnp.concatenate([jnp.array([5.0, 4.9, 4.8]), jnp.linspace(-1.0, 1.0, n - 3)])
+    a = (q * spectrum) @ q.T
+    v0 = jax.random.normal(jax.random.PRNGKey(4), (n,))
+    run = lambda tol: curvature.lanczos(lambda v: a @ v, v0, k=1, max_iters=100, tol=tol)  # noqa: E731
+    loose, tight = run(1e-2), run(1e-8)
+    assert int(loose.num_matvecs) < int(tight.num_matvecs)
+    switch = lambda bound: lambda theta: jnp.where(jnp.abs(theta) > bound, 1e-8, 1e-2)  # noqa: E731
+    assert int(run(switch(6.0)).num_matvecs) == int(loose.num_matvecs)
+    above = run(switch(4.0))
+    assert int(above.num_matvecs) == int(tight.num_matvecs)
+    assert float(above.values[0]) == pytest.approx(5.0, rel=1e-12)
+
+
 def test_warm_start_needs_fewer_matvecs(x64):
     loss, params = small_model_loss(0)
     matvec, n = curvature.flat_hvp(loss, params)

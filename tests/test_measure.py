@@ -70,6 +70,29 @@ def test_swap_a_miss_is_flagged_and_corrected_by_the_cross_check():
     assert abs(float(state.vectors[0, 0])) > 0.99  # the next warm start carries the true top
 
 
+def test_the_cross_check_is_a_lower_bound_at_its_looser_tolerance():
+    """No miss (the warm start is the true top, 11, of a cluster 11, 10.95, ..., 10.8): the cold run
+    stops at a residual of 1e-2 with a Ritz value below the truth and within about that tolerance of
+    it, certifies the row, and costs fewer HVPs than a cold run to the measurement's own tolerance."""
+    rng = np.random.default_rng(0)
+    d = rng.uniform(-0.5, 2.0, N)
+    d[:5] = [11.0, 10.95, 10.9, 10.85, 10.8]
+    d = jnp.asarray(d, jnp.float32)
+    loss = lambda w, batch: 0.5 * jnp.sum(d * w["w"] ** 2)  # noqa: E731
+    truth = float(np.max(np.abs(np.asarray(d))))
+    state = MeasureState(jnp.zeros((1, N)).at[0, 0].set(1.0), jnp.asarray(5, jnp.int32), jnp.asarray(11.0))
+    rows = {}
+    for cc_tol in (1e-2, 1e-3):
+        m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=5,
+                                                                                     crosscheck_tol=cc_tol))
+        rows[cc_tol], _ = m.measure({"w": jnp.ones(N)}, None, state, jax.random.PRNGKey(4))
+    row = rows[1e-2]
+    assert float(row["lambda_max"]) == pytest.approx(truth, rel=1e-5)
+    assert truth * (1 - 2e-2) <= float(row["crosscheck_lambda"]) <= truth * (1 + 1e-6)
+    assert int(row["certified"]) == 1
+    assert int(row["hvps_crosscheck"]) < int(rows[1e-3]["hvps_crosscheck"])
+
+
 def test_a_jump_in_lambda_triggers_a_cross_check():
     loss, d = swap_problem(11.0, 10.0)
     m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=0))

@@ -178,7 +178,7 @@ def lanczos(
     *,
     k: int = 1,
     max_iters: int = 64,
-    tol: float = 1e-3,
+    tol: float | Callable[[jax.Array], jax.Array] = 1e-3,
     which: str = "LM",
     min_iters: int = 1,
 ) -> Eigen:
@@ -195,7 +195,8 @@ def lanczos(
       v0: ``(n,)`` start vector, e.g. the previous top eigenvector (warm start); need not be unit.
       k: number of eigenpairs.
       max_iters: most matvecs; also the size of the stored basis.
-      tol: relative residual at which a Ritz pair counts as converged.
+      tol: relative residual at which a Ritz pair counts as converged; or a function of the ``(k,)``
+        selected Ritz values giving each its tolerance (e.g. loose unless the value exceeds a bound).
       which: ``"LM"`` (largest magnitude: the operator norm comes first) or ``"LA"`` (largest value).
       min_iters: matvecs spent at least before the residual may stop the run. A warm start close to
         an eigenvector meets the tolerance within 2-3 matvecs even when a larger eigenvalue exists
@@ -226,7 +227,8 @@ def lanczos(
         return theta[order], s[:, order], abs_resid[order] / jnp.maximum(jnp.abs(theta[order]), eps)
 
     def stop(krylov, j):
-        return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(top(krylov, j)[2] <= tol)
+        theta, _, resid = top(krylov, j)
+        return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(resid <= (tol(theta) if callable(tol) else tol))
 
     krylov = _run_lanczos(matvec, v0, m, stop)
     theta, s_k, resid = top(krylov, krylov.j - 1)
