@@ -56,6 +56,7 @@ STOCHASTIC = ("batch_sharpness_over_gd_edge_median", "batch_sharpness_rom_over_g
               "batch_sharpness_q3_median", "batch_sharpness_q4_median", "batch_sharpness_quarters_reldiff",
               "ratio_q3_median", "ratio_q4_median", "ratio_quarters_reldiff")
 STATIONARY_TOL = 0.05  # q3 and q4 medians further apart than this (relative): not stationary
+STATIONARY_ABS = 1e-3  # ... unless within this absolute distance (a quantity at ~0, e.g. full-batch GD's q_B)
 MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
 GRIDS = (("sharpness", plots.draw_sharpness), ("alignment", plots.draw_alignment), ("loss", plots.draw_loss))
 
@@ -399,7 +400,7 @@ STOCHASTIC_NOTE = (
     "E[g_B'H_B g_B]/E[‖g_B‖²], of λmax of the full batch's Hessian and of λmax of the step's own minibatch; "
     "sam_batch_ratio: the mean of q_B / SAM-edge(‖g_B‖) (SAM-type runs); λmax/edge against the optimizer's own edge. "
     "q3 / q4: the medians of batch sharpness/(2/η) and of λmax/edge over the third and fourth quarters of the run "
-    f"(by step), marked {DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} (not stationary). Batch: the minibatch size "
+    f"(by step), marked {DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} and by more than {STATIONARY_ABS:g} (not stationary). Batch: the minibatch size "
     "(full last).")
 
 
@@ -437,15 +438,21 @@ def not_stationary(row, quantity: str = "batch_sharpness") -> bool:
       quantity: ``"batch_sharpness"`` or ``"ratio"``.
 
     Returns:
-      ``|q4 - q3| / q3 > STATIONARY_TOL`` for the quarters' medians (False when either is missing).
+      ``|q4 - q3| / q3 > STATIONARY_TOL`` for the quarters' medians (False when either is missing),
+      and ``|q4 - q3| > STATIONARY_ABS``: a quantity at about zero (full-batch GD's batch sharpness,
+      ~1e-5 of 2/eta: its gradient is orthogonal to the top eigenvectors) is not called drifting.
 
     >>> [not_stationary({"batch_sharpness_quarters_reldiff": d}) for d in (0.08, 0.02)], not_stationary({})
     ([True, False], False)
     >>> not_stationary({"ratio_quarters_reldiff": 0.08}, "ratio")
     True
+    >>> not_stationary({"ratio_quarters_reldiff": 0.14, "ratio_q3_median": 1.4e-5, "ratio_q4_median": 1.6e-5}, "ratio")
+    False
     """
     diff = row.get(f"{quantity}_quarters_reldiff")
-    return diff is not None and diff > STATIONARY_TOL
+    q3, q4 = row.get(f"{quantity}_q3_median"), row.get(f"{quantity}_q4_median")
+    close = q3 is not None and q4 is not None and abs(q4 - q3) <= STATIONARY_ABS
+    return diff is not None and diff > STATIONARY_TOL and not close
 
 
 def _stochastic_cell(row, key) -> str:
