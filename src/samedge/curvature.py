@@ -13,7 +13,7 @@ implementation below is checked against dense ``eigh`` and against matfree in th
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,18 +115,16 @@ def _ritz(krylov: _Krylov, j):
     return theta, s, live, abs_resid
 
 
-def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array],
-                 finish: Callable[[_Krylov], Any], first: int | None = None) -> Any:
+def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array]) -> _Krylov:
     """Lanczos with full reorthogonalisation until ``stop(krylov, j)`` holds after matvec ``j + 1``,
-    ``m`` matvecs are spent, or the Krylov space is invariant; returns ``finish(krylov)``. One
-    ``lax.while_loop``.
-
-    With ``first < m`` the run starts in a basis of ``first`` steps and moves to one of ``m`` only
-    when it needs more (``lax.cond``; ``finish`` is traced for both sizes): a run that stops early
-    never allocates, zeroes or eigen-decomposes at the full size."""
+    ``m`` matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``."""
     n = v0.shape[0]
     dtype = v0.dtype
     eps = jnp.finfo(dtype).eps
+
+    def cond(state):
+        krylov, done = state
+        return (krylov.j < m) & ~done
 
     def body(state):
         (j, basis, alphas, betas), _ = state
@@ -144,30 +142,11 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov,
         krylov = _Krylov(j + 1, basis, alphas, betas)
         return krylov, invariant | stop(krylov, j)
 
-    def loop(krylov):
-        size = krylov.alphas.shape[0]
-        return jax.lax.while_loop(lambda st: (st[0].j < size) & ~st[1], body, (krylov, jnp.asarray(False)))
-
-    size = m if first is None else min(first, m)
-    basis = jnp.zeros((_rows(size), n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    zeros = jnp.zeros((size,), dtype)
-    krylov, done = loop(_Krylov(jnp.asarray(0), basis, zeros, zeros))
-    if size == m:
-        return finish(krylov)
-    return jax.lax.cond(done, finish, lambda kr: finish(loop(_grow(kr, m))[0]), krylov)
-
-
-def _rows(steps: int) -> int:
-    return -(-(steps + 1) // _BLOCK) * _BLOCK  # steps + 1 rounded up to whole blocks
-
-
-def _grow(krylov: _Krylov, m: int) -> _Krylov:
-    """The same Krylov state in a basis (and tridiagonal) of ``m`` steps."""
-    size = krylov.alphas.shape[0]
-    basis = jnp.zeros((_rows(m), krylov.basis.shape[1]), krylov.basis.dtype).at[: krylov.basis.shape[0]].set(
-        krylov.basis)
-    pad = jnp.zeros((m - size,), krylov.alphas.dtype)
-    return _Krylov(krylov.j, basis, jnp.concatenate([krylov.alphas, pad]), jnp.concatenate([krylov.betas, pad]))
+    rows = -(-(m + 1) // _BLOCK) * _BLOCK  # m + 1 rounded up to whole blocks
+    basis = jnp.zeros((rows, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    zeros = jnp.zeros((m,), dtype)
+    krylov, _ = jax.lax.while_loop(cond, body, (_Krylov(jnp.asarray(0), basis, zeros, zeros), jnp.asarray(False)))
+    return krylov
 
 
 def _ritz_vectors(krylov: _Krylov, s_k: jax.Array) -> jax.Array:
@@ -202,7 +181,6 @@ def lanczos(
     tol: float | Callable[[jax.Array], jax.Array] = 1e-3,
     which: str = "LM",
     min_iters: int = 1,
-    first_stage: int | None = None,
 ) -> Eigen:
     """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -225,9 +203,6 @@ def lanczos(
         that the start nearly lacks; a few more Krylov steps let its component grow (on a diagonal
         test operator with eigenvalues 11 and 10 above a bulk in [-0.5, 2], started on the
         eigenvector of 10 plus 1% noise, 8 steps find 11 at n = 2,000 and at n = 200,000).
-      first_stage: ``None``, or run in a basis of this many steps first and move to the full
-        ``max_iters`` only when the run needs more (the same iterates; a short run then never
-        allocates the full basis).
 
     Returns:
       :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k.
@@ -255,15 +230,13 @@ def lanczos(
         theta, _, resid = top(krylov, j)
         return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(resid <= (tol(theta) if callable(tol) else tol))
 
-    def finish(krylov):
-        theta, s_k, resid = top(krylov, krylov.j - 1)
-        all_theta, _, live, abs_resid = _ritz(krylov, krylov.j - 1)
-        i_top = jnp.argmax(jnp.where(live, all_theta, -jnp.inf))
-        top_value = all_theta[i_top]
-        top_resid = abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
-        return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid)
-
-    return _run_lanczos(matvec, v0, m, stop, finish, first_stage)
+    krylov = _run_lanczos(matvec, v0, m, stop)
+    theta, s_k, resid = top(krylov, krylov.j - 1)
+    all_theta, _, live, abs_resid = _ritz(krylov, krylov.j - 1)
+    i_top = jnp.argmax(jnp.where(live, all_theta, -jnp.inf))
+    top_value = all_theta[i_top]
+    top_resid = abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
+    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid)
 
 
 def power_iteration(
@@ -363,7 +336,7 @@ def lanczos_above(
             below = jnp.asarray(True)
         return theta, s, rel, count, converged & below
 
-    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1], lambda kr: kr)
+    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1])
     theta, s, rel, count, _ = status(krylov, krylov.j - 1)
     keep = jnp.arange(k_max) < count  # (k_max,)
     vectors = _ritz_vectors(krylov, s[:, :k_max])  # (k_max, n)
