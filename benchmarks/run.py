@@ -21,9 +21,12 @@ Prints a table and, as its last line, one JSON object:
   compilation cache (``samedge.jit_cache``: every later run of the CLI reads them); also the steady
   share (without the first measurement), and the other quick tasks at their own default cadence.
   The figures are the run's own: each row's ``measure_s`` and the summary's ``measure_share``.
-- ``measure_over_hvp_floor``: the warm P3 run's steady measurement seconds over its HVPs (cross-checks
-  included) times one HVP in a bare compiled loop at the P2 point (``hvp_floor_s``, the mean of a timing
-  just before and one just after that run): 1 when the measurement is nothing but its HVPs.
+- ``measure_over_hvp_floor``: the steady measurement seconds of the P3 run's trajectory over the sum,
+  per check point, of its HVPs (cross-checks included) times one HVP in a bare compiled loop timed
+  right after that measurement at the same parameters (:func:`floor_along_run`): 1 when the
+  measurement is nothing but its HVPs. ``measure_over_hvp_floor_run``: the warm P3 run's own steady
+  seconds over its HVPs times one HVP timed at the P2 point just before and after that run
+  (``hvp_floor_s``), the figure's first form, whose two sides are timed a minute apart.
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
 """
 
@@ -175,6 +178,45 @@ def p3(name: str = "mnist", **overrides) -> dict:
             "lambda_max": {r["step"]: r["lambda_max"] for r in rows}, "status": summary["status"]}
 
 
+def floor_along_run(reps: int = 3) -> dict:
+    """The measurement against its floor at every check point of the pinned quick-MNIST SAM run.
+
+    Trains the P3 run's trajectory (``train.trajectory``) and, at each check point, times the run's
+    own jitted measurement (``train._make_measure``, the program ``train.train`` calls) and then a
+    bare compiled loop of HVPs at the same parameters (:func:`points.hvp_loop`, the best of ``reps``).
+    Returns the steady (after the first) measurement seconds over the sum of each point's HVPs times
+    its own floor: each ratio's two sides are timed seconds apart at the same point, so a slow spell
+    of a shared machine falls on both.
+    """
+    cfg, task = points.quick_task("mnist", optimizer="sam")
+    optimizer = train.build_optimizer(cfg)
+    init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
+    params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    opt_state = optimizer.init(params)
+    mstate = init_measure(params)
+    length = 16
+    loop = points.hvp_loop(task, length)
+    v0 = points.random_start(params)
+    seconds, floors, hvps = [], [], []
+    for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):
+        t = time.perf_counter()
+        row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
+        row = jax.device_get(row)
+        seconds.append(time.perf_counter() - t)
+        hvps.append(int(row["hvps"]) + int(row.get("hvps_crosscheck") or 0))
+        jax.block_until_ready(loop(seg.params, task.data, v0))  # compiled once; the cache is warm after
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            jax.block_until_ready(loop(seg.params, task.data, v0))
+            best = min(best, time.perf_counter() - t)
+        floors.append(best / length)
+    steady = sum(seconds[1:]) / sum(h * f for h, f in zip(hvps[1:], floors[1:]))
+    return {"ratio": steady, "measure_s": sum(seconds[1:]), "hvps": sum(hvps[1:]),
+            "floor_ms": (1e3 * min(floors[1:]), 1e3 * max(floors[1:])),
+            "per_point": [s / (h * f) for s, h, f in zip(seconds[1:], hvps[1:], floors[1:])]}
+
+
 def print_p3(r: dict, label: str) -> None:
     print(f"  {r['task']:<12} {label:<11} {r['steps']:>5} {r['measure_every']:>6} {r['wall_s']:>7.1f} "
           f"{r['measure_s']:>8.1f} {r['first_measure_s']:>6.2f} {r['hvps_median']:>5g} {r['overhead']:>9.3f} "
@@ -236,10 +278,15 @@ def main() -> int:
 
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     floor = (floor_before + floor_after) / 2
-    over_floor = r3w["steady_measure_s"] / (r3w["steady_hvps"] * floor)
+    over_floor_run = r3w["steady_measure_s"] / (r3w["steady_hvps"] * floor)
     print(f"\nThe measurement against its floor: one HVP in a bare compiled loop {1e3 * floor_before:.2f} ms before "
           f"and {1e3 * floor_after:.2f} ms after the warm run; its steady measurements {r3w['steady_measure_s']:.2f} s "
-          f"for {r3w['steady_hvps']} HVPs: {over_floor:.3f} x the mean floor")
+          f"for {r3w['steady_hvps']} HVPs: {over_floor_run:.3f} x the mean floor")
+    along = floor_along_run()
+    print(f"The same trajectory, each measurement followed by the floor at its own point "
+          f"({along['floor_ms'][0]:.2f}-{along['floor_ms'][1]:.2f} ms an HVP): {along['measure_s']:.2f} s for "
+          f"{along['hvps']} HVPs, {along['ratio']:.3f} x their floors (per point "
+          f"{min(along['per_point']):.3f}-{max(along['per_point']):.3f})")
     print(f"\npeak memory (max RSS) {peak_mb:.0f} MB")
     result = {
         "p1_sam_step_over_two_grads": max(r["ratio"] for r in p1_rows) if p1_rows else None,
@@ -253,7 +300,7 @@ def main() -> int:
         "p3_tracking_overhead_warm_cache": r3w["overhead"],
         "p3_tracking_overhead_steady": r3["overhead_steady"],
         "hvp_floor_s": floor, "hvp_floor_before_after_s": [floor_before, floor_after],
-        "measure_over_hvp_floor": over_floor,
+        "measure_over_hvp_floor": along["ratio"], "measure_over_hvp_floor_run": over_floor_run,
         "p3_hvps_per_measurement_median": r3["hvps_median"],
         "p3_other_tasks": {r["task"]: {"overhead": round(r["overhead"], 4), "measure_every": r["measure_every"],
                                        "steps": r["steps"]} for r in others},
