@@ -1,9 +1,9 @@
 """The Lanczos loop against its floor: seconds per iteration over one HVP in a bare compiled loop (issue 15).
 
 At the trained quick-MNIST benchmark point (``points.trained_point``: 335,114 parameters, 2,000
-images), for a stored basis of ``max_iters`` = 16 and 64 rows, it times :func:`samedge.curvature.lanczos`
+images), for a stored basis of ``max_iters`` = 16, 24, 32 and 64 rows, it times :func:`samedge.curvature.lanczos`
 run to a fixed number of iterations (``min_iters=ITERS`` with a tolerance every Ritz pair meets: exactly
-``ITERS`` HVPs for both basis sizes) and
+``ITERS`` HVPs for every basis size) and
 a bare ``fori_loop`` of the same HVPs (the primal hoisted, as inside Lanczos), interleaved over
 ``ROUNDS`` rounds so that a slow spell of a shared machine falls on both. A Lanczos iteration is one
 HVP plus the three-term recurrence, one Gram-Schmidt pass over the rows in use, a norm and the
@@ -28,7 +28,7 @@ import jax
 import points
 from samedge import curvature
 
-ITERS = 16  # iterations timed for both basis sizes (m = 16 spends all of its basis, m = 64 a quarter)
+ITERS = 16  # iterations timed for every basis size (m = 16 spends all of its basis, m = 64 a quarter)
 ROUNDS = 5
 SIZES = (16, 24, 32, 64)  # stored basis rows (max_iters)
 
