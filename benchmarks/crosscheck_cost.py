@@ -1,7 +1,7 @@
 """What a cold cross-check costs along the benchmark's run, by its tolerance (issue 15).
 
 At each check point of the pinned quick-MNIST SAM run (``points.quick_task``: 1,000 steps measured
-every 100) it runs the run's own measurement (``train._make_measure``), then cold Lanczos runs from
+every 100) it runs the run's own measurement (:func:`points.measured_run`), then cold Lanczos runs from
 one random start at residual tolerances 1e-3, 3e-3, 1e-2 and 3e-2 (at least 8 steps, as the
 measurement's), and prints for each the HVPs spent and the value relative to the measured
 lambda_max. A Ritz value is a lower bound of the largest eigenvalue, so a cold run that stops
@@ -16,20 +16,15 @@ import json
 import sys
 
 import jax
-import jax.numpy as jnp
 
 import points
-from samedge import curvature, train
+from samedge import curvature
 
 TOLS = (1e-3, 3e-3, 1e-2, 3e-2)
 
 
 def main() -> int:
     cfg, task = points.quick_task("mnist", optimizer="sam")
-    optimizer = train.build_optimizer(cfg)
-    init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
-    params = task.init_params(jax.random.PRNGKey(cfg.seed))
-    opt_state, mstate = optimizer.init(params), init_measure(params)
 
     @jax.jit
     def cold(params, data, key):
@@ -40,8 +35,7 @@ def main() -> int:
 
     print(f"{'step':>5} {'warm HVPs':>9} {'lambda_max':>10} " + " ".join(f"{'tol ' + format(t, 'g'):>18}" for t in TOLS))
     out = []
-    for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):
-        row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
+    for seg, row, _ in points.measured_run(cfg, task):
         lam = float(row["lambda_max"])
         runs = cold(seg.params, task.data, jax.random.PRNGKey(seg.step + 99))
         cells = [(int(e.num_matvecs), abs(float(e.values[0])) / lam - 1) for e in runs]

@@ -96,6 +96,38 @@ def hvp_loop(task, length: int):
     return loop
 
 
+def hvp_seconds(loop, length: int, params, data, reps: int = 5) -> float:
+    """Seconds of one HVP: the best of ``reps`` timed calls of ``loop`` (:func:`hvp_loop` of ``length``
+    HVPs) at ``params``, after one untimed call."""
+    v0 = random_start(params)
+    jax.block_until_ready(loop(params, data, v0))
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(loop(params, data, v0))
+        best = min(best, time.perf_counter() - start)
+    return best / length
+
+
+def measured_run(cfg, task):
+    """The trajectory of run ``cfg`` on ``task`` (e.g. :func:`quick_task`'s pinned quick-MNIST SAM run)
+    with its own measurement at every check point.
+
+    Yields ``(segment, row, seconds)``: the :class:`samedge.train.Segment`, the measurement's row
+    (``train._make_measure``, the program ``train.train`` calls, warm-started along the run) and the
+    seconds that call took. Use the segment's arrays before asking for the next one.
+    """
+    optimizer = train.build_optimizer(cfg)
+    init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
+    params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    opt_state, mstate = optimizer.init(params), init_measure(params)
+    for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):
+        start = time.perf_counter()
+        row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
+        row = jax.device_get(row)
+        yield seg, row, time.perf_counter() - start
+
+
 def timed(fn, *args, repeats: int = 3):
     """``(result, median seconds)`` of ``fn(*args)`` after one untimed call (the compile)."""
     out = jax.block_until_ready(fn(*args))

@@ -147,14 +147,7 @@ def hvp_floor(loop, length: int, reps: int = 5) -> float:
     """Seconds of one exact HVP at the trained quick-MNIST point, the best of ``reps`` runs of ``loop``
     (:func:`points.hvp_loop` of ``length`` HVPs)."""
     cfg, task, params = points.trained_point()
-    v0 = points.random_start(params)
-    jax.block_until_ready(loop(params, task.data, v0))
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        jax.block_until_ready(loop(params, task.data, v0))
-        best = min(best, time.perf_counter() - t)
-    return best / length
+    return points.hvp_seconds(loop, length, params, task.data, reps)
 
 
 def p3(name: str = "mnist", **overrides) -> dict:
@@ -181,36 +174,21 @@ def p3(name: str = "mnist", **overrides) -> dict:
 def floor_along_run(reps: int = 3) -> dict:
     """The measurement against its floor at every check point of the pinned quick-MNIST SAM run.
 
-    Trains the P3 run's trajectory (``train.trajectory``) and, at each check point, times the run's
-    own jitted measurement (``train._make_measure``, the program ``train.train`` calls) and then a
-    bare compiled loop of HVPs at the same parameters (:func:`points.hvp_loop`, the best of ``reps``).
+    Trains the P3 run's trajectory with its own measurement (:func:`points.measured_run`) and, after
+    each measurement, times a bare compiled loop of HVPs at the same parameters
+    (:func:`points.hvp_seconds` of :func:`points.hvp_loop`, the best of ``reps``).
     Returns the steady (after the first) measurement seconds over the sum of each point's HVPs times
     its own floor: each ratio's two sides are timed seconds apart at the same point, so a slow spell
     of a shared machine falls on both.
     """
     cfg, task = points.quick_task("mnist", optimizer="sam")
-    optimizer = train.build_optimizer(cfg)
-    init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
-    params = task.init_params(jax.random.PRNGKey(cfg.seed))
-    opt_state = optimizer.init(params)
-    mstate = init_measure(params)
     length = 16
     loop = points.hvp_loop(task, length)
-    v0 = points.random_start(params)
     seconds, floors, hvps = [], [], []
-    for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):
-        t = time.perf_counter()
-        row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
-        row = jax.device_get(row)
-        seconds.append(time.perf_counter() - t)
+    for seg, row, measure_s in points.measured_run(cfg, task):
+        seconds.append(measure_s)
         hvps.append(int(row["hvps"]) + int(row.get("hvps_crosscheck") or 0))
-        jax.block_until_ready(loop(seg.params, task.data, v0))  # compiled once; the cache is warm after
-        best = float("inf")
-        for _ in range(reps):
-            t = time.perf_counter()
-            jax.block_until_ready(loop(seg.params, task.data, v0))
-            best = min(best, time.perf_counter() - t)
-        floors.append(best / length)
+        floors.append(points.hvp_seconds(loop, length, seg.params, task.data, reps))
     steady = sum(seconds[1:]) / sum(h * f for h, f in zip(hvps[1:], floors[1:]))
     return {"ratio": steady, "measure_s": sum(seconds[1:]), "hvps": sum(hvps[1:]),
             "floor_ms": (1e3 * min(floors[1:]), 1e3 * max(floors[1:])),

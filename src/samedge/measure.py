@@ -360,13 +360,13 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         due = (state.count % every == 0) if every else jnp.asarray(False)
         take = ~first & (due | jumped)
         n = eig.vectors.shape[1]
+        bound = lam * (1 + 2 * settings.tol)  # a cross-check value above this is a larger eigenvalue
 
         def cold(_):
             v0 = jax.random.normal(jax.random.fold_in(key, 2), (n,), dtype)
-            # loose while the Ritz value stays at or below lambda; a larger one (a proven miss) is
-            # run on to the measurement's own tolerance
-            tol = lambda theta: jnp.where(jnp.abs(theta) > lam * (1 + 2 * settings.tol),  # noqa: E731
-                                          settings.tol, settings.crosscheck_tol)
+            # loose while the Ritz value stays at or below the bound; a larger one (a proven miss)
+            # is run on to the measurement's own tolerance
+            tol = lambda theta: jnp.where(jnp.abs(theta) > bound, settings.tol, settings.crosscheck_tol)  # noqa: E731
             e = top_eigen(params, batch, v0, 1, tol)
             return e.values[0], e.vectors[0], e.residuals[0], e.num_matvecs
 
@@ -375,7 +375,7 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             return nan, jnp.zeros((n,), eig.vectors.dtype), nan, jnp.asarray(0, eig.num_matvecs.dtype)
 
         value, vector, resid, hvps = jax.lax.cond(take, cold, skip, None)
-        larger = take & (jnp.abs(value) > lam * (1 + 2 * settings.tol))
+        larger = take & (jnp.abs(value) > bound)
         eig = eig._replace(
             values=eig.values.at[0].set(jnp.where(larger, value, eig.values[0])),
             vectors=eig.vectors.at[0].set(jnp.where(larger, vector, eig.vectors[0])),
