@@ -68,6 +68,30 @@ def test_lanczos_on_a_chosen_spectrum_both_orderings(x64):
     np.testing.assert_allclose(la.values, [5.0, 4.0], rtol=1e-9)
 
 
+@pytest.mark.parametrize("fill", [0.0, np.nan, 1e30])
+def test_lanczos_in_a_reused_workspace_ignores_its_contents(x64, fill):
+    """A workspace holding anything (NaN, huge values, an earlier run's basis) gives the same run as
+    a fresh basis: no row is read before it is written or cleared. Dense eigh is the truth."""
+    loss, params = small_model_loss(0)
+    matvec, n = curvature.flat_hvp(loss, params)
+    truth = sorted_by_magnitude(np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(loss, params))))
+    v0 = jax.random.normal(jax.random.PRNGKey(5), (n,))
+    run = jax.jit(lambda v, ws: curvature.lanczos(matvec, v, k=2, max_iters=40, tol=1e-8, workspace=ws),
+                  donate_argnums=1)
+    fresh = curvature.lanczos(matvec, v0, k=2, max_iters=40, tol=1e-8)
+    assert fresh.workspace is None
+    ws = jnp.full((curvature.basis_rows(40) + 8, n), fill)  # more rows than needed are fine
+    for _ in range(2):  # the second run starts from the first one's basis
+        eig = run(v0, ws)
+        ws = eig.workspace
+        np.testing.assert_allclose(np.asarray(eig.values), truth[:2], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(eig.values), np.asarray(fresh.values), rtol=1e-12)
+        assert int(eig.num_matvecs) == int(fresh.num_matvecs)
+        assert np.all(np.isfinite(np.asarray(eig.vectors)))
+    with pytest.raises(ValueError, match="workspace"):
+        curvature.lanczos(matvec, v0, max_iters=40, workspace=jnp.zeros((curvature.basis_rows(40) - 8, n)))
+
+
 def test_lanczos_tolerance_as_a_function_of_the_ritz_value(x64):
     """A tolerance loose below a bound and tight above it: the run with the bound above the top
     eigenvalue stops as early as the loose tolerance alone, the one with the bound below it runs as

@@ -181,3 +181,39 @@ def test_preconditioned_sharpness_against_dense_eigh(name, x64):
     else:
         assert float(row["ratio"]) == pytest.approx(float(row["precond_sharpness"]) / float(row["edge"]), rel=1e-12)
         assert float(row["precond_edge"]) == float(row["edge"])
+
+
+def test_the_workspace_is_reused_in_place_and_an_old_state_still_works():
+    """The state's Krylov workspace is donated: the next state's is the same memory (no fresh
+    mapping per call). An old state passed again gets a fresh buffer and measures the same."""
+    loss, d = swap_problem(11.0, 10.0)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1))
+    w = {"w": jnp.ones(N)}
+    s0 = m.init(w, jax.random.PRNGKey(0))
+    assert s0.workspace.shape == (curvature.basis_rows(m.settings.max_hvps), N)
+    pointer = s0.workspace.unsafe_buffer_pointer()
+    row1, s1 = m.measure(w, None, s0, jax.random.PRNGKey(1))
+    assert s1.workspace.unsafe_buffer_pointer() == pointer and s0.workspace.is_deleted()
+    row2, s2 = m.measure(w, None, s1, jax.random.PRNGKey(2))
+    again, _ = m.measure(w, None, s1, jax.random.PRNGKey(2))  # s1 again: its workspace went to s2
+    assert float(again["lambda_max"]) == float(row2["lambda_max"]) == pytest.approx(11.0, rel=1e-5)
+    assert int(again["hvps"]) == int(row2["hvps"])
+
+
+def test_a_cross_check_restarts_the_count_to_the_next_one():
+    """``count`` is the calls since the last cold run: a jump's cross-check sets it to 1, so the
+    periodic one comes ``crosscheck_every`` calls after it, not on a fixed grid."""
+    loss, d = swap_problem(11.0, 10.0)
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=3))
+    w = {"w": jnp.ones(N)}
+    jumped = MeasureState(old_top_state().vectors, jnp.asarray(2, jnp.int32), jnp.asarray(5.0, jnp.float32))
+    row, state = m.measure(w, None, jumped, jax.random.PRNGKey(0))  # 11 against 5: a jump, not yet due
+    assert int(row["hvps_crosscheck"]) > 0 and int(state.count) == 1
+    taken = []
+    for i in range(4):
+        row, state = m.measure(w, None, state, jax.random.PRNGKey(i + 1))
+        taken.append(int(row["hvps_crosscheck"]) > 0)
+    assert taken == [False, False, True, False]  # counts 1, 2, then 3 = crosscheck_every
+    assert int(state.count) == 2
+    rows = [{"hvps_crosscheck": 0}] * 3 + [{"hvps_crosscheck": 7}, {"hvps_crosscheck": 0}]
+    assert measure.calls_since_cold(rows) == 2 and measure.calls_since_cold(rows[:1]) == 1

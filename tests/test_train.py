@@ -35,6 +35,23 @@ def _measure_row(task, cfg, params):
     return m.measure(params, task.data, m.init(params, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))[0]
 
 
+def test_the_runs_measurement_donates_its_workspace(tiny_task):
+    """The program train() calls aliases the Krylov workspace to its output (reused in place)."""
+    import jax
+    import jax.numpy as jnp
+
+    cfg = config.resolve("mnist", "quick", task_overrides=TINY, steps=10, measure_every=5)
+    opt = train.build_optimizer(cfg)
+    init, measure_at = train._make_measure(cfg, tiny_task, opt)
+    params = tiny_task.init_params(jax.random.PRNGKey(0))
+    state = init(params)
+    pointer = state.workspace.unsafe_buffer_pointer()
+    row, new = measure_at(params, tiny_task.data, jnp.asarray(0), state, opt.init(params))
+    assert new.workspace.unsafe_buffer_pointer() == pointer
+    assert not new.vectors.is_deleted() and not state.vectors.is_deleted()  # only the workspace is donated
+    assert np.isfinite(float(row["lambda_max"]))
+
+
 def test_schedule():
     assert train.schedule(100, 25) == [0, 25, 50, 75, 100]
     assert train.schedule(90, 25) == [0, 25, 50, 75, 90]

@@ -23,6 +23,8 @@ __all__ = [
     "Eigen",
     "flat_hvp",
     "lanczos",
+    "krylov_workspace",
+    "basis_rows",
     "power_iteration",
     "alignment",
     "dense_hessian",
@@ -40,6 +42,8 @@ class Eigen(NamedTuple):
     num_matvecs: () int, matrix-vector products spent.
     top_value: () the largest algebraic Ritz value of the same Krylov space (:func:`lanczos` only).
     top_residual: () its relative residual (converged only when <= the tolerance).
+    workspace: the basis buffer after the run, when one was passed in (:func:`krylov_workspace`): hand it
+      to the next run.
     """
 
     values: jax.Array
@@ -48,6 +52,7 @@ class Eigen(NamedTuple):
     num_matvecs: jax.Array
     top_value: jax.Array | None = None
     top_residual: jax.Array | None = None
+    workspace: jax.Array | None = None
 
 
 def flat_hvp(loss_fn: Callable, params) -> tuple[Matvec, int]:
@@ -115,12 +120,53 @@ def _ritz(krylov: _Krylov, j):
     return theta, s, live, abs_resid
 
 
-def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array]) -> _Krylov:
+def basis_rows(max_iters: int) -> int:
+    """Rows of the Krylov basis a Lanczos run of ``max_iters`` matvecs stores: ``max_iters + 1``
+    rounded up to whole Gram-Schmidt blocks; the first dimension of a ``workspace``.
+
+    >>> basis_rows(64)
+    72
+    """
+    return -(-(max_iters + 1) // _BLOCK) * _BLOCK
+
+
+def krylov_workspace(n: int, max_iters: int = 64, dtype=jnp.float32) -> jax.Array:
+    """A buffer for the Krylov basis of Lanczos runs of at most ``max_iters`` matvecs on ``(n,)``
+    vectors, to pass as ``lanczos(..., workspace=...)`` and hand from run to run.
+
+    A run's basis is ``basis_rows(max_iters) x n`` floats (96 MB for 64 matvecs on 335k
+    parameters). Allocated afresh in every call of a compiled measurement, that memory comes from
+    the operating system each time (a buffer that large is mapped, not pooled), and its page faults
+    cost about as much as two HVPs; carried between calls and donated (``jax.jit(...,
+    donate_argnums=...)``), the same pages are reused in place. Its contents never matter.
+
+    >>> krylov_workspace(5, max_iters=10).shape
+    (16, 5)
+    """
+    return jnp.zeros((basis_rows(max_iters), n), dtype)
+
+
+def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array],
+                 basis: jax.Array | None = None) -> _Krylov:
     """Lanczos with full reorthogonalisation until ``stop(krylov, j)`` holds after matvec ``j + 1``,
-    ``m`` matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``."""
+    ``m`` matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``.
+
+    ``basis``: the buffer the Krylov basis is built in (any contents, at least ``basis_rows(m)``
+    rows, a multiple of the block), or ``None`` for a fresh one. Its rows are never read before they
+    are written: block 0 is cleared at the start and step ``j`` clears row ``j + _BLOCK``, so every
+    row of a block is zero or a Lanczos vector by the time :func:`_orthogonalise` (which reads whole
+    blocks) reaches it.
+    """
     n = v0.shape[0]
     dtype = v0.dtype
     eps = jnp.finfo(dtype).eps
+    rows = basis_rows(m)
+    if basis is None:
+        basis = jnp.zeros((rows, n), dtype)
+    elif basis.shape[0] < rows or basis.shape[0] % _BLOCK or basis.shape[1:] != (n,) or basis.dtype != dtype:
+        raise ValueError(f"workspace of shape {basis.shape} and dtype {basis.dtype}: need ({rows} or more rows, "
+                         f"a multiple of {_BLOCK}, {n}) of {dtype} for {m} matvecs")
+    last_row = basis.shape[0] - 1
 
     def cond(state):
         krylov, done = state
@@ -139,11 +185,15 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov,
         betas = betas.at[j].set(beta)
         invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
         basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
+        # then clear the row a block ahead (after the write, so that XLA updates the basis in place
+        # rather than copying it; past the end nothing is cleared)
+        ahead = jnp.minimum(j + _BLOCK, last_row)
+        basis = basis.at[ahead].set(jnp.where(j + _BLOCK <= last_row, 0.0, basis[ahead]))
         krylov = _Krylov(j + 1, basis, alphas, betas)
         return krylov, invariant | stop(krylov, j)
 
-    rows = -(-(m + 1) // _BLOCK) * _BLOCK  # m + 1 rounded up to whole blocks
-    basis = jnp.zeros((rows, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    start = jnp.zeros((_BLOCK, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    basis = jax.lax.dynamic_update_slice_in_dim(basis, start, 0, axis=0)
     zeros = jnp.zeros((m,), dtype)
     krylov, _ = jax.lax.while_loop(cond, body, (_Krylov(jnp.asarray(0), basis, zeros, zeros), jnp.asarray(False)))
     return krylov
@@ -181,6 +231,7 @@ def lanczos(
     tol: float | Callable[[jax.Array], jax.Array] = 1e-3,
     which: str = "LM",
     min_iters: int = 1,
+    workspace: jax.Array | None = None,
 ) -> Eigen:
     """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
 
@@ -203,6 +254,8 @@ def lanczos(
         that the start nearly lacks; a few more Krylov steps let its component grow (on a diagonal
         test operator with eigenvalues 11 and 10 above a bulk in [-0.5, 2], started on the
         eigenvector of 10 plus 1% noise, 8 steps find 11 at n = 2,000 and at n = 200,000).
+      workspace: a buffer to build the Krylov basis in (:func:`krylov_workspace`; any contents), returned
+        in :attr:`Eigen.workspace`; ``None``: a fresh one each call.
 
     Returns:
       :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k.
@@ -230,13 +283,14 @@ def lanczos(
         theta, _, resid = top(krylov, j)
         return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(resid <= (tol(theta) if callable(tol) else tol))
 
-    krylov = _run_lanczos(matvec, v0, m, stop)
+    krylov = _run_lanczos(matvec, v0, m, stop, workspace)
     theta, s_k, resid = top(krylov, krylov.j - 1)
     all_theta, _, live, abs_resid = _ritz(krylov, krylov.j - 1)
     i_top = jnp.argmax(jnp.where(live, all_theta, -jnp.inf))
     top_value = all_theta[i_top]
     top_resid = abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
-    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid)
+    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid,
+                 None if workspace is None else krylov.basis)
 
 
 def power_iteration(
@@ -284,6 +338,7 @@ class Outliers(NamedTuple):
     residuals: (k_max,) relative residuals; NaN beyond ``count``.
     count: () int, how many eigenvalues lie above the threshold (at most ``k_max``).
     num_matvecs: () int, matrix-vector products spent.
+    workspace: the basis buffer after the run, when one was passed in.
     """
 
     values: jax.Array
@@ -291,6 +346,7 @@ class Outliers(NamedTuple):
     residuals: jax.Array
     count: jax.Array
     num_matvecs: jax.Array
+    workspace: jax.Array | None = None
 
 
 def lanczos_above(
@@ -302,6 +358,7 @@ def lanczos_above(
     max_iters: int = 96,
     min_iters: int = 12,
     tol: float = 1e-3,
+    workspace: jax.Array | None = None,
 ) -> Outliers:
     """Every eigenvalue above ``threshold`` (up to ``k_max`` of them) by Lanczos, growing k as needed.
 
@@ -313,6 +370,7 @@ def lanczos_above(
     eigenvalue. ``k_max`` counted pairs, ``max_iters`` matvecs or an invariant Krylov space also stop it.
     Like every Krylov method it can miss an eigenvalue the start vector (nearly) lacks; the noise
     in the start guards against that. ``threshold`` may be traced (e.g. a fraction of the edge).
+    ``workspace``: as in :func:`lanczos`.
     """
     if not 1 <= k_max <= max_iters:
         raise ValueError(f"need 1 <= k_max <= max_iters, got k_max={k_max}, max_iters={max_iters}")
@@ -336,7 +394,7 @@ def lanczos_above(
             below = jnp.asarray(True)
         return theta, s, rel, count, converged & below
 
-    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1])
+    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1], workspace)
     theta, s, rel, count, _ = status(krylov, krylov.j - 1)
     keep = jnp.arange(k_max) < count  # (k_max,)
     vectors = _ritz_vectors(krylov, s[:, :k_max])  # (k_max, n)
@@ -346,4 +404,5 @@ def lanczos_above(
         jnp.where(keep, rel, jnp.nan),
         count,
         krylov.j,
+        None if workspace is None else krylov.basis,
     )

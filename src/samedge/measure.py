@@ -61,7 +61,8 @@ from jax.flatten_util import ravel_pytree
 from samedge import checks, curvature, edges
 from samedge.steps import Optimizer, global_norm
 
-__all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "initial_vectors"]
+__all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "initial_vectors", "calls_since_cold",
+           "split_workspace"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,10 @@ class MeasureSettings:
       start_noise: weight of the random unit vector added to the (unit) warm start. It gives every
         direction a component of about ``start_noise / sqrt(n)`` for Lanczos to amplify; the
         warm start's own accuracy costs about one HVP more at 0.1 than at 0.01.
-      crosscheck_every: a cold random-start Lanczos run every this many calls (0: never); also
-        whenever lambda_max changes by more than ``jump`` relative, or the new top vector's |cos|
-        with the previous one falls below ``align_jump``.
+      crosscheck_every: a cold random-start Lanczos run once this many calls have passed since the
+        last cold run (0: never), so that a miss lasts at most that many calls; also whenever
+        lambda_max changes by more than ``jump`` relative, or the new top vector's |cos| with the
+        previous one falls below ``align_jump`` (such a run restarts the count).
       crosscheck_tol: the residual at which the cold run stops. Its top Ritz value is a lower bound
         of the largest eigenvalue, so a value above ``lambda_max * (1 + 2 tol)`` proves a miss at
         any ``crosscheck_tol``; the looser it is, the smaller the miss it can overlook (about
@@ -142,12 +144,18 @@ class MeasureSettings:
 
 class MeasureState(NamedTuple):
     """What one measurement hands the next: ``vectors``, ``(num_vectors, n)`` eigenvector estimates
-    (the warm start of the next Lanczos runs); ``count``, the calls so far; ``lambda_prev``, the
-    last lambda_max (NaN before the first): the guard's memory."""
+    (the warm start of the next Lanczos runs); ``count``, the calls since the last cold start (0
+    before the first call, which starts from random vectors; 1 after it or after a cross-check:
+    :func:`calls_since_cold` rebuilds it from a run's rows); ``lambda_prev``, the last lambda_max
+    (NaN before the first): the guard's memory; ``workspace``, the buffer every
+    Lanczos run of the measurement builds its Krylov basis in (:func:`samedge.curvature.krylov_workspace`;
+    its contents carry nothing), handed from call to call so that a donating caller reuses its
+    memory in place (``None``: each run allocates its own)."""
 
     vectors: jax.Array
     count: jax.Array | int = 0
     lambda_prev: jax.Array | float = float("nan")
+    workspace: jax.Array | None = None
 
 
 class Measurement(NamedTuple):
@@ -157,6 +165,49 @@ class Measurement(NamedTuple):
     init: Callable[[Any, jax.Array], MeasureState]
     measure: Callable[..., tuple[dict, MeasureState]]
     settings: MeasureSettings
+
+
+def split_workspace(state: MeasureState) -> tuple[MeasureState, jax.Array | None]:
+    """``(state without its workspace, workspace)``, for a jitted call that donates the workspace
+    alone (``donate_argnums``) and leaves the rest of the state the caller's.
+
+    An old state passed again has a workspace already donated to the call that returned a newer
+    one: it gets a fresh buffer of the same shape (the contents never matter).
+
+    Args:
+      state: a :class:`MeasureState`.
+
+    Returns:
+      The state with ``workspace=None``, and the workspace to pass (and donate) beside it.
+
+    >>> rest, ws = split_workspace(MeasureState(jnp.ones((1, 3)), workspace=jnp.zeros((8, 3))))
+    >>> rest.workspace is None, ws.shape
+    (True, (8, 3))
+    """
+    ws = state.workspace
+    if isinstance(ws, jax.Array) and not isinstance(ws, jax.core.Tracer) and ws.is_deleted():
+        ws = jnp.zeros(ws.shape, ws.dtype)
+    return state._replace(workspace=None), ws
+
+
+def calls_since_cold(rows) -> int:
+    """:attr:`MeasureState.count` after the measurements ``rows`` (dicts with ``hvps_crosscheck``;
+    the first row is a cold start): the calls since the last cold run, as resuming a run needs it.
+
+    Args:
+      rows: the run's rows so far, oldest first.
+
+    Returns:
+      ``len(rows) - i`` for the last row ``i`` that ran a cross-check (or the first row); 0 for none.
+
+    >>> calls_since_cold([{"hvps_crosscheck": 0}, {"hvps_crosscheck": 12}, {"hvps_crosscheck": 0}])
+    2
+    """
+    last = 0
+    for i, row in enumerate(rows):
+        if (row.get("hvps_crosscheck") or 0) > 0:
+            last = i
+    return len(rows) - last if rows else 0
 
 
 def initial_vectors(params, k: int, key) -> jax.Array:
@@ -214,12 +265,19 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     # warm-start rows after the top-k: preconditioned, linear step, full batch
     n_extra = int(has_pre) + int(has_lin) + int(has_full)
     tracked_from = k + n_extra
+    # The loss (and accuracy) as jitted units: the measurement differentiates the loss at four
+    # places (gradient, the HVPs of Lanczos and of the cross-check, the ascent gradient); jitted,
+    # its Python (a flax model's apply) is traced once instead of at each, which halves the
+    # tracing and lowering of the measurement's program (0.6 s -> 0.25 s on quick MNIST: a run
+    # with its program in the persistent compilation cache pays them at its first measurement).
+    loss_fn = jax.jit(loss_fn)
+    accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def top_eigen(point, batch, v0, k, tol=settings.tol):
+    def top_eigen(point, batch, v0, k, ws, tol=settings.tol):
         matvec, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), point)
         return curvature.lanczos(matvec, v0, k=k, max_iters=settings.max_hvps, tol=tol,
-                                 min_iters=settings.min_hvps)
+                                 min_iters=settings.min_hvps, workspace=ws)
 
     def cast(tree):
         if settings.dtype is None:
@@ -241,8 +299,11 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         noise = jax.random.normal(key, vectors.shape[1:])
         warm = vectors[:k].sum(0) + vectors[tracked_from:].sum(0)
         v0 = warm / jnp.linalg.norm(warm) + settings.start_noise * noise / jnp.linalg.norm(noise)
-        eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k)
+        eig = top_eigen(params, batch, v0.astype(g_flat.dtype), k, state.workspace)
         eig, guard = _guard(eig, state, params, batch, key, g_flat.dtype)
+        ws = eig.workspace
+        # calls since the last cold run, this one included: 1 after a cross-check (or the first call)
+        since_cold = jnp.where(guard["hvps_crosscheck"] > 0, 1, state.count + 1).astype(jnp.asarray(state.count).dtype)
         lambda_max = jnp.abs(eig.values[0])
         descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch), opt_state))[0]
         row = {"loss": loss, "grad_norm": grad_norm, "lambda_max": lambda_max}
@@ -252,10 +313,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             row["edge"] = edge
         if has_lr:
             row["gd_edge"] = jnp.asarray(edges.gd_edge(optimizer.lr), loss.dtype)
-        extra_rows, extra_vectors = _adaptive(params, batch, grad, vectors, key, opt_state, g_flat.dtype)
+        extra_rows, extra_vectors, ws = _adaptive(params, batch, grad, vectors, key, opt_state, g_flat.dtype, ws)
         row |= extra_rows
         if settings.batch_sharpness:
-            stochastic_rows, full_vectors = _stochastic(params, vectors, key, opt_state, data, g_flat.dtype)
+            stochastic_rows, full_vectors, ws = _stochastic(params, vectors, key, opt_state, data, g_flat.dtype, ws)
             row |= stochastic_rows
             extra_vectors = extra_vectors + full_vectors
         # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, else lambda_max(H)
@@ -276,26 +337,27 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             row[f"resid_{i + 1}"] = eig.residuals[i]
         row |= guard | {"lambda_top": eig.top_value, "resid_top": eig.top_residual}
         if at_ascent:
-            sam_eig = top_eigen(optimizer.ascent_point(params, grad, opt_state), batch, eig.vectors[0], 1)
+            sam_eig = top_eigen(optimizer.ascent_point(params, grad, opt_state), batch, eig.vectors[0], 1, ws)
+            ws = sam_eig.workspace
             row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
             row["resid_sam"] = sam_eig.residuals[0]
             row["hvps_sam"] = sam_eig.num_matvecs
         new_vectors = jnp.concatenate([eig.vectors.astype(vectors.dtype)] + extra_vectors)
         if settings.track_fraction > 0 and has_edge:
-            row_t, tracked = _track_outliers(loss_fn, settings, params, batch, vectors[tracked_from:], edge,
-                                             jax.random.fold_in(key, 1))
+            row_t, tracked, ws = _track_outliers(loss_fn, settings, params, batch, vectors[tracked_from:], edge,
+                                                 jax.random.fold_in(key, 1), ws)
             row |= row_t
             new_vectors = jnp.concatenate([new_vectors, tracked.astype(vectors.dtype)])
         elif settings.track_fraction > 0:
             new_vectors = jnp.concatenate([new_vectors, vectors[tracked_from:]])
-        return row, MeasureState(new_vectors, state.count + 1, lambda_max.astype(jnp.result_type(float)))
+        return row, MeasureState(new_vectors, since_cold, lambda_max.astype(jnp.result_type(float)), ws)
 
-    def _adaptive(params, batch, grad, vectors, key, opt_state, dtype):
+    def _adaptive(params, batch, grad, vectors, key, opt_state, dtype, ws):
         """The preconditioned sharpness ``lambda_max(P^{-1/2} H P^{-1/2})`` (= that of ``P^{-1} H``) with
         ``P`` read from the optimizer state, and the linearised step's radius, each by a warm-started
         Lanczos run on HVPs composed with the diagonal scaling."""
         if not (has_pre or has_lin):
-            return {}, []
+            return {}, [], ws
         if opt_state is None:
             from samedge.errors import ConfigError
 
@@ -303,29 +365,31 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
         row, out, i = {}, [], k
 
-        def lanczos_from(matvec, v, salt):
+        def lanczos_from(matvec, v, salt, ws):
             noise = jax.random.normal(jax.random.fold_in(key, salt), v.shape)
             v0 = v / jnp.linalg.norm(v) + settings.start_noise * noise / jnp.linalg.norm(noise)
             return curvature.lanczos(matvec, v0.astype(dtype), k=1, max_iters=settings.max_hvps,
-                                     tol=settings.tol, min_iters=settings.min_hvps)
+                                     tol=settings.tol, min_iters=settings.min_hvps, workspace=ws)
 
         if has_pre:
             s = 1.0 / jnp.sqrt(ravel_pytree(optimizer.preconditioner(opt_state, grad))[0])
-            e = lanczos_from(lambda v: s * hvp(s * v), vectors[i], 3)
+            e = lanczos_from(lambda v: s * hvp(s * v), vectors[i], 3, ws)
+            ws = e.workspace
             row |= {"precond_sharpness": jnp.abs(e.values[0]), "resid_precond": e.residuals[0],
                     "hvps_precond": e.num_matvecs}
             out.append(e.vectors[:1].astype(vectors.dtype))
             i += 1
         if has_lin:
             matvec, eta_eff = optimizer.linear_step(hvp, grad, opt_state)
-            e = lanczos_from(matvec, vectors[i], 4)
+            e = lanczos_from(matvec, vectors[i], 4, ws)
+            ws = e.workspace
             mu = e.values[0]
             row |= {"step_radius": jnp.abs(1 - eta_eff * mu), "step_mu": mu, "resid_step": e.residuals[0],
                     "hvps_step": e.num_matvecs}
             out.append(e.vectors[:1].astype(vectors.dtype))
-        return row, out
+        return row, out, ws
 
-    def _stochastic(params, vectors, key, opt_state, data, dtype):
+    def _stochastic(params, vectors, key, opt_state, data, dtype, ws):
         """Batch sharpness over fresh minibatches and lambda_max of the full batch's Hessian."""
         from samedge import batch_sharpness
 
@@ -341,14 +405,14 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             min_batches=min(10, settings.batch_sharpness),
             edge_fn=(lambda g: optimizer.edge(g, opt_state)) if euclidean else None)
         if not has_full:
-            return row, []
+            return row, [], ws
         full = cast(full_batch_fn(data))
         i = k + int(has_pre) + int(has_lin)
         noise = jax.random.normal(jax.random.fold_in(key, 6), vectors.shape[1:])
         v0 = vectors[i] / jnp.linalg.norm(vectors[i]) + settings.start_noise * noise / jnp.linalg.norm(noise)
-        e = top_eigen(params, full, v0.astype(dtype), 1)
+        e = top_eigen(params, full, v0.astype(dtype), 1, ws)
         row |= {"lambda_max_full": jnp.abs(e.values[0]), "resid_full": e.residuals[0], "hvps_full": e.num_matvecs}
-        return row, [e.vectors[:1].astype(vectors.dtype)]
+        return row, [e.vectors[:1].astype(vectors.dtype)], e.workspace
 
     def _guard(eig, state, params, batch, key, dtype):
         """The cross-check (when due) and the guard's columns; a larger eigenvalue found is adopted."""
@@ -357,29 +421,30 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         align_prev = curvature.alignment(eig.vectors[0], state.vectors[0].astype(eig.vectors.dtype))
         jumped = (jnp.abs(lam / state.lambda_prev - 1) > settings.jump) | (align_prev < settings.align_jump)
         every = settings.crosscheck_every
-        due = (state.count % every == 0) if every else jnp.asarray(False)
+        due = (state.count >= every) if every else jnp.asarray(False)  # calls since the last cold run
         take = ~first & (due | jumped)
         n = eig.vectors.shape[1]
         bound = lam * (1 + 2 * settings.tol)  # a cross-check value above this is a larger eigenvalue
 
-        def cold(_):
+        def cold(ws):
             v0 = jax.random.normal(jax.random.fold_in(key, 2), (n,), dtype)
             # loose while the Ritz value stays at or below the bound; a larger one (a proven miss)
             # is run on to the measurement's own tolerance
             tol = lambda theta: jnp.where(jnp.abs(theta) > bound, settings.tol, settings.crosscheck_tol)  # noqa: E731
-            e = top_eigen(params, batch, v0, 1, tol)
-            return e.values[0], e.vectors[0], e.residuals[0], e.num_matvecs
+            e = top_eigen(params, batch, v0, 1, ws, tol)
+            return e.values[0], e.vectors[0], e.residuals[0], e.num_matvecs, e.workspace
 
-        def skip(_):
+        def skip(ws):
             nan = jnp.asarray(jnp.nan, eig.values.dtype)
-            return nan, jnp.zeros((n,), eig.vectors.dtype), nan, jnp.asarray(0, eig.num_matvecs.dtype)
+            return nan, jnp.zeros((n,), eig.vectors.dtype), nan, jnp.asarray(0, eig.num_matvecs.dtype), ws
 
-        value, vector, resid, hvps = jax.lax.cond(take, cold, skip, None)
+        value, vector, resid, hvps, ws = jax.lax.cond(take, cold, skip, eig.workspace)
         larger = take & (jnp.abs(value) > bound)
         eig = eig._replace(
             values=eig.values.at[0].set(jnp.where(larger, value, eig.values[0])),
             vectors=eig.vectors.at[0].set(jnp.where(larger, vector, eig.vectors[0])),
             residuals=eig.residuals.at[0].set(jnp.where(larger, resid, eig.residuals[0])),
+            workspace=ws,
         )
         converged = jnp.all(eig.residuals <= settings.tol)
         return eig, {
@@ -389,7 +454,14 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             "certified": (converged & ~larger).astype(jnp.int32),
         }
 
-    compiled = jax.jit(measure)
+    # the most matvecs of any of the measurement's Lanczos runs: the workspace's size
+    workspace_iters = _outlier_iters(settings) if settings.track_fraction > 0 else settings.max_hvps
+
+    def measure_ws(params, batch, state, workspace, key, opt_state, data):
+        return measure(params, batch, state._replace(workspace=workspace), key, opt_state, data)
+
+    # the workspace is donated (reused in place); the rest of the state stays the caller's
+    compiled = jax.jit(measure_ws, donate_argnums=3)
     checked: set = set()
 
     def measure_call(params, batch, state: MeasureState, key, opt_state=None, data=None):
@@ -398,17 +470,19 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             checks.float_params(params)
             checks.scalar_loss(loss_fn, params, batch)
             checked.add(signature)
-        return compiled(params, batch, state, key, opt_state, data)
+        rest, ws = split_workspace(state)
+        return compiled(params, batch, rest, ws, key, opt_state, data)
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
         vectors = initial_vectors(cast(params), settings.num_vectors + n_extra, key)
-        return MeasureState(vectors, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.nan, jnp.result_type(float)))
+        return MeasureState(vectors, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.nan, jnp.result_type(float)),
+                            curvature.krylov_workspace(vectors.shape[1], workspace_iters, vectors.dtype))
 
     return Measurement(init, measure_call, settings)
 
 
-def _track_outliers(loss_fn, settings: MeasureSettings, params, batch, previous, edge, key):
+def _track_outliers(loss_fn, settings: MeasureSettings, params, batch, previous, edge, key, ws=None):
     """Every eigenvalue above ``track_fraction * edge`` (see :func:`curvature.lanczos_above`).
 
     Warm start: the previously tracked vectors summed (zero rows for none) plus a random part of
@@ -422,9 +496,13 @@ def _track_outliers(loss_fn, settings: MeasureSettings, params, batch, previous,
     v0 = start + 0.1 * scale * noise / jnp.linalg.norm(noise)
     out = curvature.lanczos_above(matvec, v0.astype(previous.dtype), settings.track_fraction * edge,
                                   k_max=settings.track_max,
-                                  max_iters=max(settings.max_hvps, settings.track_max + 8), tol=settings.tol)
+                                  max_iters=_outlier_iters(settings), tol=settings.tol, workspace=ws)
     row = {"n_outliers": out.count, "hvps_outliers": out.num_matvecs}
     for i in range(settings.track_max):
         row[f"outlier_{i + 1}"] = out.values[i]
         row[f"outlier_resid_{i + 1}"] = out.residuals[i]
-    return row, out.vectors
+    return row, out.vectors, out.workspace
+
+
+def _outlier_iters(settings: MeasureSettings) -> int:
+    return max(settings.max_hvps, settings.track_max + 8)
