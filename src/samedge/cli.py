@@ -62,8 +62,8 @@ def settings_table() -> tuple[Setting, ...]:
                                           "lambda_max of the full batch (default: off)"),
         Setting("batch_size", int, "minibatch size, a task setting (mnist, cifar10: default full batch; "
                                    "shakespeare: the preset's)", sweep=True),
-        Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check every K measurements, and on a jump; "
-                                         "0: only on a jump (default 10)"),
+        Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check on a jump, and K measurements after the "
+                                         "last cold run at the latest; 0: only on a jump (default 10)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
     )

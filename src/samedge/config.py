@@ -46,7 +46,8 @@ class RunConfig:
     diverge_factor: float = 1000.0
     track_fraction: float = 0.0  # 0 = off; else also track every eigenvalue above this fraction of the edge
     track_max: int = 12  # most eigenvalues tracked that way (the square loss on 10 classes shows ~10 outliers)
-    # a cold random-start Lanczos cross-check every this many measurements (0: only on a jump);
+    # a cold random-start Lanczos cross-check this many measurements after the last cold run at the
+    # latest, and on a jump (0: only on a jump);
     # see samedge.measure.MeasureSettings
     crosscheck_every: int = 10
     measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)

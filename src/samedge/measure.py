@@ -27,8 +27,9 @@ Why a guard. Lanczos stopped on a residual proves closeness to *an* eigenvalue, 
 a warm start that (nearly) lacks the new top direction, after the top eigenvectors exchanged
 between two calls, can meet the tolerance on the old one within 2-3 HVPs. No Krylov method can rule
 out an eigenvalue its start vector lacks; the guard makes a miss rare (a real random part in the
-start, a minimum number of Krylov steps) and visible (a cold random-start cross-check every
-``crosscheck_every`` calls and whenever lambda or the top vector jumps; a larger eigenvalue found
+start, a minimum number of Krylov steps) and visible (a cold random-start cross-check whenever
+lambda or the top vector jumps, and ``crosscheck_every`` calls after the last cold run at the
+latest; a larger eigenvalue found
 there is adopted, and the row is marked uncertified).
 
 ``measure`` is jitted once per settings: calling it again with new parameters, batches, states or
@@ -248,7 +249,11 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
       ``measure(params, batch, state, key, opt_state=None)`` returns the row (a dict of scalar
       arrays, see the module docstring) and the new state; ``opt_state`` is what the optimizer's
       edge reads besides the gradient (``None`` is fine for the built-in optimizers). Lanczos' warm
-      start is the previous vectors summed plus 1% of a random unit vector drawn from ``key``.
+      start is the previous vectors summed plus a random unit vector of weight ``start_noise``
+      drawn from ``key``. The state's ``workspace`` is donated to the call and comes back in the
+      new state (the same memory): keep using the returned state; an old one passed again gets a
+      fresh workspace. Inside your own ``jax.jit``, donate the workspace there to get the same reuse
+      (:func:`split_workspace`).
     """
     settings = (settings or MeasureSettings()).validate()
     k = settings.topk
