@@ -81,8 +81,9 @@ def main() -> int:
              "fresh_over_bare": ms["fresh"] / ms["bare"], "carried_over_bare": ms["carried"] / ms["bare"],
              "faults_fresh": statistics.median(faults["fresh"]), "faults_carried": statistics.median(faults["carried"])}
         out[name] = r
-        print(f"{name} start, {iters} HVPs: fresh basis {ms['fresh']:.1f} ms ({r['faults_fresh']:.0f} minor faults), carried "
-              f"workspace {ms['carried']:.1f} ms ({r['faults_carried']:.0f}), bare loop {ms['bare']:.1f} ms: "
+        print(f"{name} start, {iters} HVPs: fresh basis {ms['fresh']:.1f} ms ({r['faults_fresh']:.0f} minor "
+              f"faults), carried workspace {ms['carried']:.1f} ms ({r['faults_carried']:.0f}), bare loop "
+              f"{ms['bare']:.1f} ms: "
               f"{r['fresh_over_bare']:.3f} / {r['carried_over_bare']:.3f} x bare")
     print(json.dumps(out))
     return 0
