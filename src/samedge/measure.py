@@ -461,8 +461,9 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
             take = jnp.where(is_cold, take, ~first & (due | jumped))
             return p + 1, e.workspace, main, cold, take
 
-        shapes = jax.eval_shape(lambda: curvature.lanczos(matvec, v0, k=k, max_iters=settings.max_hvps))
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes._replace(workspace=None))
+        real = jnp.zeros((), dtype)
+        zeros = curvature.Eigen(jnp.zeros((k,), dtype), jnp.zeros((k, n), dtype), jnp.zeros((k,), dtype),
+                                jnp.zeros((), jnp.int32), real, real)
         _, ws, main, cold, take = jax.lax.while_loop(
             lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), one_pass,
             (jnp.asarray(0), ws0, zeros, zeros, jnp.asarray(False)))
