@@ -426,8 +426,7 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         taken only when due or after a jump), so the measurement's program holds its Lanczos loop
         once: it compiles, loads from the persistent cache and traces faster than with a second copy.
         """
-        matvec, n = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
-        dtype = v0.dtype
+        n, dtype = v0.shape[0], v0.dtype
         cold_v0 = jax.random.normal(jax.random.fold_in(key, 2), (n,), dtype)
         first = state.count == 0  # the first call starts from random vectors: itself a cold start
         every = settings.crosscheck_every
@@ -450,8 +449,7 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
                 t = jnp.where(jnp.abs(theta) > bound, settings.tol, below)
                 return jnp.where(is_cold & (rank > 0), jnp.inf, t)
 
-            e = curvature.lanczos(matvec, jnp.where(is_cold, cold_v0, v0), k=k, max_iters=settings.max_hvps,
-                                  tol=tol, min_iters=settings.min_hvps, workspace=ws)
+            e = top_eigen(params, batch, jnp.where(is_cold, cold_v0, v0), k, ws, tol)
             fields = e._replace(workspace=None)
             main = jax.tree.map(lambda new, old: jnp.where(is_cold, old, new), fields, main)
             cold = jax.tree.map(lambda new, old: jnp.where(is_cold, new, old), fields, cold)
