@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     cfg, task = build("mnist")
     log(f"mnist {task.info}")
     every = 20 if args.tiny else cfg.measure_every
-    init_measure, measure_fn = train._make_measure(cfg, task, opt)
+    _, init_measure, measure_fn = train._make_measure(cfg, task, opt)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state = opt.init(params)
     mstate = init_measure(params)
@@ -258,7 +258,7 @@ def _time_measurement(cfg, task, opt, params, opt_state, step, state=None):
 
     from samedge import train
 
-    init_measure, measure_fn = train._make_measure(cfg, task, opt)
+    _, init_measure, measure_fn = train._make_measure(cfg, task, opt)
     state = init_measure(params) if state is None else state
     step = jnp.asarray(step)
     t0 = time.perf_counter()

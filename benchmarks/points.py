@@ -118,7 +118,7 @@ def measured_run(cfg, task):
     seconds that call took. Use the segment's arrays before asking for the next one.
     """
     optimizer = train.build_optimizer(cfg)
-    init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
+    _, init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state, mstate = optimizer.init(params), init_measure(params)
     for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):

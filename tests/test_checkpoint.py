@@ -7,6 +7,7 @@ the previous file loadable; the divergence step of GD on a quadratic from its cl
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -20,6 +21,7 @@ import pytest
 from samedge import checkpoint, train, store
 from samedge.config import RunConfig
 from samedge.errors import RunDirError
+from samedge.probes.topk import TopkCarry
 from samedge.store import RunStore, read_metrics
 from samedge.tasks import Task
 
@@ -32,9 +34,15 @@ def _state(seed=0, width=5):
     grads = jax.tree.map(lambda x: x * 0.5 + 1.0, params)
     _, opt_state = opt.update(grads, opt_state, params)  # a non-zero momentum trace
     vectors = jax.random.normal(jax.random.fold_in(key, 1), (2, 3 * width + width))  # (k, n)
+    carries = {"topk": TopkCarry(vectors, jnp.asarray(3, jnp.int32), jnp.asarray(2.0, jnp.float32)), "edge": (),
+               "outliers": jax.random.normal(jax.random.fold_in(key, 2), (3, 3 * width + width))}
     rows = [{"step": 0, "time_s": 0.5, "loss": 0.1 + 1e-17, "test_acc": None, "lambda_max": float("nan")},
             {"step": 10, "time_s": 1.25, "loss": 1 / 3, "test_acc": 0.25, "lambda_max": 2.0}]
-    return checkpoint.Checkpoint(10, params, opt_state, vectors, rows, 1.25, 7)
+    return checkpoint.Checkpoint(10, params, opt_state, carries, rows, 1.25, 7)
+
+
+def _templates(ckpt):
+    return jax.tree.map(jnp.zeros_like, (ckpt.params, ckpt.opt_state, ckpt.measure))
 
 
 def _same_bits(a, b):
@@ -45,12 +53,12 @@ def _same_bits(a, b):
 def test_roundtrip_is_bit_exact(tmp_path):
     ckpt = _state()
     checkpoint.save(tmp_path, ckpt)
-    zeros = jax.tree.map(jnp.zeros_like, (ckpt.params, ckpt.opt_state))
-    back = checkpoint.load(tmp_path, *zeros)
+    back = checkpoint.load(tmp_path, *_templates(ckpt))
     assert _same_bits(back.params, ckpt.params)
     assert _same_bits(back.opt_state, ckpt.opt_state)
     assert type(back.opt_state[0]).__name__ == "TraceState"
-    assert _same_bits(back.vectors, ckpt.vectors)
+    assert _same_bits(back.measure, ckpt.measure) and type(back.measure["topk"]) is TopkCarry
+    assert back.vectors is None
     assert (back.step, back.seed, back.elapsed_s) == (10, 7, 1.25)
     # Rows keep their column order, None, NaN and every bit of each float.
     assert [list(r) for r in back.rows] == [list(r) for r in ckpt.rows]
@@ -60,7 +68,7 @@ def test_roundtrip_is_bit_exact(tmp_path):
 
 def test_no_checkpoint_is_none(tmp_path):
     ckpt = _state()
-    assert checkpoint.load(tmp_path, ckpt.params, ckpt.opt_state) is None
+    assert checkpoint.load(tmp_path, *_templates(ckpt)) is None
 
 
 # store._write is the seam of every atomic write; checkpoint._write reaches only the checkpoint's
@@ -79,18 +87,48 @@ def test_crash_in_the_middle_of_a_write_keeps_the_previous_checkpoint(tmp_path, 
     with pytest.raises(OSError):
         checkpoint.save(tmp_path, _state(seed=1)._replace(step=20))
     assert (tmp_path / (store.CHECKPOINT + ".tmp")).stat().st_size > 0
-    back = checkpoint.load(tmp_path, first.params, first.opt_state)
+    back = checkpoint.load(tmp_path, *_templates(first))
     assert back.step == 10 and _same_bits(back.params, first.params)
     monkeypatch.undo()
     checkpoint.save(tmp_path, _state(seed=1)._replace(step=20))  # the stale temporary file is no obstacle
-    assert checkpoint.load(tmp_path, first.params, first.opt_state).step == 20
+    assert checkpoint.load(tmp_path, *_templates(first)).step == 20
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     checkpoint.save(tmp_path, _state(width=5))
     other = _state(width=6)
     with pytest.raises(RunDirError, match="do not fit this run's model"):
-        checkpoint.load(tmp_path, other.params, other.opt_state)
+        checkpoint.load(tmp_path, *_templates(other))
+
+
+def test_a_checkpoint_of_other_probes_is_refused(tmp_path):
+    ckpt = _state()
+    checkpoint.save(tmp_path, ckpt)
+    params, opt_state, carries = _templates(ckpt)
+    with pytest.raises(RunDirError, match="probes edge, outliers, topk; this run has edge, topk"):
+        checkpoint.load(tmp_path, params, opt_state, {k: v for k, v in carries.items() if k != "outliers"})
+    with pytest.raises(RunDirError, match="do not fit this run's model"):  # 2 tracked rows, not 3
+        checkpoint.load(tmp_path, params, opt_state, carries | {"outliers": carries["outliers"][:2]})
+
+
+def test_a_format_1_checkpoint_reads_back_its_block_of_vectors(tmp_path):
+    """Written before the probes: one (rows, n) block under "vectors" (built here by hand, as that
+    version wrote it); it comes back in ``vectors``, with ``measure`` None."""
+    from flax import serialization
+
+    ckpt = _state()
+    block = np.asarray(jax.random.normal(jax.random.PRNGKey(5), (5, 20)), np.float32)
+    payload = {"format": 1, "step": 10, "seed": 7, "elapsed_s": 1.25, "rows": json.dumps(ckpt.rows),
+               "params": serialization.to_state_dict(jax.device_get(ckpt.params)),
+               "opt_state": serialization.to_state_dict(jax.device_get(ckpt.opt_state)), "vectors": block}
+    checkpoint.path(tmp_path).write_bytes(serialization.msgpack_serialize(payload))
+    back = checkpoint.load(tmp_path, *_templates(ckpt))
+    assert back.measure is None and _same_bits(back.vectors, block) and back.step == 10
+    assert _same_bits(back.params, ckpt.params)
+    payload["format"] = 7
+    checkpoint.path(tmp_path).write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(RunDirError, match="checkpoint format 7, this samedge reads formats 1, 2"):
+        checkpoint.load(tmp_path, *_templates(ckpt))
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 10, None], ids=["empty", "garbage", "truncated"])
@@ -100,7 +138,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
     target = checkpoint.path(tmp_path)
     target.write_bytes(target.read_bytes()[:100] if content is None else content)  # None: truncated
     with pytest.raises(RunDirError, match="unreadable checkpoint"):
-        checkpoint.load(tmp_path, ckpt.params, ckpt.opt_state)
+        checkpoint.load(tmp_path, *_templates(ckpt))
 
 
 def test_stop_signals_first_asks_then_interrupts():

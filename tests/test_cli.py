@@ -1,6 +1,8 @@
 """The command line: the edge calculator, a run end to end, the demo offline, bad input."""
 
 
+import re
+
 import pytest
 
 from samedge import cli, edges
@@ -128,8 +130,11 @@ def test_progress_and_exit_lines_show_the_last_row(tmp_path, data_dir, capsys):
     assert f"lambda_max {last['lambda_max']:.4g}  edge {last['edge']:.4g}" in captured.err  # the bar's last postfix
     exit_line, warning = captured.out.strip().splitlines()[-2:]
     assert "the median rests on 2 measurements" in warning
-    assert f"last measurement at step {last['step']}: loss {last['loss']:.4g}" in exit_line
-    assert f"lambda_max {last['lambda_max']:.4g}, edge {last['edge']:.4g}" in exit_line
+    sig = cli._sig  # every number of the exit line to 4 significant digits, trailing zeros kept
+    assert f"last measurement at step {last['step']}: loss {sig(last['loss'])}" in exit_line
+    assert f"lambda_max {sig(last['lambda_max'])}, edge {sig(last['edge'])}" in exit_line
+    assert all(len(d.strip("-.").lstrip("0.").replace(".", "")) == 4  # e.g. 1.600, never 1.6
+               for d in re.findall(r"(?<![\w.])-?\d+\.\d+(?![\d.e])", exit_line)), exit_line
     assert "(from 2 measurements)" in exit_line  # steps 20 and 30 make the second half
 
 

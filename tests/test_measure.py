@@ -10,6 +10,7 @@ import pytest
 
 from samedge import curvature, measure, optimizers
 from samedge.measure import MeasureSettings, MeasureState
+from samedge.probes.topk import TopkCarry
 
 N = 2000
 
@@ -23,10 +24,15 @@ def swap_problem(top: float, second: float, n: int = N, seed: int = 0):
     return (lambda w, batch: 0.5 * jnp.sum(d * w["w"] ** 2)), d
 
 
+def topk_state(vectors, count: int, lambda_prev: float) -> MeasureState:
+    """A GD measurement's state (its probes: topk, edge, alignment) with the top-k carry given."""
+    carry = TopkCarry(vectors, jnp.asarray(count, jnp.int32), jnp.asarray(lambda_prev, jnp.float32))
+    return MeasureState({"topk": carry, "edge": (), "alignment": ()})
+
+
 def old_top_state(n: int = N, count: int = 1) -> MeasureState:
     """The state after a measurement whose top vector was the eigenvector of the (then) top, 10."""
-    e = jnp.zeros((1, n)).at[0, 1].set(1.0)
-    return MeasureState(e, jnp.asarray(count, jnp.int32), jnp.asarray(10.0, jnp.float32))
+    return topk_state(jnp.zeros((1, n)).at[0, 1].set(1.0), count, 10.0)
 
 
 def test_swap_todays_rule_misses_the_new_top():
@@ -80,7 +86,7 @@ def test_the_cross_check_is_a_lower_bound_at_its_looser_tolerance():
     d = jnp.asarray(d, jnp.float32)
     loss = lambda w, batch: 0.5 * jnp.sum(d * w["w"] ** 2)  # noqa: E731
     truth = float(np.max(np.abs(np.asarray(d))))
-    state = MeasureState(jnp.zeros((1, N)).at[0, 0].set(1.0), jnp.asarray(5, jnp.int32), jnp.asarray(11.0))
+    state = topk_state(jnp.zeros((1, N)).at[0, 0].set(1.0), 5, 11.0)
     rows = {}
     for cc_tol in (1e-2, 1e-3):
         m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=5,
@@ -96,12 +102,11 @@ def test_the_cross_check_is_a_lower_bound_at_its_looser_tolerance():
 def test_a_jump_in_lambda_triggers_a_cross_check():
     loss, d = swap_problem(11.0, 10.0)
     m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=0))
-    state = MeasureState(old_top_state().vectors, jnp.asarray(3, jnp.int32), jnp.asarray(5.0, jnp.float32))
+    state = topk_state(old_top_state().vectors, 3, 5.0)
     row, _ = m.measure({"w": jnp.ones(N)}, None, state, jax.random.PRNGKey(0))  # 11 against 5: a jump
     assert np.isfinite(float(row["crosscheck_lambda"])) and int(row["hvps_crosscheck"]) > 0
-    row, _ = m.measure({"w": jnp.ones(N)}, None, old_top_state(count=3)._replace(
-        lambda_prev=jnp.asarray(11.0, jnp.float32), vectors=jnp.zeros((1, N)).at[0, 0].set(1.0)),
-        jax.random.PRNGKey(0))
+    row, _ = m.measure({"w": jnp.ones(N)}, None, topk_state(jnp.zeros((1, N)).at[0, 0].set(1.0), 3, 11.0),
+                       jax.random.PRNGKey(0))
     assert np.isnan(float(row["crosscheck_lambda"])) and int(row["hvps_crosscheck"]) == 0
 
 
@@ -206,14 +211,14 @@ def test_a_cross_check_restarts_the_count_to_the_next_one():
     loss, d = swap_problem(11.0, 10.0)
     m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(crosscheck_every=3))
     w = {"w": jnp.ones(N)}
-    jumped = MeasureState(old_top_state().vectors, jnp.asarray(2, jnp.int32), jnp.asarray(5.0, jnp.float32))
+    jumped = topk_state(old_top_state().vectors, 2, 5.0)
     row, state = m.measure(w, None, jumped, jax.random.PRNGKey(0))  # 11 against 5: a jump, not yet due
-    assert int(row["hvps_crosscheck"]) > 0 and int(state.count) == 1
+    assert int(row["hvps_crosscheck"]) > 0 and int(state.carries["topk"].count) == 1
     taken = []
     for i in range(4):
         row, state = m.measure(w, None, state, jax.random.PRNGKey(i + 1))
         taken.append(int(row["hvps_crosscheck"]) > 0)
     assert taken == [False, False, True, False]  # counts 1, 2, then 3 = crosscheck_every
-    assert int(state.count) == 2
+    assert int(state.carries["topk"].count) == 2
     rows = [{"hvps_crosscheck": 0}] * 3 + [{"hvps_crosscheck": 7}, {"hvps_crosscheck": 0}]
     assert measure.calls_since_cold(rows) == 2 and measure.calls_since_cold(rows[:1]) == 1

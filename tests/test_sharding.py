@@ -90,7 +90,7 @@ def quantities(t, v, with_measurement=True):
     got = dict(loss=float(loss), grad=np.asarray(flat(g)), hvp=np.asarray(hv), step=np.asarray(flat(p2) - flat(p)))
     layout = {"params": replicated(p), "grad": replicated(g), "hvp": replicated(hv), "step": replicated(p2)}
     if with_measurement:
-        init, measure = train._make_measure(cfg, t, opt)  # the very program train() runs (the cache has it then)
+        _, init, measure = train._make_measure(cfg, t, opt)  # the very program train() runs (the cache has it then)
         row, state = measure(p, t.data, jnp.asarray(0), init(p), opt.init(p))
         got |= dict(row={k: float(row[k]) for k in ROW_KEYS}, vectors=np.asarray(state.vectors))
         layout["vectors"] = replicated(state.vectors)

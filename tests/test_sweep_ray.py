@@ -8,10 +8,12 @@ import signal
 import threading
 import time
 
-import ray
+import pytest
 
-from samedge import sweep
-from samedge.store import read_json, read_metrics
+ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]' to run these")
+
+from samedge import sweep  # noqa: E402
+from samedge.store import read_json, read_metrics  # noqa: E402
 
 TINY = dict(n_train=256, n_test=256, width=32)
 STEPS = 30

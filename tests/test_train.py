@@ -42,7 +42,7 @@ def test_the_runs_measurement_donates_its_workspace(tiny_task):
 
     cfg = config.resolve("mnist", "quick", task_overrides=TINY, steps=10, measure_every=5)
     opt = train.build_optimizer(cfg)
-    init, measure_at = train._make_measure(cfg, tiny_task, opt)
+    _, init, measure_at = train._make_measure(cfg, tiny_task, opt)
     params = tiny_task.init_params(jax.random.PRNGKey(0))
     state = init(params)
     pointer = state.workspace.unsafe_buffer_pointer()

@@ -1,8 +1,8 @@
 """Checkpoints: everything a run needs to continue exactly, in one file written atomically.
 
 A checkpoint is taken at a measurement point, after its row is stored, and holds the parameters,
-the optimizer state, the Lanczos warm-start vectors (the next measurement starts from them, so
-without them it would differ), the number of steps done, the metrics rows so far, the wall time
+the optimizer state, the measurement's probe carries (the Lanczos warm-start vectors and the guard's
+memory: the next measurement starts from them, so without them it would differ), the number of steps done, the metrics rows so far, the wall time
 spent and the seed. Nothing else is needed: every batch is ``Task.batch_fn(data, step)`` and every
 random draw of a measurement is ``fold_in(PRNGKey(seed), step)``, so the step is the whole
 position in the data order and the whole random state. Because checkpoints sit on measurement
@@ -29,17 +29,21 @@ import numpy as np
 from samedge import store
 from samedge.errors import RunDirError, one_line
 
-FORMAT = 1  # bump when the payload's layout changes; older files are then refused with a clear error
+# Bump when the payload's layout changes; other formats are refused with a clear error. Format 1
+# (before the probes) held one block of warm-start vectors; it is still read (``Checkpoint.vectors``).
+FORMAT = 2
+READABLE = (1, 2)
 
 
 class Checkpoint(NamedTuple):
     step: int  # optimizer steps done (a measurement point)
     params: Any  # parameter pytree after ``step`` steps
     opt_state: Any  # optimizer state after ``step`` steps
-    vectors: Any  # (k, n) eigenvector estimates of the measurement at ``step``
+    measure: Any  # the measurement's probe carries at ``step`` (MeasureState.carries); None in format 1
     rows: list  # metrics rows up to and including ``step``
     elapsed_s: float  # wall time spent so far, so ``time_s`` keeps counting across resumes
     seed: int  # the run's seed (a cross-check: the config holds it too)
+    vectors: Any = None  # format 1 only: its (rows, n) block of warm-start vectors
 
 
 def path(folder) -> Path:
@@ -74,7 +78,7 @@ def save(folder, ckpt: Checkpoint) -> Path:
         "rows": json.dumps(list(ckpt.rows)),
         "params": serialization.to_state_dict(jax.device_get(ckpt.params)),
         "opt_state": serialization.to_state_dict(jax.device_get(ckpt.opt_state)),
-        "vectors": np.asarray(ckpt.vectors),
+        "measure": serialization.to_state_dict(jax.device_get(ckpt.measure)),
     }
     target = path(folder)
     # ``_write`` is looked up now, so that replacing ``checkpoint._write`` reaches this write.
@@ -101,18 +105,22 @@ def step_of(folder) -> int | None:
         return None
 
 
-def load(folder, params_template, opt_state_template) -> Checkpoint | None:
+def load(folder, params_template, opt_state_template, measure_template=None) -> Checkpoint | None:
     """Read the checkpoint of a run back onto the structure of the templates.
 
     Args:
         folder: the run folder.
         params_template: a parameter pytree of the run's model (its structure, shapes and dtypes).
         opt_state_template: an optimizer state of the run's optimizer, likewise.
+        measure_template: the run's measurement carries (``MeasureState.carries`` from its ``init``);
+            ``None``: they are not read (``measure`` is then ``None``).
 
     Returns:
         The :class:`Checkpoint` (arrays as ``jax`` arrays), or ``None`` when ``folder`` has no
-        checkpoint. A corrupt file, another format, or arrays whose shapes differ from the
-        templates (the config changed the model) raise :class:`RunDirError`.
+        checkpoint. A format-1 file (written before the probes) comes back with ``measure=None`` and
+        its block of warm-start vectors in ``vectors`` (:func:`samedge.measure.from_vectors` turns it
+        into carries). A corrupt file, an unknown format, or arrays whose shapes differ from the
+        templates (the config changed the model or the probes) raise :class:`RunDirError`.
     """
     from flax import serialization
 
@@ -121,13 +129,22 @@ def load(folder, params_template, opt_state_template) -> Checkpoint | None:
         return None
     try:
         raw = serialization.msgpack_restore(source.read_bytes())
-        if raw.get("format") != FORMAT:
-            raise RunDirError(f"{source}: checkpoint format {raw.get('format')!r}, this samedge reads {FORMAT}")
+        fmt = raw.get("format")
+        if fmt not in READABLE:
+            raise RunDirError(f"{source}: checkpoint format {fmt!r}, this samedge reads formats "
+                              f"{', '.join(map(str, READABLE))}")
         params = serialization.from_state_dict(params_template, raw["params"])
         opt_state = serialization.from_state_dict(opt_state_template, raw["opt_state"])
         rows = json.loads(raw["rows"])
         step, seed, elapsed = int(raw["step"]), int(raw["seed"]), float(raw["elapsed_s"])
-        vectors = np.asarray(raw["vectors"])
+        vectors = np.asarray(raw["vectors"]) if fmt == 1 else None
+        measure = None
+        if fmt != 1 and measure_template is not None:
+            saved, wanted = sorted(raw["measure"]), sorted(measure_template or {})
+            if saved != wanted:
+                raise RunDirError(f"{source}: checkpoint of a measurement with probes {', '.join(saved)}; this run "
+                                  f"has {', '.join(wanted)} (the configuration changed)")
+            measure = serialization.from_state_dict(measure_template, raw["measure"])
     except RunDirError:
         raise
     except Exception as exc:
@@ -135,9 +152,11 @@ def load(folder, params_template, opt_state_template) -> Checkpoint | None:
                           f"delete it to restart the run from step 0, or pass --overwrite") from None
     _check_like(source, "parameters", params, params_template)
     _check_like(source, "optimizer state", opt_state, opt_state_template)
-    return Checkpoint(step, jax.tree.map(jax.numpy.asarray, params),
-                      jax.tree.map(jax.numpy.asarray, opt_state), jax.numpy.asarray(vectors),
-                      rows, elapsed, seed)
+    if measure is not None:
+        _check_like(source, "measurement carries", measure, measure_template)
+    as_jax = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
+    return Checkpoint(step, as_jax(params), as_jax(opt_state), None if measure is None else as_jax(measure),
+                      rows, elapsed, seed, None if vectors is None else jax.numpy.asarray(vectors))
 
 
 def _check_like(source, what, restored, template) -> None:

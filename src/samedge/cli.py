@@ -86,6 +86,9 @@ def _add_settings(p: argparse.ArgumentParser, *, lists: bool) -> None:
                         + ("; comma-separated values are a sweep axis" if lists else "") + " (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
+    p.add_argument("--probe", action="append", default=None, metavar="package.module:PROBE",
+                   help="also run your own measurement probe (a samedge.probes.Probe), after the built-in ones; "
+                        "its columns join metrics.csv (repeatable)" + ("; every run of the sweep" if lists else ""))
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
 
 
@@ -132,6 +135,13 @@ def _parse_sets(items) -> dict:
     return out
 
 
+def _probe_paths(items) -> tuple:
+    bad = [p for p in items if ":" not in p]
+    if bad:
+        raise SamedgeError(f"--probe expects package.module:PROBE, got {bad[0]!r}")
+    return tuple(items)
+
+
 def _flags(args) -> dict:
     """The shared settings given on the command line (None for those not given)."""
     return {s.name: getattr(args, s.name, None) for s in settings_table()}
@@ -147,6 +157,8 @@ def _resolve(args, task: str):
     if "optimizer" in flags and flags["optimizer"] != from_file.get("optimizer", flags["optimizer"]):
         from_file.pop("hparams", None)  # another optimizer: the file's hyperparameters are not its
     hparams = (from_file.pop("hparams", None) or {}) | {k: _number(k, v) for k, v in _parse_sets(args.hparam).items()}
+    if getattr(args, "probe", None):
+        flags["probes"] = _probe_paths(args.probe)
     return config.resolve(task, preset, task_overrides=task_file | _parse_sets(args.set) | batch, hparams=hparams,
                           **(from_file | flags))
 
@@ -258,24 +270,34 @@ def _add_resume(sub) -> None:
     p.set_defaults(handler=_cmd_resume)
 
 
+def _sig(x: float) -> str:
+    """``x`` to 4 significant digits, trailing zeros kept (1.59996 -> ``1.600``, 5215.3 -> ``5215``).
+
+    >>> _sig(1.59996), _sig(1.575), _sig(5215.3), _sig(2.072e-06), _sig(0.3)
+    ('1.600', '1.575', '5215', '2.072e-06', '0.3000')
+    """
+    text = format(x, "#.4g")
+    return text[:-1] if text.endswith(".") else text
+
+
 def _print_summary(out, summary) -> None:
     """The exit line: the status, the row just written (the last measurement) and the edge statistic
-    with its support."""
+    with its support; every number to the same 4 significant digits."""
     med, n = summary.get("ratio_median"), summary.get("ratio_count") or 0
     line = f"{out}: {summary['status']} after {summary.get('steps_done', 0)} steps"
     if summary.get("final_step") is not None:
-        line += (f"; last measurement at step {summary['final_step']}: loss {summary.get('final_loss'):.4g}, "
-                 f"lambda_max {summary.get('final_lambda_max'):.4g}")
+        line += (f"; last measurement at step {summary['final_step']}: loss {_sig(summary.get('final_loss'))}, "
+                 f"lambda_max {_sig(summary.get('final_lambda_max'))}")
         adaptive = summary.get("final_precond_sharpness") is not None
         if adaptive:  # an adaptive optimizer's edge bounds lambda_max(P^-1 H)
-            line += f", lambda_max(P^-1 H) {summary['final_precond_sharpness']:.4g}"
+            line += f", lambda_max(P^-1 H) {_sig(summary['final_precond_sharpness'])}"
         if summary.get("final_edge") is not None:
-            line += f", edge {summary['final_edge']:.4g}"
+            line += f", edge {_sig(summary['final_edge'])}"
         if summary.get("final_step_radius") is not None:
-            line += f", step_radius {summary['final_step_radius']:.4g} (1 at the edge)"
+            line += f", step_radius {_sig(summary['final_step_radius'])} (1 at the edge)"
     if med is not None:
         what = "lambda_max(P^-1 H)/edge" if summary.get("final_precond_sharpness") is not None else "lambda_max/edge"
-        line += f"; median {what} over the second half {med:.3f} (from {n} measurement{'s' * (n != 1)})"
+        line += f"; median {what} over the second half {_sig(med)} (from {n} measurement{'s' * (n != 1)})"
     elif summary.get("final_step") is not None and summary.get("final_edge") is None:
         line += "; no known edge for this optimizer"
     print(line)
@@ -411,6 +433,8 @@ def _sweep_task(args, task: str, out) -> dict:
             single[s.name] = value
     hyper = {k: v for k, v in axes.items() if k not in ("optimizer", "lr", "seed", "batch_size") and v is not None}
     hyper |= {k: _list(v, float, k) for k, v in _pairs(args.hparam, "--hparam").items()}
+    if args.probe:
+        single["probes"] = _probe_paths(args.probe)
     configs = sweep.expand_grid(
         task, args.preset, optimizers=axes["optimizer"], lrs=axes["lr"], hparams=hyper,
         seeds=axes["seed"] or [0], task_overrides=_parse_sets(args.set), batch_sizes=axes["batch_size"], **single,

@@ -53,10 +53,17 @@ class RunConfig:
     measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)
     # also batch sharpness over fresh minibatches and lambda_max of the full batch (samedge.batch_sharpness)
     batch_sharpness: bool = False
+    # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
+    # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
+    probes: tuple[str, ...] = ()
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
     # True when the optimizer was passed as a Python object (samedge.fit): ``optimizer`` is then only
     # its name, and resuming needs the same object again.
     custom_optimizer: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.probes, list):  # from JSON, which has no tuples
+            object.__setattr__(self, "probes", tuple(self.probes))
 
     def validate(self) -> "RunConfig":
         """Check every setting (one-line :class:`ConfigError` naming the flag); returns ``self``."""
@@ -85,13 +92,24 @@ class RunConfig:
             raise ConfigError(f"batch_sharpness must be true or false, got {self.batch_sharpness!r}")
         if not isinstance(self.measure_sam_point, bool):
             raise ConfigError(f"measure_sam_point must be true or false, got {self.measure_sam_point!r}")
+        if isinstance(self.probes, str) or not all(isinstance(p, str) and p for p in self.probes):
+            raise ConfigError(f"probes must be a list of package.module:PROBE names, got {self.probes!r}")
+        if len(set(self.probes)) != len(self.probes):
+            raise ConfigError(f"--probe: {', '.join(sorted({p for p in self.probes if self.probes.count(p) > 1}))} "
+                              f"given twice")
+        for name in self.probes:
+            if ":" in name:  # an import path: load it now, before any data is read
+                from samedge import probes
+
+                probes.load(name)
         if self.preset is not None:  # None: the task was passed as a Python object (samedge.fit)
             tasks.make_task_config(self.task, self.task_config)
         return self
 
     def to_dict(self) -> dict:
         """The settings as plain JSON-able values (``config.json``'s ``run`` part)."""
-        return dataclasses.asdict(self) | {"task_config": dict(self.task_config), "hparams": dict(self.hparams)}
+        return dataclasses.asdict(self) | {"task_config": dict(self.task_config), "hparams": dict(self.hparams),
+                                           "probes": list(self.probes)}
 
     def describe(self) -> str:
         """``sam lr=0.1 rho=0.1``: the optimizer and its settings in one label."""

@@ -59,11 +59,14 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from samedge import checks, curvature, edges
+from samedge import checks, curvature, probes as probes_mod
+from samedge.probes import adaptive, alignment, ascent, edge, outliers, stochastic
+from samedge.probes import topk as topk_probe
+from samedge.probes.topk import calls_since_cold
 from samedge.steps import Optimizer, global_norm
 
-__all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "initial_vectors", "calls_since_cold",
-           "split_workspace"]
+__all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "builtin_probes", "initial_vectors",
+           "calls_since_cold", "split_workspace", "from_vectors"]
 
 
 @dataclass(frozen=True)
@@ -144,28 +147,31 @@ class MeasureSettings:
 
 
 class MeasureState(NamedTuple):
-    """What one measurement hands the next: ``vectors``, ``(num_vectors, n)`` eigenvector estimates
-    (the warm start of the next Lanczos runs); ``count``, the calls since the last cold start (0
-    before the first call, which starts from random vectors; 1 after it or after a cross-check:
-    :func:`calls_since_cold` rebuilds it from a run's rows); ``lambda_prev``, the last lambda_max
-    (NaN before the first): the guard's memory; ``workspace``, the buffer every
-    Lanczos run of the measurement builds its Krylov basis in (:func:`samedge.curvature.krylov_workspace`;
-    its contents carry nothing), handed from call to call so that a donating caller reuses its
-    memory in place (``None``: each run allocates its own)."""
+    """What one measurement hands the next: ``carries``, each probe's carry by name (the built-in
+    ``topk`` one a :class:`~samedge.probes.topk.TopkCarry`: the top-k vectors, the warm start of the
+    next Lanczos runs, and the guard's memory; see :mod:`samedge.probes`); ``workspace``, the buffer
+    every Lanczos run of the measurement builds its Krylov basis in
+    (:func:`samedge.curvature.krylov_workspace`; its contents carry nothing), handed from call to call
+    so that a donating caller reuses its memory in place (``None``: each run allocates its own)."""
 
-    vectors: jax.Array
-    count: jax.Array | int = 0
-    lambda_prev: jax.Array | float = float("nan")
+    carries: dict
     workspace: jax.Array | None = None
+
+    @property
+    def vectors(self) -> jax.Array:
+        """``(k, n)``: the top-k eigenvector estimates (``carries["topk"].vectors``)."""
+        return self.carries[topk_probe.NAME].vectors
 
 
 class Measurement(NamedTuple):
-    """``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state=None)
-    -> (row, MeasureState)``; see :func:`measurement`."""
+    """``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state=None,
+    data=None) -> (row, MeasureState)``; ``settings``; ``probes``, the probes it runs, in order
+    (see :func:`measurement`)."""
 
     init: Callable[[Any, jax.Array], MeasureState]
     measure: Callable[..., tuple[dict, MeasureState]]
     settings: MeasureSettings
+    probes: tuple = ()
 
 
 def split_workspace(state: MeasureState) -> tuple[MeasureState, jax.Array | None]:
@@ -191,26 +197,6 @@ def split_workspace(state: MeasureState) -> tuple[MeasureState, jax.Array | None
     return state._replace(workspace=None), ws
 
 
-def calls_since_cold(rows) -> int:
-    """:attr:`MeasureState.count` after the measurements ``rows`` (dicts with ``hvps_crosscheck``;
-    the first row is a cold start): the calls since the last cold run, as resuming a run needs it.
-
-    Args:
-      rows: the run's rows so far, oldest first.
-
-    Returns:
-      ``len(rows) - i`` for the last row ``i`` that ran a cross-check (or the first row); 0 for none.
-
-    >>> calls_since_cold([{"hvps_crosscheck": 0}, {"hvps_crosscheck": 12}, {"hvps_crosscheck": 0}])
-    2
-    """
-    last = 0
-    for i, row in enumerate(rows):
-        if (row.get("hvps_crosscheck") or 0) > 0:
-            last = i
-    return len(rows) - last if rows else 0
-
-
 def initial_vectors(params, k: int, key) -> jax.Array:
     """``(k, n)`` random unit start vectors for the first measurement.
 
@@ -230,9 +216,53 @@ def initial_vectors(params, k: int, key) -> jax.Array:
     return (v / jnp.linalg.norm(v, axis=1, keepdims=True)).astype(flat.dtype)
 
 
+def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn: Callable | None = None,
+                   full_batch_fn: Callable | None = None) -> tuple[probes_mod.Probe, ...]:
+    """The built-in probes a measurement at ``settings`` runs for ``optimizer``, in their fixed order.
+
+    ``topk`` always; ``precond`` for an optimizer with a preconditioner, ``step_radius`` for one with
+    a linearised step; ``batch_sharpness`` and ``full_batch`` (given ``full_batch_fn``) when
+    ``settings.batch_sharpness``; ``edge`` (after the sharpness probes: ``ratio`` reads them);
+    ``alignment``; ``ascent_point`` when ``settings.ascent_point`` and the optimizer has one;
+    ``outliers`` when ``settings.track_fraction > 0``.
+
+    Args:
+      settings: the measurement's settings.
+      optimizer: the optimizer measured.
+      batch_fn: ``(data, step) -> batch``, the training scheme's minibatches (batch sharpness).
+      full_batch_fn: ``data -> batch``, the full batch (``lambda_max_full``).
+
+    Returns:
+      The probes, in order.
+
+    >>> from samedge import optimizers
+    >>> [p.name for p in builtin_probes(MeasureSettings(ascent_point=True), optimizers.build("sam", 0.1))]
+    ['topk', 'edge', 'alignment', 'ascent_point']
+    """
+    if settings.batch_sharpness and batch_fn is None:
+        from samedge.errors import ConfigError
+
+        raise ConfigError("batch sharpness needs the training scheme's batch_fn (measurement(..., batch_fn=...))")
+    chosen = [topk_probe.topk(settings)]
+    if optimizer.preconditioner is not None:
+        chosen.append(adaptive.precond(settings))
+    if optimizer.linear_step is not None:
+        chosen.append(adaptive.step_radius(settings))
+    if settings.batch_sharpness:
+        chosen.append(stochastic.batch_sharpness(settings, batch_fn))
+        if full_batch_fn is not None:
+            chosen.append(stochastic.full_batch(settings, full_batch_fn))
+    chosen += [edge.edge(), alignment.alignment()]
+    if settings.ascent_point and optimizer.ascent_point is not None:
+        chosen.append(ascent.ascent_point(settings))
+    if settings.track_fraction > 0:
+        chosen.append(outliers.outliers(settings))
+    return tuple(chosen)
+
+
 def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettings | None = None, *,
                 accuracy_fn: Callable | None = None, batch_fn: Callable | None = None,
-                full_batch_fn: Callable | None = None) -> Measurement:
+                full_batch_fn: Callable | None = None, probes=()) -> Measurement:
     """The measurement of ``optimizer``'s curvature and edge on ``loss_fn``.
 
     Args:
@@ -243,254 +273,55 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
       accuracy_fn: ``(params, batch) -> scalar`` reported as ``acc``, or ``None``.
       batch_fn: ``(data, step) -> batch``, the training scheme's minibatches (batch sharpness).
       full_batch_fn: ``data -> batch``, the full batch (``lambda_max_full``).
+      probes: your own :class:`samedge.probes.Probe` s, run after the built-in ones
+        (:func:`builtin_probes`), in the order given.
 
     Returns:
-      A :class:`Measurement`. ``init(params, key)`` draws random unit start vectors.
-      ``measure(params, batch, state, key, opt_state=None)`` returns the row (a dict of scalar
-      arrays, see the module docstring) and the new state; ``opt_state`` is what the optimizer's
-      edge reads besides the gradient (``None`` is fine for the built-in optimizers). Lanczos' warm
-      start is the previous vectors summed plus a random unit vector of weight ``start_noise``
-      drawn from ``key``. The state's ``workspace`` is donated to the call and comes back in the
-      new state (the same memory): keep using the returned state; an old one passed again gets a
-      fresh workspace. Inside your own ``jax.jit``, donate the workspace there to get the same reuse
-      (:func:`split_workspace`).
+      A :class:`Measurement`. ``init(params, key)`` draws the probes' random unit start vectors
+      (the built-in ones' in one block, yours each from a key of its own) and calls their ``init``.
+      ``measure(params, batch, state, key, opt_state=None, data=None)`` computes ``loss``,
+      ``grad_norm`` (and ``acc``), then runs the probes in order, and returns the row (a dict of
+      scalar arrays, see the module docstring) and the new state; ``opt_state`` is what the
+      optimizer's edge reads besides the gradient (``None`` is fine for the built-in optimizers
+      without a preconditioner); ``data`` is needed by the batch sharpness probes. The state's
+      ``workspace`` is donated to the call and comes back in the new state (the same memory): keep
+      using the returned state; an old one passed again gets a fresh workspace. Inside your own
+      ``jax.jit``, donate the workspace there to get the same reuse (:func:`split_workspace`).
     """
     settings = (settings or MeasureSettings()).validate()
-    k = settings.topk
-    has_edge = optimizer.edge is not None
-    has_lr = optimizer.lr is not None
-    at_ascent = settings.ascent_point and optimizer.ascent_point is not None
-    has_pre = optimizer.preconditioner is not None
-    has_lin = optimizer.linear_step is not None
-    has_full = settings.batch_sharpness > 0 and full_batch_fn is not None
-    if settings.batch_sharpness and batch_fn is None:
+    builtin = builtin_probes(settings, optimizer, batch_fn=batch_fn, full_batch_fn=full_batch_fn)
+    extra = tuple(probes_mod.check_probe(p) for p in (probes or ()))
+    names = [p.name for p in builtin + extra]
+    if len(set(names)) != len(names):
         from samedge.errors import ConfigError
 
-        raise ConfigError("batch sharpness needs the training scheme's batch_fn (measurement(..., batch_fn=...))")
-    # warm-start rows after the top-k: preconditioned, linear step, full batch
-    n_extra = int(has_pre) + int(has_lin) + int(has_full)
-    tracked_from = k + n_extra
-    # The loss (and accuracy) as jitted units: the measurement differentiates the loss at four
-    # places (gradient, the HVPs of Lanczos and of the cross-check, the ascent gradient); jitted,
-    # its Python (a flax model's apply) is traced once instead of at each, which halves the
-    # tracing and lowering of the measurement's program (0.6 s -> 0.25 s on quick MNIST: a run
-    # with its program in the persistent compilation cache pays them at its first measurement).
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"probe name(s) {', '.join(twice)} given twice (the built-in ones: "
+                          f"{', '.join(p.name for p in builtin)})")
+    everything = builtin + extra
+    # The loss (and accuracy) as jitted units: the measurement differentiates the loss at several
+    # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
+    # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
+    # of the measurement's program (0.6 s -> 0.25 s on quick MNIST).
     loss_fn = jax.jit(loss_fn)
     accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
-    grad_fn = jax.value_and_grad(loss_fn)
+    cast = _caster(settings.dtype)
 
-    def top_eigen(point, batch, v0, k, ws, tol=settings.tol):
-        matvec, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), point)
-        return curvature.lanczos(matvec, v0, k=k, max_iters=settings.max_hvps, tol=tol,
-                                 min_iters=settings.min_hvps, workspace=ws)
-
-    def cast(tree):
-        if settings.dtype is None:
-            return tree
-        dtype = jnp.dtype(settings.dtype)
-        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-    def measure(params, batch, state, key, opt_state, data):
+    def measure(params, batch, state, workspace, key, opt_state, data):
         with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
-            return _measure(cast(params), cast(batch), state, key, opt_state, data)
-
-    def _measure(params, batch, state, key, opt_state, data):
-        vectors = state.vectors
-        loss, grad = grad_fn(params, batch)
-        g_flat = ravel_pytree(grad)[0]
-        grad_norm = global_norm(grad)
-        # Warm start: the previous eigenvectors together (unit), plus a random part of weight
-        # start_noise, so that every direction has a component for Lanczos to amplify.
-        noise = jax.random.normal(key, vectors.shape[1:])
-        warm = vectors[:k].sum(0) + vectors[tracked_from:].sum(0)
-        v0 = warm / jnp.linalg.norm(warm) + settings.start_noise * noise / jnp.linalg.norm(noise)
-        eig, guard = _main_and_guard(params, batch, v0.astype(g_flat.dtype), state, key)
-        ws = eig.workspace
-        # calls since the last cold run, this one included: 1 after a cross-check (or the first call)
-        since_cold = jnp.where(guard["hvps_crosscheck"] > 0, 1, state.count + 1).astype(jnp.asarray(state.count).dtype)
-        lambda_max = jnp.abs(eig.values[0])
-        descent = ravel_pytree(optimizer.gradient_at(params, grad, lambda p: grad_fn(p, batch), opt_state))[0]
-        row = {"loss": loss, "grad_norm": grad_norm, "lambda_max": lambda_max}
-        edge = None
-        if has_edge:
-            edge = jnp.asarray(optimizer.edge(grad, opt_state), loss.dtype)
-            row["edge"] = edge
-        if has_lr:
-            row["gd_edge"] = jnp.asarray(edges.gd_edge(optimizer.lr), loss.dtype)
-        extra_rows, extra_vectors, ws = _adaptive(params, batch, grad, vectors, key, opt_state, g_flat.dtype, ws)
-        row |= extra_rows
-        if settings.batch_sharpness:
-            stochastic_rows, full_vectors, ws = _stochastic(params, vectors, key, opt_state, data, g_flat.dtype, ws)
-            row |= stochastic_rows
-            extra_vectors = extra_vectors + full_vectors
-        # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, else lambda_max(H)
-        sharpness = row.get("precond_sharpness", lambda_max)
-        if has_edge:
-            row["ratio"] = sharpness / edge
-            if has_pre:
-                row["precond_edge"], row["precond_ratio"] = edge, row["ratio"]
-        row |= {
-            "align_grad": curvature.alignment(g_flat, eig.vectors[0]),
-            "align_sam_grad": curvature.alignment(descent, eig.vectors[0]),
-            "hvps": eig.num_matvecs,
-        }
-        if accuracy_fn is not None:
-            row["acc"] = accuracy_fn(params, batch)
-        for i in range(k):
-            row[f"lambda_{i + 1}"] = eig.values[i]
-            row[f"resid_{i + 1}"] = eig.residuals[i]
-        row |= guard | {"lambda_top": eig.top_value, "resid_top": eig.top_residual}
-        if at_ascent:
-            sam_eig = top_eigen(optimizer.ascent_point(params, grad, opt_state), batch, eig.vectors[0], 1, ws)
-            ws = sam_eig.workspace
-            row["lambda_max_sam"] = jnp.abs(sam_eig.values[0])
-            row["resid_sam"] = sam_eig.residuals[0]
-            row["hvps_sam"] = sam_eig.num_matvecs
-        new_vectors = jnp.concatenate([eig.vectors.astype(vectors.dtype)] + extra_vectors)
-        if settings.track_fraction > 0 and has_edge:
-            row_t, tracked, ws = _track_outliers(loss_fn, settings, params, batch, vectors[tracked_from:], edge,
-                                                 jax.random.fold_in(key, 1), ws)
-            row |= row_t
-            new_vectors = jnp.concatenate([new_vectors, tracked.astype(vectors.dtype)])
-        elif settings.track_fraction > 0:
-            new_vectors = jnp.concatenate([new_vectors, vectors[tracked_from:]])
-        return row, MeasureState(new_vectors, since_cold, lambda_max.astype(jnp.result_type(float)), ws)
-
-    def _adaptive(params, batch, grad, vectors, key, opt_state, dtype, ws):
-        """The preconditioned sharpness ``lambda_max(P^{-1/2} H P^{-1/2})`` (= that of ``P^{-1} H``) with
-        ``P`` read from the optimizer state, and the linearised step's radius, each by a warm-started
-        Lanczos run on HVPs composed with the diagonal scaling."""
-        if not (has_pre or has_lin):
-            return {}, [], ws
-        if opt_state is None:
-            from samedge.errors import ConfigError
-
-            raise ConfigError(f"{optimizer.name}'s measurement reads its optimizer state: pass opt_state")
-        hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
-        row, out, i = {}, [], k
-
-        def lanczos_from(matvec, v, salt, ws):
-            noise = jax.random.normal(jax.random.fold_in(key, salt), v.shape)
-            v0 = v / jnp.linalg.norm(v) + settings.start_noise * noise / jnp.linalg.norm(noise)
-            return curvature.lanczos(matvec, v0.astype(dtype), k=1, max_iters=settings.max_hvps,
-                                     tol=settings.tol, min_iters=settings.min_hvps, workspace=ws)
-
-        if has_pre:
-            s = 1.0 / jnp.sqrt(ravel_pytree(optimizer.preconditioner(opt_state, grad))[0])
-            e = lanczos_from(lambda v: s * hvp(s * v), vectors[i], 3, ws)
-            ws = e.workspace
-            row |= {"precond_sharpness": jnp.abs(e.values[0]), "resid_precond": e.residuals[0],
-                    "hvps_precond": e.num_matvecs}
-            out.append(e.vectors[:1].astype(vectors.dtype))
-            i += 1
-        if has_lin:
-            matvec, eta_eff = optimizer.linear_step(hvp, grad, opt_state)
-            e = lanczos_from(matvec, vectors[i], 4, ws)
-            ws = e.workspace
-            mu = e.values[0]
-            row |= {"step_radius": jnp.abs(1 - eta_eff * mu), "step_mu": mu, "resid_step": e.residuals[0],
-                    "hvps_step": e.num_matvecs}
-            out.append(e.vectors[:1].astype(vectors.dtype))
-        return row, out, ws
-
-    def _stochastic(params, vectors, key, opt_state, data, dtype, ws):
-        """Batch sharpness over fresh minibatches and lambda_max of the full batch's Hessian."""
-        from samedge import batch_sharpness
-
-        if data is None:
-            from samedge.errors import ConfigError
-
-            raise ConfigError("batch sharpness draws fresh minibatches from the data: pass measure(..., data=...)")
-        sample = batch_sharpness.from_batch_fn(batch_fn, data)
-        euclidean = has_edge and not has_pre  # an adaptive edge bounds lambda(P^-1 H), not q_B
-        row = batch_sharpness.estimate(
-            loss_fn, params, lambda k: cast(sample(k)), jax.random.fold_in(key, 5),
-            max_batches=settings.batch_sharpness, rel_se=settings.batch_sharpness_rel_se,
-            min_batches=min(10, settings.batch_sharpness),
-            edge_fn=(lambda g: optimizer.edge(g, opt_state)) if euclidean else None)
-        if not has_full:
-            return row, [], ws
-        full = cast(full_batch_fn(data))
-        i = k + int(has_pre) + int(has_lin)
-        noise = jax.random.normal(jax.random.fold_in(key, 6), vectors.shape[1:])
-        v0 = vectors[i] / jnp.linalg.norm(vectors[i]) + settings.start_noise * noise / jnp.linalg.norm(noise)
-        e = top_eigen(params, full, v0.astype(dtype), 1, ws)
-        row |= {"lambda_max_full": jnp.abs(e.values[0]), "resid_full": e.residuals[0], "hvps_full": e.num_matvecs}
-        return row, [e.vectors[:1].astype(vectors.dtype)], e.workspace
-
-    def _main_and_guard(params, batch, v0, state, key):
-        """The warm-started run, the cross-check (when due) and the guard's columns; a larger
-        eigenvalue the cross-check finds is adopted.
-
-        Both runs are passes of one loop around one Lanczos program (pass 0 warm, pass 1 cold,
-        taken only when due or after a jump), so the measurement's program holds its Lanczos loop
-        once: it compiles, loads from the persistent cache and traces faster than with a second copy.
-        """
-        n, dtype = v0.shape[0], v0.dtype
-        cold_v0 = jax.random.normal(jax.random.fold_in(key, 2), (n,), dtype)
-        first = state.count == 0  # the first call starts from random vectors: itself a cold start
-        every = settings.crosscheck_every
-        due = (state.count >= every) if every else jnp.asarray(False)  # calls since the last cold run
-        ws0 = state.workspace
-        if ws0 is None:
-            ws0 = curvature.krylov_workspace(n, settings.max_hvps, dtype)
-        rank = jnp.arange(k)
-
-        def one_pass(carry):
-            p, ws, main, cold, take = carry
-            is_cold = p == 1
-            # the cold run is loose while its Ritz value stays at or below the bound (a value above it
-            # is a larger eigenvalue: a proven miss, run on to the measurement's own tolerance); it
-            # reports one pair, so the others' tolerance is infinite
-            bound = jnp.where(is_cold, jnp.abs(main.values[0]) * (1 + 2 * settings.tol), jnp.inf)
-            below = jnp.where(is_cold, settings.crosscheck_tol, settings.tol)
-
-            def tol(theta):
-                t = jnp.where(jnp.abs(theta) > bound, settings.tol, below)
-                return jnp.where(is_cold & (rank > 0), jnp.inf, t)
-
-            e = top_eigen(params, batch, jnp.where(is_cold, cold_v0, v0), k, ws, tol)
-            fields = e._replace(workspace=None)
-            main = jax.tree.map(lambda new, old: jnp.where(is_cold, old, new), fields, main)
-            cold = jax.tree.map(lambda new, old: jnp.where(is_cold, new, old), fields, cold)
-            lam = jnp.abs(e.values[0])
-            align_prev = curvature.alignment(e.vectors[0], state.vectors[0].astype(dtype))
-            jumped = (jnp.abs(lam / state.lambda_prev - 1) > settings.jump) | (align_prev < settings.align_jump)
-            take = jnp.where(is_cold, take, ~first & (due | jumped))
-            return p + 1, e.workspace, main, cold, take
-
-        real = jnp.zeros((), dtype)
-        zeros = curvature.Eigen(jnp.zeros((k,), dtype), jnp.zeros((k, n), dtype), jnp.zeros((k,), dtype),
-                                jnp.zeros((), jnp.int32), real, real)
-        _, ws, main, cold, take = jax.lax.while_loop(
-            lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), one_pass,
-            (jnp.asarray(0), ws0, zeros, zeros, jnp.asarray(False)))
-        nan = jnp.asarray(jnp.nan, main.values.dtype)
-        value = jnp.where(take, cold.values[0], nan)
-        hvps = jnp.where(take, cold.num_matvecs, 0)
-        larger = take & (jnp.abs(value) > jnp.abs(main.values[0]) * (1 + 2 * settings.tol))
-        eig = main._replace(
-            values=main.values.at[0].set(jnp.where(larger, value, main.values[0])),
-            vectors=main.vectors.at[0].set(jnp.where(larger, cold.vectors[0], main.vectors[0])),
-            residuals=main.residuals.at[0].set(jnp.where(larger, cold.residuals[0], main.residuals[0])),
-            workspace=ws if state.workspace is not None else None,
-        )
-        converged = jnp.all(eig.residuals <= settings.tol)
-        return eig, {
-            "converged": converged.astype(jnp.int32),
-            "crosscheck_lambda": jnp.abs(value),
-            "hvps_crosscheck": hvps,
-            "certified": (converged & ~larger).astype(jnp.int32),
-        }
-
-    # the most matvecs of any of the measurement's Lanczos runs: the workspace's size
-    workspace_iters = _outlier_iters(settings) if settings.track_fraction > 0 else settings.max_hvps
-
-    def measure_ws(params, batch, state, workspace, key, opt_state, data):
-        return measure(params, batch, state._replace(workspace=workspace), key, opt_state, data)
+            params, batch = cast(params), cast(batch)
+            loss, grad = jax.value_and_grad(loss_fn)(params, batch)
+            columns = {"loss": loss, "grad_norm": global_norm(grad)}
+            if accuracy_fn is not None:
+                columns["acc"] = accuracy_fn(params, batch)
+            hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
+            ctx = probes_mod.Context(params, batch, loss, grad, ravel_pytree(grad)[0], loss_fn, hvp, optimizer,
+                                     opt_state, data, settings, key, cast, workspace, columns, {}, state.carries)
+            columns, carries, workspace = _run_probes(everything, ctx)
+            return columns, MeasureState(carries, workspace)
 
     # the workspace is donated (reused in place); the rest of the state stays the caller's
-    compiled = jax.jit(measure_ws, donate_argnums=3)
+    compiled = jax.jit(measure, donate_argnums=3)
     checked: set = set()
 
     def measure_call(params, batch, state: MeasureState, key, opt_state=None, data=None):
@@ -504,34 +335,81 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
-        vectors = initial_vectors(cast(params), settings.num_vectors + n_extra, key)
-        return MeasureState(vectors, jnp.asarray(0, jnp.int32), jnp.asarray(jnp.nan, jnp.result_type(float)),
-                            curvature.krylov_workspace(vectors.shape[1], workspace_iters, vectors.dtype))
+        point = cast(params)
+        block = initial_vectors(point, sum(p.rows for p in builtin), key)
+        carries, i = {}, 0
+        for p in builtin:  # one block, in order: the start vectors of every earlier version
+            carries[p.name] = p.init(point, block[i:i + p.rows])
+            i += p.rows
+        for p in extra:
+            carries[p.name] = p.init(point, initial_vectors(point, p.rows, probes_mod.probe_key(key, p.name)))
+        iters = max(p.workspace_iters for p in everything)
+        return MeasureState(carries, curvature.krylov_workspace(block.shape[1], iters, block.dtype))
 
-    return Measurement(init, measure_call, settings)
+    return Measurement(init, measure_call, settings, everything)
 
 
-def _track_outliers(loss_fn, settings: MeasureSettings, params, batch, previous, edge, key, ws=None):
-    """Every eigenvalue above ``track_fraction * edge`` (see :func:`curvature.lanczos_above`).
+def _run_probes(probes, ctx: probes_mod.Context):
+    """Each probe in turn on ``ctx``, which gathers their columns and carries; the workspace threads
+    through the probes that return it."""
+    columns, carries, workspace = dict(ctx.columns), {}, ctx.workspace
+    for p in probes:
+        ctx = ctx._replace(columns=dict(columns), carries=dict(carries), workspace=workspace)
+        out = p.measure(ctx, ctx.previous[p.name], probes_mod.probe_key(ctx.key, p.name))
+        if not isinstance(out, tuple) or len(out) not in (2, 3):
+            from samedge.errors import ConfigError
 
-    Warm start: the previously tracked vectors summed (zero rows for none) plus a random part of
-    one tenth their weight, so that new outliers enter the Krylov space. Row keys: ``n_outliers``,
-    ``hvps_outliers`` (the matvec count), ``outlier_i`` and ``outlier_resid_i`` (NaN when not found).
+            raise ConfigError(f"probe {p.name!r}: measure must return (columns, carry) or (columns, carry, "
+                              f"workspace), got {type(out).__name__}")
+        probes_mod.check_columns(p.name, out[0], columns)
+        columns |= out[0]
+        carries[p.name] = out[1]
+        if len(out) == 3:
+            workspace = out[2]
+    return columns, carries, workspace
+
+
+def _caster(dtype: str | None) -> Callable:
+    if dtype is None:
+        return lambda tree: tree
+    target = jnp.dtype(dtype)
+    return lambda tree: jax.tree.map(
+        lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def from_vectors(m: Measurement, state: MeasureState, vectors, rows=()) -> MeasureState:
+    """``state`` with the carries of a format-1 checkpoint: one ``(rows, n)`` block of warm-start
+    vectors (top-k, then preconditioned, step, full batch, tracked: the built-in probes' ``rows`` in
+    order), the guard's memory rebuilt from the run's ``rows`` (:func:`calls_since_cold`, the last
+    ``lambda_max``).
+
+    Args:
+      m: the measurement.
+      state: a state of ``m`` (from ``m.init``).
+      vectors: the checkpoint's block.
+      rows: the run's rows so far.
+
+    Returns:
+      The state; a one-line :class:`samedge.errors.RunDirError` when the block does not fit ``m``.
     """
-    matvec, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
-    noise = jax.random.normal(key, previous.shape[1:])
-    start = previous.sum(0)  # (n,)
-    scale = jnp.maximum(jnp.linalg.norm(start), 1.0)
-    v0 = start + 0.1 * scale * noise / jnp.linalg.norm(noise)
-    out = curvature.lanczos_above(matvec, v0.astype(previous.dtype), settings.track_fraction * edge,
-                                  k_max=settings.track_max,
-                                  max_iters=_outlier_iters(settings), tol=settings.tol, workspace=ws)
-    row = {"n_outliers": out.count, "hvps_outliers": out.num_matvecs}
-    for i in range(settings.track_max):
-        row[f"outlier_{i + 1}"] = out.values[i]
-        row[f"outlier_resid_{i + 1}"] = out.residuals[i]
-    return row, out.vectors, out.workspace
+    from samedge.errors import RunDirError
 
-
-def _outlier_iters(settings: MeasureSettings) -> int:
-    return max(settings.max_hvps, settings.track_max + 8)
+    carries, i = dict(state.carries), 0
+    vectors = jnp.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != sum(p.rows for p in m.probes):
+        raise RunDirError(f"the checkpoint's warm-start vectors {tuple(vectors.shape)} do not fit this run's "
+                          f"probes ({', '.join(f'{q.name} {q.rows}' for q in m.probes if q.rows)} rows)")
+    for p in m.probes:
+        if p.rows == 0:
+            continue
+        block = vectors[i:i + p.rows]
+        old = carries[p.name]
+        if p.name == topk_probe.NAME:
+            last = rows[-1]["lambda_max"] if rows else float("nan")
+            carries[p.name] = old._replace(vectors=block.astype(old.vectors.dtype),
+                                           count=jnp.asarray(calls_since_cold(rows), old.count.dtype),
+                                           lambda_prev=jnp.asarray(last, old.lambda_prev.dtype))
+        else:
+            carries[p.name] = block.astype(old.dtype)
+        i += p.rows
+    return state._replace(carries=carries)

@@ -18,6 +18,7 @@ from typing import Any
 
 from samedge import config as config_mod
 from samedge import optimizers, tasks
+from samedge.probes import Probe
 from samedge.steps import Optimizer
 
 __all__ = ["default_out", "run_name", "finished", "execute", "fit"]
@@ -68,7 +69,7 @@ def finished(out, run_config: dict | None = None) -> str | None:
 
 def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = False, progress: bool = True,
             allow_fallback: bool = False, task: tasks.Task | None = None, resume: bool = False,
-            optimizer: Optimizer | None = None, devices: int | None = None) -> dict:
+            optimizer: Optimizer | None = None, devices: int | None = None, probes=()) -> dict:
     """Run ``cfg`` in the folder ``out`` and return its summary.
 
     Args:
@@ -81,6 +82,7 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
       task: the task, already built (else built from ``cfg``).
       resume: continue the run in ``out`` from its last checkpoint.
       optimizer: the optimizer object when ``cfg.custom_optimizer``.
+      probes: the :class:`~samedge.probes.Probe` objects ``cfg.probes`` names without an import path.
       devices: split each batch over this many devices (:mod:`samedge.sharding`; default all local
         devices of the default backend; results do not depend on it, and a run resumes on another count).
 
@@ -103,14 +105,16 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
     else:
         store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
     try:
-        summary = train.train(cfg, task, store, progress=progress, resume=resuming, optimizer=optimizer)
+        summary = train.train(cfg, task, store, progress=progress, resume=resuming, optimizer=optimizer,
+                              probes=probes)
     finally:
         plots.plot_run(out)
     return summary
 
 
 def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, out=None, resume: bool = False,
-        overwrite: bool = False, progress: bool = True, devices: int | None = None, **settings: Any) -> dict:
+        overwrite: bool = False, progress: bool = True, devices: int | None = None, probes=(),
+        **settings: Any) -> dict:
     """Train your own task with the whole run machinery and return its summary.
 
     Args:
@@ -124,6 +128,9 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
       overwrite: replace a run already in ``out``.
       progress: draw a progress bar.
       devices: split each batch over this many devices (default: all).
+      probes: your own measurement probes (:class:`~samedge.probes.Probe` objects, or
+        ``package.module:PROBE`` names), run after the built-in ones; their columns join
+        ``metrics.csv``. Resuming a run with probe objects needs them passed again.
       **settings: any :class:`~samedge.config.RunConfig` field (``lr``, ``steps``,
         ``measure_every``, ``seed``, ``topk`` ...) and the optimizer's hyperparameters (``rho``).
 
@@ -152,6 +159,10 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         from samedge.errors import ConfigError
 
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known | hyper_names))}")
+    if isinstance(probes, (str, Probe)):
+        probes = [probes]
+    objects = tuple(p for p in probes if not isinstance(p, str))
+    settings["probes"] = tuple(p if isinstance(p, str) else getattr(p, "name", p) for p in probes)
     defaults = tasks.DEFAULT_PRESET
     base = dict(steps=defaults.steps, measure_every=defaults.measure_every, eval_every=defaults.eval_every)
     base |= dict(defaults.run)
@@ -169,4 +180,4 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         optimizer = None
     cfg = cfg.validate()
     return execute(cfg, Path(out) if out is not None else default_out(cfg), overwrite=overwrite, progress=progress,
-                   task=task, resume=resume, optimizer=optimizer, devices=devices)
+                   task=task, resume=resume, optimizer=optimizer, devices=devices, probes=objects)

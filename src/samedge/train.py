@@ -166,11 +166,12 @@ def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
     return optimizers.build(cfg.optimizer, cfg.lr, **cfg.hparams)
 
 
-def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer):
-    """The run's measurement as one jitted ``(params, data, step, state, opt_state) -> (row, state)``
-    on the task's measurement batch of that step."""
+def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer, probes=()):
+    """The run's measurement and, as one jitted ``(params, data, step, state, opt_state) -> (row, state)``,
+    its call on the task's measurement batch of that step."""
     m = measure.measurement(task.loss_fn, optimizer, measure_settings(cfg, optimizer),
-                            accuracy_fn=task.accuracy_fn, batch_fn=task.batch_fn, full_batch_fn=task.full_batch_fn)
+                            accuracy_fn=task.accuracy_fn, batch_fn=task.batch_fn, full_batch_fn=task.full_batch_fn,
+                            probes=probes)
     seed_key = jax.random.PRNGKey(cfg.seed)
 
     def at_step(params, data, step, state, workspace, opt_state):
@@ -186,7 +187,34 @@ def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer):
         return jitted(params, data, step, rest, workspace, opt_state)
 
     init = lambda params: m.init(params, jax.random.fold_in(seed_key, INIT_KEY))  # noqa: E731
-    return init, measure_at
+    return m, init, measure_at
+
+
+def resolve_probes(cfg: RunConfig, given=()) -> tuple:
+    """The run's own probes: ``cfg.probes`` in order, each ``package.module:PROBE`` loaded, or, for a
+    plain name, the :class:`~samedge.probes.Probe` of that name in ``given`` (objects passed to
+    ``samedge.fit``).
+
+    Args:
+      cfg: the run's settings.
+      given: probe objects passed from Python.
+
+    Returns:
+      The probes; a one-line :class:`~samedge.errors.ConfigError` for one that cannot be had.
+    """
+    from samedge import probes as probes_mod
+
+    by_name = {p.name: p for p in given}
+    out = []
+    for name in cfg.probes:
+        if ":" in name:
+            out.append(probes_mod.load(name))
+        elif name in by_name:
+            out.append(probes_mod.check_probe(by_name[name]))
+        else:
+            raise RunDirError(f"this run's probe {name!r} was passed as a Python object; pass it again "
+                              f"(samedge.fit(..., probes=[...], resume=True))")
+    return tuple(out)
 
 
 class _State(NamedTuple):
@@ -199,22 +227,24 @@ class _State(NamedTuple):
     resumed_from: int | None
 
 
-def _start(cfg, task, optimizer, init_measure, store, resume) -> _State:
+def _start(cfg, task, optimizer, m, init_measure, store, resume) -> _State:
     """The run's starting state: fresh from the seed, or the checkpoint in ``store`` when resuming."""
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state = optimizer.init(params)
     mstate = init_measure(params)
     state = _State(params, opt_state, mstate, [], 0, 0.0, None)
     if resume and store is not None:
-        ckpt = checkpoint.load(store.path, params, opt_state)
+        ckpt = checkpoint.load(store.path, params, opt_state, mstate.carries)
         if ckpt is not None:
             if ckpt.seed != cfg.seed:
                 raise RunDirError(f"{store.path}: checkpoint seed {ckpt.seed} differs from the config's {cfg.seed}")
-            # the guard's memory is in the rows: the calls since the last cold run, and the last lambda_max
-            last = ckpt.rows[-1]["lambda_max"] if ckpt.rows else float("nan")
-            mstate = mstate._replace(vectors=ckpt.vectors.astype(mstate.vectors.dtype),
-                                     count=jnp.asarray(measure.calls_since_cold(ckpt.rows), mstate.count.dtype),
-                                     lambda_prev=jnp.asarray(last, mstate.lambda_prev.dtype))
+            if ckpt.measure is not None:
+                mstate = mstate._replace(carries=ckpt.measure)
+            else:  # format 1: one block of vectors; the guard's memory is in the rows
+                try:
+                    mstate = measure.from_vectors(m, mstate, ckpt.vectors, ckpt.rows)
+                except RunDirError as exc:
+                    raise RunDirError(f"{store.path}: {exc}") from None
             state = _State(ckpt.params, ckpt.opt_state, mstate, list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step)
         store.rewrite(state.rows)
     return state
@@ -238,7 +268,7 @@ def _row(values, step, measure_s, started, optimizer, evaluation) -> dict:
 
 def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress: bool = True,
           on_row: Callable[[dict], None] | None = None, resume: bool = False,
-          optimizer: steps.Optimizer | None = None) -> dict:
+          optimizer: steps.Optimizer | None = None, probes=()) -> dict:
     """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``).
 
     Args:
@@ -250,6 +280,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
       resume: continue from the checkpoint in ``store`` (from step 0 if it has none); its rows
         replace ``metrics.csv``, which may hold rows written after it.
       optimizer: the optimizer object, when ``cfg.custom_optimizer`` (else built from the registry).
+      probes: the :class:`~samedge.probes.Probe` objects that ``cfg.probes`` names without an import
+        path (see :func:`resolve_probes`).
 
     Returns:
       The summary: ``status`` (``completed``, ``diverged`` or ``interrupted``), the final figures
@@ -257,8 +289,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
       ``wall_time_s``, ``measure_time_s`` and ``measure_share``.
     """
     optimizer = optimizer if optimizer is not None else build_optimizer(cfg)
-    init_measure, measure_fn = _make_measure(cfg, task, optimizer)
-    state = _start(cfg, task, optimizer, init_measure, store, resume)
+    m, init_measure, measure_fn = _make_measure(cfg, task, optimizer, resolve_probes(cfg, probes))
+    state = _start(cfg, task, optimizer, m, init_measure, store, resume)
     params, opt_state, mstate, rows, done = state.params, state.opt_state, state.mstate, state.rows, state.done
     points = schedule(cfg.steps, cfg.measure_every)
     evals = set(schedule(cfg.steps, cfg.eval_every))
@@ -294,7 +326,7 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
                     due = cfg.checkpoint_every and seg.step - last_checkpoint >= cfg.checkpoint_every
                     if not final and (due or stop.requested):
                         checkpoint.save(store.path, checkpoint.Checkpoint(
-                            seg.step, seg.params, seg.opt_state, mstate.vectors, rows,
+                            seg.step, seg.params, seg.opt_state, mstate.carries, rows,
                             time.perf_counter() - started, cfg.seed))
                         last_checkpoint = seg.step
                 if on_row is not None:
