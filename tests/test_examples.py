@@ -70,3 +70,12 @@ def test_own_task_factory_from_the_cli(tmp_path, data_dir):
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["task_config"] == {"n_train": 64, "width": 8}
     assert config["task_info"]["n_train"] == 64
+
+
+def test_own_probe_matches_the_dense_hessian_along_the_step(data_dir):
+    """examples/own_probe.py: the curvature along SAM's update, u'Hu/u'u, from a probe of the user's
+    own in a plain loop, against the dense float64 Hessian and the step the loop took."""
+    result = _last_json(_run(["examples/own_probe.py"], data_dir).stdout)
+    assert result["relerr"] <= 1e-6, result
+    assert [c["step"] for c in result["dense_checks"]] == [0, 150, 300]
+    assert 0 < result["last"]["step_curvature"] <= result["last"]["lambda_max"]

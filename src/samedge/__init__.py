@@ -3,7 +3,8 @@
 The library, in four parts (each a module; the names below are loaded on first use, so importing
 the package does nothing but define them):
 
-- measurement: :func:`measurement` (:mod:`samedge.measure`), callable from any JAX training loop;
+- measurement: :func:`measurement` (:mod:`samedge.measure`), callable from any JAX training loop,
+  made of probes (:class:`Probe`, :mod:`samedge.probes`), your own among them;
 - optimizers: :func:`optimizer` (a registry entry with its closed-form edge, :mod:`samedge.optimizers`)
   and the step shapes around any optax base, :func:`descent`, :func:`ascent`, :func:`sam`, :func:`usam`
   (:mod:`samedge.steps`);
@@ -23,6 +24,7 @@ _EXPORTS = {
     "measurement": ("samedge.measure", "measurement"),
     "MeasureSettings": ("samedge.measure", "MeasureSettings"),
     "MeasureState": ("samedge.measure", "MeasureState"),
+    "Probe": ("samedge.probes", "Probe"),
     "optimizer": ("samedge.optimizers", "build"),
     "Optimizer": ("samedge.steps", "Optimizer"),
     "make_task": ("samedge.tasks", "make_task"),

@@ -1,42 +1,33 @@
 """The measurement: an optimizer's curvature against its edge, callable from any JAX training loop.
 
 :func:`measurement` returns, in the manner of optax, a pair of pure functions with a NamedTuple
-state: ``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state)
--> (row, state)``. At a point ``w`` and a batch it computes
+state: ``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state,
+data) -> (row, state)``. At a point ``w`` and a batch it computes ``loss``, ``grad_norm`` = ||g||
+(``g = grad L(w)``) and ``acc`` when an accuracy function is given, then runs its **probes**
+(:mod:`samedge.probes`), each a room of its own with its columns, its carry and its tests, in this
+order (:func:`builtin_probes` chooses them from the settings and the optimizer):
 
-- ``loss``, ``grad_norm`` = ||g||, ``g = grad L(w)``, and ``acc`` when an accuracy function is given;
-- the top-k eigenpairs of the Hessian ``H = grad^2 L(w)`` by Lanczos on exact (forward-over-reverse)
-  Hessian-vector products, warm-started from the previous call's vectors (carried in the state):
-  ``lambda_1..k`` (signed, by decreasing magnitude), ``resid_1..k`` = ||H v - lambda v|| / |lambda|,
-  ``hvps``, and ``lambda_max`` = |lambda_1|, the operator norm ||H||_2 (the paper's quantity: the
-  largest-magnitude eigenvalue, which a negative curvature can be); ``lambda_top`` (with
-  ``resid_top``): the largest algebraic eigenvalue, from the same Krylov space;
-- the guard (see :class:`MeasureSettings`): ``converged`` (1 when every reported pair met the
-  tolerance within the HVP budget), ``crosscheck_lambda`` (|lambda| of a cold random-start Lanczos
-  run stopped at ``crosscheck_tol``, a lower bound of lambda_max up to that tolerance, run on to
-  ``tol`` when it is the larger; NaN when none was taken), ``hvps_crosscheck`` and ``certified`` (converged, and no larger
-  eigenvalue found by the cross-check when one was taken);
-- ``edge``: the optimizer's edge of stability at ``g`` and its state (absent when the optimizer
-  has no known edge), ``gd_edge`` = 2/eta (when eta is one number), ``ratio`` = lambda_max / edge;
-- ``align_grad`` = |cos(g, v_1)| and ``align_sam_grad`` = |cos(d, v_1)| with ``d`` the gradient the
-  step descends along (the ascent point's gradient for SAM);
-- optionally ``lambda_max_sam`` (with ``resid_sam``, ``hvps_sam``) at the optimizer's ascent point,
-  and every eigenvalue above ``track_fraction`` x edge (``n_outliers``, ``outlier_i`` ...).
-
-Why a guard. Lanczos stopped on a residual proves closeness to *an* eigenvalue, not to the largest:
-a warm start that (nearly) lacks the new top direction, after the top eigenvectors exchanged
-between two calls, can meet the tolerance on the old one within 2-3 HVPs. No Krylov method can rule
-out an eigenvalue its start vector lacks; the guard makes a miss rare (a real random part in the
-start, a minimum number of Krylov steps) and visible (a cold random-start cross-check whenever
-lambda or the top vector jumps, and ``crosscheck_every`` calls after the last cold run at the
-latest; a larger eigenvalue found
-there is adopted, and the row is marked uncertified).
+- :mod:`~samedge.probes.topk`: the top-k eigenpairs of ``H = grad^2 L(w)`` by Lanczos on exact
+  (forward-over-reverse) HVPs, warm-started: ``lambda_1..k``, ``resid_1..k``, ``hvps``,
+  ``lambda_max`` = ||H||_2 (the paper's quantity), ``lambda_top`` (the largest algebraic eigenvalue),
+  and the guard: ``converged``, ``crosscheck_lambda``, ``hvps_crosscheck``, ``certified``;
+- :mod:`~samedge.probes.adaptive` (an optimizer with a preconditioner, or a linearised step):
+  ``precond_sharpness`` = lambda_max(P^-1 H), ``step_radius``;
+- :mod:`~samedge.probes.stochastic` (``batch_sharpness``): batch sharpness over fresh minibatches and
+  ``lambda_max_full``;
+- :mod:`~samedge.probes.edge`: ``edge`` (absent when the optimizer has no known edge), ``gd_edge`` =
+  2/eta, ``ratio`` = the optimizer's own sharpness / edge;
+- :mod:`~samedge.probes.alignment`: ``align_grad``, ``align_sam_grad``;
+- :mod:`~samedge.probes.ascent` (``ascent_point``): ``lambda_max_sam`` at the ascent point;
+- :mod:`~samedge.probes.outliers` (``track_fraction``): every eigenvalue above a fraction of the edge;
+- then yours (``probes=...``).
 
 ``measure`` is jitted once per settings: calling it again with new parameters, batches, states or
 keys of the same shapes does not recompile. Random draws come only from the ``key`` passed in. Its
 matrix products run at full float32 precision on accelerators (``jax.default_matmul_precision
 ("highest")``, scoped to the measurement; training keeps the default), and ``dtype="float64"``
-measures in float64 (on CPU; needs ``jax.config.update("jax_enable_x64", True)``).
+measures in float64 (on CPU; needs ``jax.config.update("jax_enable_x64", True)``). Every Lanczos run
+builds its basis in one Krylov workspace carried in the state and donated to the call.
 
 >>> import jax, jax.numpy as jnp
 >>> from samedge import optimizers
@@ -63,7 +54,7 @@ from samedge import checks, curvature, probes as probes_mod
 from samedge.probes import adaptive, alignment, ascent, edge, outliers, stochastic
 from samedge.probes import topk as topk_probe
 from samedge.probes.topk import calls_since_cold
-from samedge.steps import Optimizer, global_norm
+from samedge.steps import Optimizer
 
 __all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "builtin_probes", "initial_vectors",
            "calls_since_cold", "split_workspace", "from_vectors"]
@@ -298,7 +289,7 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"probe name(s) {', '.join(twice)} given twice (the built-in ones: "
                           f"{', '.join(p.name for p in builtin)})")
-    everything = builtin + extra
+    everything = builtin + extra  # the order they run in
     # The loss (and accuracy) as jitted units: the measurement differentiates the loss at several
     # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
     # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
@@ -310,13 +301,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     def measure(params, batch, state, workspace, key, opt_state, data):
         with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
             params, batch = cast(params), cast(batch)
-            loss, grad = jax.value_and_grad(loss_fn)(params, batch)
-            columns = {"loss": loss, "grad_norm": global_norm(grad)}
+            ctx = probes_mod.context(loss_fn, params, batch, optimizer, settings, key, opt_state=opt_state,
+                                     data=data, cast=cast, workspace=workspace, previous=state.carries)
             if accuracy_fn is not None:
-                columns["acc"] = accuracy_fn(params, batch)
-            hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
-            ctx = probes_mod.Context(params, batch, loss, grad, ravel_pytree(grad)[0], loss_fn, hvp, optimizer,
-                                     opt_state, data, settings, key, cast, workspace, columns, {}, state.carries)
+                ctx = ctx._replace(columns=ctx.columns | {"acc": accuracy_fn(params, batch)})
             columns, carries, workspace = _run_probes(everything, ctx)
             return columns, MeasureState(carries, workspace)
 
@@ -335,18 +323,25 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
-        point = cast(params)
-        block = initial_vectors(point, sum(p.rows for p in builtin), key)
-        carries, i = {}, 0
-        for p in builtin:  # one block, in order: the start vectors of every earlier version
-            carries[p.name] = p.init(point, block[i:i + p.rows])
-            i += p.rows
-        for p in extra:
-            carries[p.name] = p.init(point, initial_vectors(point, p.rows, probes_mod.probe_key(key, p.name)))
-        iters = max(p.workspace_iters for p in everything)
-        return MeasureState(carries, curvature.krylov_workspace(block.shape[1], iters, block.dtype))
+        return _init_state(builtin, extra, cast(params), key)
 
     return Measurement(init, measure_call, settings, everything)
+
+
+def _init_state(builtin, extra, point, key) -> MeasureState:
+    """The probes' first carries and the workspace (sized for the longest Lanczos run of any probe).
+
+    The built-in probes' start vectors are one block drawn from ``key``, split in their order (the
+    layout, and so the numbers, of every earlier version); yours are drawn each from its own key."""
+    block = initial_vectors(point, sum(p.rows for p in builtin), key)
+    carries, i = {}, 0
+    for p in builtin:
+        carries[p.name] = p.init(point, block[i:i + p.rows])
+        i += p.rows
+    for p in extra:
+        carries[p.name] = p.init(point, initial_vectors(point, p.rows, probes_mod.probe_key(key, p.name)))
+    iters = max(p.workspace_iters for p in builtin + extra)
+    return MeasureState(carries, curvature.krylov_workspace(block.shape[1], iters, block.dtype))
 
 
 def _run_probes(probes, ctx: probes_mod.Context):

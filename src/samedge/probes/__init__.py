@@ -50,9 +50,13 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from samedge import curvature
+from jax.flatten_util import ravel_pytree
 
-__all__ = ["Probe", "Context", "probe_key", "warm_start", "top_eigen", "load", "check_columns"]
+from samedge import curvature
+from samedge.steps import global_norm
+
+__all__ = ["Probe", "Context", "context", "probe_key", "warm_start", "top_eigen", "load", "check_columns",
+           "check_probe"]
 
 
 class Probe(NamedTuple):
@@ -117,6 +121,41 @@ class Context(NamedTuple):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def context(loss_fn: Callable, params, batch, optimizer, settings, key, *, opt_state=None, data=None,
+            cast: Callable | None = None, workspace=None, previous: Mapping | None = None) -> Context:
+    """The :class:`Context` of a measurement at ``(params, batch)``: the loss, its gradient and the
+    Hessian-vector product there; its columns start with ``loss`` and ``grad_norm``. The measurement
+    builds its own with it; call it to try a probe on its own (``probe.measure(ctx, carry, key)``).
+
+    Args:
+      loss_fn: ``(params, batch) -> scalar``.
+      params: the point, a pytree of float arrays.
+      batch: the batch.
+      optimizer: the :class:`~samedge.steps.Optimizer`.
+      settings: the :class:`~samedge.measure.MeasureSettings`.
+      key: the measurement's PRNG key.
+      opt_state: the optimizer's state, or ``None``.
+      data: the task's data, or ``None``.
+      cast: ``tree -> tree`` into the measurement's dtype (default: unchanged).
+      workspace: a Krylov workspace, or ``None``.
+      previous: the probes' carries as the call begins (default: none).
+
+    Returns:
+      The :class:`Context`, ``carries`` empty.
+
+    >>> from samedge import optimizers, measure
+    >>> ctx = context(lambda w, b: 2.0 * w @ w, jnp.array([1.0, 0.0]), None, optimizers.build("gd", 0.1),
+    ...               measure.MeasureSettings(), jax.random.PRNGKey(0))
+    >>> float(ctx.loss), ctx.hvp(jnp.array([1.0, 1.0])).tolist(), float(ctx.columns["grad_norm"])
+    (2.0, [4.0, 4.0], 4.0)
+    """
+    loss, grad = jax.value_and_grad(loss_fn)(params, batch)
+    hvp, _ = curvature.flat_hvp(lambda p: loss_fn(p, batch), params)
+    return Context(params, batch, loss, grad, ravel_pytree(grad)[0], loss_fn, hvp, optimizer, opt_state, data,
+                   settings, key, cast or (lambda tree: tree), workspace,
+                   {"loss": loss, "grad_norm": global_norm(grad)}, {}, dict(previous or {}))
 
 
 def probe_key(key: jax.Array, name: str) -> jax.Array:
