@@ -213,3 +213,30 @@ def test_non_finite_parameters_with_a_finite_loss_are_divergence(tmp_path):
     summary = train.train(cfg, task, RunStore.create(tmp_path, {"run": cfg.to_dict()}), progress=False)
     assert summary["status"] == "diverged"
     assert summary["diverged_reason"] == "non-finite parameters after step 0"
+
+
+def test_a_run_checkpointed_in_format_1_resumes_to_the_same_rows(tmp_path, data_dir):
+    """A run from before the probes: its checkpoint held one block of vectors (top-k, then tracked)
+    and the guard's memory came from the rows. Rewritten by hand in that format (from this run's own
+    step-30 checkpoint), it resumes to the rows of the uninterrupted run, every column but timing."""
+    from flax import serialization
+
+    from samedge import cli
+
+    out = tmp_path / "run"
+    assert cli.main(["run", "mnist", "--set", "n_train=64", "--set", "n_test=32", "--set", "width=8",
+                     "--set", "depth=3", "--optimizer", "gd", "--lr", "0.5", "--steps", "40", "--measure-every", "10",
+                     "--checkpoint-every", "10", "--topk", "2", "--track-fraction", "0.3",
+                     "--data-dir", str(data_dir), "--out", str(out), "--no-progress"]) == 0
+    whole = read_metrics(out)
+    raw = serialization.msgpack_restore(checkpoint.path(out).read_bytes())
+    assert raw["format"] == 2 and raw["step"] == 30
+    carries = raw.pop("measure")
+    raw |= {"format": 1, "vectors": np.concatenate([carries["topk"]["vectors"], carries["outliers"]])}
+    checkpoint.path(out).write_bytes(serialization.msgpack_serialize(raw))
+    (out / "summary.json").unlink()
+    assert cli.main(["resume", str(out), "--data-dir", str(data_dir), "--no-progress"]) == 0
+    again = read_metrics(out)
+    timing = {"time_s", "measure_s"}
+    as_text = lambda rows: [{k: repr(v) for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert as_text(again) == as_text(whole)  # repr: NaN equals NaN, and every bit of each float counts
