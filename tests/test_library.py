@@ -38,7 +38,7 @@ import optax
 import pytest
 
 import samedge
-from samedge import checkpoint, cli, config, optimizers, run, tasks, train
+from samedge import checkpoint, cli, config, measure, optimizers, run, tasks, train
 from samedge.errors import ConfigError
 from samedge.store import read_run_config
 
@@ -120,14 +120,15 @@ def _measured_columns(rows) -> list[str]:
 
 def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
     """Property: a run's checkpoint holds everything its next measurement needs. From the step-80
-    checkpoint (parameters, optimizer state, the warm-start vectors of the step-80 measurement, and
-    its rows, which give the measurement guard's memory: the count and the last lambda_max),
+    checkpoint (parameters, optimizer state, the probes' carries after the step-80 measurement: the
+    warm-start vectors and the guard's memory, the count and the last lambda_max),
     ``train.make_chunk`` for 20 steps and one ``samedge.measurement`` call with key
     ``fold_in(PRNGKey(seed), 100)`` give the step-100 row.
     Truth: the step-100 row the CLI wrote; every measured column to 1e-6 relative (it is exact)."""
     out, rows, cfg, task, opt, m = mnist_run
     template = task.init_params(jax.random.PRNGKey(cfg.seed))
-    ckpt = checkpoint.load(out, template, opt.init(template))
+    fresh = m.init(template, jax.random.PRNGKey(0))
+    ckpt = checkpoint.load(out, template, opt.init(template), fresh.carries)
     last = MNIST_STEPS - MNIST_EVERY
     assert ckpt.step == last and ckpt.seed == cfg.seed
     # The checkpoint's rows are the run's rows up to it (floats travel exactly: repr in the CSV).
@@ -136,12 +137,11 @@ def test_checkpoint_plus_library_calls_reproduce_the_next_row(mnist_run):
         as_text = {k: "" if v is None else repr(v) if isinstance(v, float) else str(v) for k, v in saved.items()}
         assert as_text == {k: v for k, v in written.items() if k in saved or v != ""}
 
-    # The measurement state after the step-80 measurement: its vectors (checkpointed) and the guard's
-    # memory, which the rows hold (how many measurements so far, the last lambda_max).
-    fresh = m.init(ckpt.params, jax.random.PRNGKey(0))
-    state = fresh._replace(vectors=ckpt.vectors.astype(fresh.vectors.dtype),
-                           count=jnp.asarray(len(ckpt.rows), fresh.count.dtype),
-                           lambda_prev=jnp.asarray(ckpt.rows[-1]["lambda_max"], fresh.lambda_prev.dtype))
+    # The measurement state after the step-80 measurement: its probes' carries (checkpointed: the
+    # warm-start vectors and the guard's memory, which the rows also hold).
+    state = fresh._replace(carries=ckpt.measure)
+    topk = ckpt.measure["topk"]
+    assert int(topk.count) == measure.calls_since_cold(ckpt.rows) and float(topk.lambda_prev) == pytest.approx(ckpt.rows[-1]["lambda_max"])
 
     params, opt_state, losses = train.make_chunk(task, opt, MNIST_STEPS - last)(
         ckpt.params, ckpt.opt_state, task.data, jnp.asarray(last))

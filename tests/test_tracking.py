@@ -92,7 +92,8 @@ def test_measurement_logs_every_outlier_above_the_fraction_of_the_edge(x64):
     m = measure.measurement(loss_fn, optimizers.build("usam", lr, rho=rho), settings)
     params = {"w": jnp.zeros(200)}
     state = m.init(params, jax.random.PRNGKey(0))
-    assert state.vectors.shape == (1 + 6, 200) and state.vectors.dtype == jnp.float64
+    assert state.vectors.shape == (1, 200) and state.vectors.dtype == jnp.float64  # the top-k probe's
+    assert state.carries["outliers"].shape == (6, 200)  # the outliers probe's own
     row, state = m.measure(params, (), state, jax.random.PRNGKey(1))
     assert int(row["n_outliers"]) == 3
     np.testing.assert_allclose([float(row[f"outlier_{i}"]) for i in (1, 2, 3)], [9.5, 7.0, 4.5], rtol=1e-4)
