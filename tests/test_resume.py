@@ -61,7 +61,10 @@ sys.exit(cli.main(sys.argv[1:]))
 
 
 def _tasks():
-    params = [pytest.param("mnist", ["--set", "n_train=256", "--set", "n_test=256", "--set", "width=32"], id="mnist")]
+    mnist = ["--set", "n_train=256", "--set", "n_test=256", "--set", "width=32"]
+    params = [pytest.param("mnist", mnist, id="mnist"),
+              # chunks of 100, 100 and 56 examples (samedge.chunking): the same exact resume
+              pytest.param("mnist", [*mnist, "--chunk-size", "100"], id="mnist-chunked")]
     if importlib.util.find_spec("samedge.tasks.shakespeare") is None:
         params.append(pytest.param("shakespeare", [], id="shakespeare", marks=pytest.mark.skip(
             reason="samedge.tasks.shakespeare is not on this branch yet (built in parallel); the integrator runs it after the merge")))
@@ -134,13 +137,14 @@ def reference(tmp_path_factory, env):
     done = {}
 
     def get(task, sets):
-        if task not in done:
+        key = (task, tuple(sets))
+        if key not in done:
             out = tmp_path_factory.mktemp(f"ref-{task}") / "run"
             r = _cli(env, "run", task, *sets, *SCHEDULE, "--out", str(out), "--no-progress")
             assert r.returncode == 0, r.stderr[-2000:]
-            done[task] = _table(out)
-            assert [int(row["step"]) for row in done[task]] == [0, 10, 20, 30, 40, 50, 60]
-        return done[task]
+            done[key] = _table(out)
+            assert [int(row["step"]) for row in done[key]] == [0, 10, 20, 30, 40, 50, 60]
+        return done[key]
 
     return get
 

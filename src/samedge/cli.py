@@ -8,6 +8,7 @@ Errors a user can cause (:class:`samedge.errors.SamedgeError`) print as one line
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -64,6 +65,9 @@ def settings_table() -> tuple[Setting, ...]:
                                    "shakespeare: the preset's)", sweep=True),
         Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check on a jump, and K measurements after the "
                                          "last cold run at the latest; 0: only on a jump (default 10)"),
+        Setting("chunk_size", int, "examples per pass when a batch is larger: the loss, gradients and HVPs in chunks "
+                                   "inside the compiled program, exact; per device with --devices; memory of one "
+                                   "chunk's activations (default: the preset's, else 0 = one pass)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
     )
@@ -246,6 +250,8 @@ def _cmd_resume(args) -> int:
     if not out.is_dir():
         raise SamedgeError(f"{out}: no such run folder")
     cfg = config.from_dict(read_run_config(out)["run"])
+    if args.chunk_size is not None:  # a property of the machine: another one may continue the run
+        cfg = dataclasses.replace(cfg, chunk_size=args.chunk_size).validate()
     if cfg.preset is None or cfg.custom_optimizer:
         raise SamedgeError(f"{out}: this run's task or optimizer was passed as a Python object; resume it with "
                            f"samedge.fit(task, optimizer, out=..., resume=True)")
@@ -265,6 +271,8 @@ def _add_resume(sub) -> None:
     p = sub.add_parser("resume", help="continue a stopped run from its config.json and last checkpoint")
     p.add_argument("dir", help="the run folder")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="continue with another chunk size (examples per pass; 0: one pass); default: the run's")
     p.add_argument("--devices", type=int, default=None, help=DEVICES_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_resume)

@@ -53,6 +53,10 @@ class RunConfig:
     measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)
     # also batch sharpness over fresh minibatches and lambda_max of the full batch (samedge.batch_sharpness)
     batch_sharpness: bool = False
+    # examples per pass when a batch is larger (0: one pass): the loss, every gradient and HVP are then
+    # computed over chunks inside the compiled program, exactly (samedge.chunking). A property of the
+    # machine, not of the experiment: a run may resume with another (config.json records each).
+    chunk_size: int = 0
     # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
     # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
     probes: tuple[str, ...] = ()
@@ -85,6 +89,7 @@ class RunConfig:
             _integer(name, getattr(self, name), 1)
         _integer("seed", self.seed, 0)
         _integer("checkpoint_every", self.checkpoint_every, 0)
+        _integer("chunk_size", self.chunk_size, 0)
         _number("diverge_factor", self.diverge_factor, lambda v: v > 1, "must be > 1")
         if self.topk > self.lanczos_max_iters:
             raise ConfigError(f"topk ({self.topk}) must not exceed lanczos_max_iters ({self.lanczos_max_iters})")

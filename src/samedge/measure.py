@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from samedge import checks, curvature, probes as probes_mod
+from samedge import checks, chunking, curvature, probes as probes_mod
 from samedge.probes import adaptive, alignment, ascent, edge, outliers, stochastic
 from samedge.probes import topk as topk_probe
 from samedge.probes.topk import calls_since_cold
@@ -93,6 +93,9 @@ class MeasureSettings:
         (:mod:`samedge.batch_sharpness`: mean and ratio-of-means of ``q_B``, the per-batch edge)
         and ``lambda_max_full``, the top eigenvalue of the full batch's Hessian (needs ``data``).
       batch_sharpness_rel_se: stop the batches once the relative standard error is this small.
+      chunk_size: 0 = one pass; else the loss (and accuracy) over any batch larger than this is
+        computed ``chunk_size`` examples at a time (:func:`samedge.chunking.chunked_mean`): every
+        gradient and HVP of the measurement in the memory of one chunk, exactly for a mean loss.
     """
 
     topk: int = 1
@@ -110,6 +113,7 @@ class MeasureSettings:
     dtype: str | None = None
     batch_sharpness: int = 0
     batch_sharpness_rel_se: float = 0.01
+    chunk_size: int = 0
 
     @property
     def num_vectors(self) -> int:
@@ -131,6 +135,8 @@ class MeasureSettings:
             raise ConfigError(f"crosscheck_every must be an integer >= 0, got {self.crosscheck_every!r}")
         if self.dtype not in (None, "float32", "float64"):
             raise ConfigError(f"the measurement dtype must be float32 or float64, got {self.dtype!r}")
+        if not (isinstance(self.chunk_size, int) and self.chunk_size >= 0):
+            raise ConfigError(f"chunk_size must be an integer >= 0, got {self.chunk_size!r}")
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("a float64 measurement needs 64-bit JAX: jax.config.update('jax_enable_x64', True) "
                               "before anything else (the CLI does it for --measure-dtype float64)")
@@ -294,6 +300,9 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
     # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
     # of the measurement's program (0.6 s -> 0.25 s on quick MNIST).
+    if settings.chunk_size:
+        loss_fn = chunking.chunked_mean(loss_fn, settings.chunk_size)
+        accuracy_fn = None if accuracy_fn is None else chunking.chunked_mean(accuracy_fn, settings.chunk_size)
     loss_fn = jax.jit(loss_fn)
     accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
     cast = _caster(settings.dtype)

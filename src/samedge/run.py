@@ -67,6 +67,27 @@ def finished(out, run_config: dict | None = None) -> str | None:
     return status
 
 
+def _record_chunk_size(out, cfg: config_mod.RunConfig, task: tasks.Task) -> None:
+    """A resumed run with another chunk size: refused when the task's loss depends on the chunking,
+    else recorded in ``config.json`` (``run.chunk_size`` now, ``chunk_sizes``: each used, with the
+    step it started from)."""
+    from samedge import checkpoint, store
+    from samedge.errors import RunDirError
+
+    saved = store.read_run_config(out)
+    before = saved["run"].get("chunk_size", 0)
+    if before == cfg.chunk_size:
+        return
+    if task.chunk_dependent:
+        raise RunDirError(f"{out}: this task's loss depends on the chunking (chunk_dependent); the run used "
+                          f"--chunk-size {before}, resume it with the same")
+    history = saved.get("chunk_sizes") or [{"from_step": 0, "chunk_size": before}]
+    history.append({"from_step": checkpoint.step_of(out) or 0, "chunk_size": cfg.chunk_size})
+    saved["run"]["chunk_size"] = cfg.chunk_size
+    saved["chunk_sizes"] = history
+    store.write_json_atomic(Path(out) / store.CONFIG, saved)
+
+
 def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = False, progress: bool = True,
             allow_fallback: bool = False, task: tasks.Task | None = None, resume: bool = False,
             optimizer: Optimizer | None = None, devices: int | None = None, probes=()) -> dict:
@@ -97,8 +118,14 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                                 data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
-    from samedge import sharding
+    from samedge import chunking, sharding
 
+    if resuming:
+        _record_chunk_size(out, cfg, task)
+    # chunks within each device's share of the batch: chunk first (the loss sees the whole batch and
+    # splits it in device blocks), then split the batch over the devices
+    groups = 1 if sharding.is_sharded(task) else len(sharding.devices_for(devices))
+    task = chunking.chunk_task(task, cfg.chunk_size, groups=groups, seed=cfg.seed)
     task = sharding.for_run(task, devices)  # one device: unchanged
     if resuming:
         store = RunStore.reopen(out, task.info)

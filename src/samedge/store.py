@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, Callable, Mapping
 from samedge.errors import RunDirError, RunInUseError
 
 CONFIG, METRICS, SUMMARY = "config.json", "metrics.csv", "summary.json"
+MACHINE_SETTINGS = ("chunk_size",)  # RunConfig fields that are not part of a run's identity
 CHECKPOINT = "checkpoint.msgpack"  # written by samedge.checkpoint (through write_bytes_atomic); removed on --overwrite
 LOCK = ".lock"  # flock-ed by the process writing the run; holds "pid N on HOST"
 # The columns every run has first, in this order; the rest follow as the measurement gives them.
@@ -451,7 +452,8 @@ def require_same_config(path, run_config: Mapping, *,
         None. A run of another configuration is a :class:`RunDirError` naming (up to four of) the
         settings that differ.
     """
-    changed = _differences(read_run_config(path)["run"], run_config)
+    # the chunk size is a property of the machine: a run may continue with another (samedge.run records it)
+    changed = _differences(read_run_config(path)["run"], run_config, ignore=MACHINE_SETTINGS)
     if changed:
         detail = ", ".join(f"{k} {old!r} there, {new!r} here" for k, old, new in changed[:4])
         raise RunDirError(f"{path} holds a run with another configuration ({detail}); {remedy}")

@@ -113,6 +113,10 @@ class Task:
     # data -> the "full" batch: the whole training set (or, for a stream of text, a fixed set of
     # windows); the measurement of lambda_max_full and batch sharpness (--batch-sharpness) use it
     full_batch_fn: Callable[[Any], Any] | None = None
+    # True when the loss depends on how a batch is chunked on purpose (BatchNorm in train mode: its
+    # statistics are then per chunk, "ghost batch norm"); a chunked run then skips the check that the
+    # loss is a mean, and the chunk size is part of the run's identity (samedge.chunking)
+    chunk_dependent: bool = False
 
 
 def whole_data(data, step):

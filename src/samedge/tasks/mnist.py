@@ -116,6 +116,9 @@ PRESETS = {
         lr={"*": 0.1},
         grid_lr=(0.03, 0.1, 0.3),
         grid={"rho": (0.0, 0.1, 0.3, 1.0)},
+        # 6 passes of 10,000 images: a step's and an HVP's activations are a sixth of one pass's
+        # (benchmarks/chunks.py); --chunk-size 0 runs it in one pass where memory allows
+        run=dict(chunk_size=10_000),
     ),
 }
 
