@@ -219,6 +219,16 @@ except ConfigError as exc:
 finally:
     jax.process_count = count
 lap("hosts")
+
+# 6. Chunks within each device's share of the batch (samedge.chunking, chunk first, then split):
+# 256 examples on 2 devices in chunks of 50 per device (50, 50, 28 of each 128), and 254 on 4 devices
+# (padded to 256: 64 each, chunks of 30, 30 and 4), against the task unsharded and unchunked.
+from samedge import chunking
+out["chunked"] = {}
+for n, plain, c in ((2, base, 50), (4, odd, 30)):
+    t = sharding.shard_task(chunking.chunk_task(plain, c, groups=n), sharding.devices_for(n))
+    out["chunked"][n] = compare(quantities(plain, v, False)[0], quantities(t, v, False)[0])
+lap("chunked")
 out["times"] = TIMES
 print("RESULT " + json.dumps(out))
 """
@@ -246,6 +256,13 @@ def four_devices(data_dir, tmp_path_factory):
 
 def _close(diffs: dict, tol: float) -> dict:
     return {k: v for k, v in diffs.items() if not v <= tol}
+
+
+def test_chunked_on_two_and_four_devices(four_devices):
+    """Chunks within each device's share: loss, gradient, one SAM step and an HVP as on one device
+    in one pass, also with a batch padded to divide over 4 devices."""
+    for n, diffs in four_devices["chunked"].items():
+        assert not _close(diffs, 1e-5), (n, diffs)
 
 
 def test_data_is_split_and_the_rest_replicated(four_devices):
