@@ -159,9 +159,8 @@ def test_chunked_run_refuses_a_loss_that_is_not_a_mean(tmp_path):
     assert "--chunk-size 8: the loss is not a mean over the batch's examples" in message and "\n" not in message
     assert not (tmp_path / "r" / "metrics.csv").exists()  # refused before anything ran
     # declared on purpose (a ghost batch norm): no check; the chunking is then part of the function
-    import dataclasses
-
-    on_purpose = dataclasses.replace(task, chunk_dependent=True)
+    on_purpose = tasks.make_task("sum", lambda k: {"w": jnp.ones(3)}, lambda p, b: jnp.sum((b @ p["w"]) ** 2),
+                                 jnp.ones((40, 3)), chunk_dependent=True)
     assert samedge.fit(on_purpose, "gd", lr=0.001, steps=2, measure_every=1, chunk_size=8, out=tmp_path / "p",
                        progress=False)["status"] == "completed"
 

@@ -126,7 +126,8 @@ def whole_data(data, step):
 
 def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batch_fn: Callable | None = None,
               measure_batch_fn: Callable | None = None, evaluate: Callable | None = None,
-              accuracy_fn: Callable | None = None, config=None, info: Mapping | None = None) -> Task:
+              accuracy_fn: Callable | None = None, config=None, info: Mapping | None = None,
+              chunk_dependent: bool = False) -> Task:
     """A :class:`Task` from plain functions, checked before any training.
 
     Args:
@@ -141,6 +142,8 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
       accuracy_fn: ``(params, batch) -> scalar``, reported as ``acc`` at each measurement.
       config: the settings the task was built from (recorded), or ``None``.
       info: facts to record in ``config.json`` (sizes, data source).
+      chunk_dependent: the loss depends on how a batch is chunked on purpose (BatchNorm in train
+        mode); a chunked run (``--chunk-size``) then skips its check that the loss is a mean.
 
     Returns:
       The :class:`Task`. Integer or non-array parameter leaves, a ``batch_fn`` JAX cannot trace and
@@ -192,7 +195,8 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
     n_params = sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree.leaves(shapes))
     return Task(name=name, config=config, init_params=init_params, loss_fn=loss_fn, accuracy_fn=accuracy_fn,
                 data=data, batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
-                evaluate=evaluate or no_metrics, info={"n_params": n_params} | dict(info or {}))
+                evaluate=evaluate or no_metrics, info={"n_params": n_params} | dict(info or {}),
+                chunk_dependent=bool(chunk_dependent))
 
 
 @dataclass(frozen=True)
