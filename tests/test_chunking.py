@@ -201,3 +201,20 @@ def test_chunked_run_resumes_with_another_chunk_size(tmp_path, data_dir):
     for ra, rb in zip(a, b):
         for key in ("loss", "grad_norm", "lambda_max"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra["step"], key)
+
+
+def test_chunked_sweeps_carry_the_chunk_size_and_a_chunk_dependent_run_keeps_its_own(tmp_path, data_dir):
+    from samedge import sweep
+
+    configs = sweep.expand_grid("mnist", "quick", optimizers=["gd", "sam"], lrs=[0.5], chunk_size=250, notice=lambda s: None)
+    assert {c.chunk_size for c in configs} == {250}
+    assert sweep.expand_grid("mnist", "paper", optimizers=["gd"], lrs=[0.1], notice=lambda s: None)[0].chunk_size == 10_000
+    # a task whose loss depends on the chunking: another chunk size on resume is refused
+    task = tasks.make_task("ghost", lambda k: {"w": jnp.ones(3)}, lambda p, b: jnp.mean((b @ p["w"]) ** 2),
+                           jnp.ones((40, 3)), chunk_dependent=True)
+    out = tmp_path / "ghost"
+    kw = dict(lr=0.01, steps=4, measure_every=2, checkpoint_every=2, out=out, progress=False)
+    samedge.fit(task, "gd", chunk_size=8, **kw)
+    (out / "summary.json").unlink()
+    with pytest.raises(Exception, match="depends on the chunking"):
+        samedge.fit(task, "gd", chunk_size=16, resume=True, **kw)

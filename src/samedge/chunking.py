@@ -92,6 +92,13 @@ def chunked_mean(fn: Callable[[Any, Any], Any], chunk_size: int, *, groups: int 
 
     def wrapped(params, batch):
         n = leading(batch)
+        sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(batch)}
+        if len(sizes) > 1:
+            from samedge.errors import ConfigError
+
+            raise ConfigError(f"--chunk-size {chunk_size}: every leaf of the batch must hold the examples on its "
+                              f"leading axis; the leaves have {len(sizes)} different ones "
+                              f"({', '.join(str(jnp.shape(x)) for x in jax.tree.leaves(batch))})")
         if chunk_size == 0 or n % groups or n // groups <= chunk_size:
             return fn(params, batch)
         per = n // groups  # examples of each group
