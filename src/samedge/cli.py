@@ -581,9 +581,10 @@ def _cmd_spectrum(args) -> int:
     out = Path(args.out)
     task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                             data_dir=args.data_dir, seed=cfg.seed)
-    from samedge import sharding
+    from samedge import chunking, sharding
 
-    task = sharding.for_run(task, args.devices)
+    groups = len(sharding.devices_for(args.devices))
+    task = sharding.for_run(chunking.chunk_task(task, cfg.chunk_size, groups=groups, seed=cfg.seed), args.devices)
     spectra = []
     for s in train.spectra_along_run(cfg, task, at, num_probes=args.probes, num_matvecs=args.matvecs):
         print(f"step {s.step:>6}: lambda_max {s.lambda_max:.4g}  edge {s.edge:.4g}  ratio {s.lambda_max / s.edge:.3f}",
