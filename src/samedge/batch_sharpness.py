@@ -242,29 +242,35 @@ def estimate(loss_fn: Callable, params, sample_batch: Callable[[Any], Any], key,
     def body(state):
         i, n, mean, comoment = state
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(i * chunk + jnp.arange(chunk))
-        x = jax.vmap(one)(keys)  # (chunk, k)
-        # Chan et al.'s merge of (n, mean, comoment) with the chunk's own.
-        m_b = x.mean(0)
-        d = x - m_b
-        c_b = d.T @ d
-        n_new = n + chunk
-        delta = m_b - mean
-        w = chunk / n_new.astype(dtype)
-        mean = mean + delta * w
-        comoment = comoment + c_b + jnp.outer(delta, delta) * (n.astype(dtype) * w)
-        return i + 1, n_new, mean, comoment
+        return (i + 1, *_merge(n, mean, comoment, jax.vmap(one)(keys)))  # one row per batch: (chunk, k)
 
     init = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), jnp.zeros((k,), dtype), jnp.zeros((k, k), dtype))
     _, n, mean, comoment = jax.lax.while_loop(cond, body, init)
+    return _summary(n, mean, comoment, se_q(n, comoment), has_edge)
 
-    nf = n.astype(dtype)
+
+def _merge(n, mean, comoment, x):
+    """Chan et al.'s merge of running ``(n, mean, comoment)`` with the rows of ``x`` (``(b, k)``)."""
+    dtype = mean.dtype
+    b = x.shape[0]
+    m_b = x.mean(0)
+    d = x - m_b
+    n_new = n + b
+    delta = m_b - mean
+    w = b / n_new.astype(dtype)
+    return n_new, mean + delta * w, comoment + d.T @ d + jnp.outer(delta, delta) * (n.astype(dtype) * w)
+
+
+def _summary(n, mean, comoment, se_q, has_edge: bool) -> dict:
+    """:func:`estimate`'s columns from the running moments of ``(q, g'Hg, ||g||^2, ||g||[, edge, q/edge])``."""
+    nf = n.astype(mean.dtype)
     cov = comoment / jnp.maximum(nf - 1, 1)  # sample (co)variances, ddof = 1
     rom = mean[1] / mean[2]
     # Delta method for a ratio of means: Var(abar / bbar) ~ Var(a - R b) / (n bbar^2).
     rom_var = (cov[1, 1] - 2 * rom * cov[1, 2] + rom**2 * cov[2, 2]) / (nf * mean[2] ** 2)
     out = {
         "batch_sharpness": mean[0],
-        "batch_sharpness_se": se_q(n, comoment),
+        "batch_sharpness_se": se_q,
         "batch_sharpness_rom": rom,
         "batch_sharpness_rom_se": jnp.sqrt(jnp.maximum(rom_var, 0)),
         "batch_sharpness_n": n,

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["chunked_mean", "chunk_task", "leading", "check_mean_loss"]
+__all__ = ["chunked_mean", "chunk_task", "for_run", "leading", "check_mean_loss"]
 
 
 def leading(batch) -> int:
@@ -193,3 +193,23 @@ def chunk_task(task, chunk_size: int, *, groups: int = 1, check: bool = True, se
     return dataclasses.replace(
         task, loss_fn=chunked_mean(task.loss_fn, chunk_size, groups=groups),
         accuracy_fn=None if accuracy is None else chunked_mean(accuracy, chunk_size, groups=groups, remat=False))
+
+
+def for_run(task, chunk_size: int, devices: int | None = None, *, seed: int = 0):
+    """The task a run trains: chunked (:func:`chunk_task`) within each device's share of the batch,
+    then split over the devices (:func:`samedge.sharding.for_run`). A task already split is chunked
+    as a whole (``groups=1``).
+
+    Args:
+      task: the task.
+      chunk_size: examples per pass and device (0: one pass).
+      devices: the device count (``--devices``; ``None``: every device).
+      seed: where the mean-loss check runs (``init_params(PRNGKey(seed))``).
+
+    Returns:
+      The task to train.
+    """
+    from samedge import sharding
+
+    groups = 1 if sharding.is_sharded(task) else len(sharding.devices_for(devices))
+    return sharding.for_run(chunk_task(task, chunk_size, groups=groups, seed=seed), devices)

@@ -581,10 +581,9 @@ def _cmd_spectrum(args) -> int:
     out = Path(args.out)
     task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                             data_dir=args.data_dir, seed=cfg.seed)
-    from samedge import chunking, sharding
+    from samedge import chunking
 
-    groups = len(sharding.devices_for(args.devices))
-    task = sharding.for_run(chunking.chunk_task(task, cfg.chunk_size, groups=groups, seed=cfg.seed), args.devices)
+    task = chunking.for_run(task, cfg.chunk_size, args.devices, seed=cfg.seed)
     spectra = []
     for s in train.spectra_along_run(cfg, task, at, num_probes=args.probes, num_matvecs=args.matvecs):
         print(f"step {s.step:>6}: lambda_max {s.lambda_max:.4g}  edge {s.edge:.4g}  ratio {s.lambda_max / s.edge:.3f}",

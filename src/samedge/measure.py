@@ -115,11 +115,6 @@ class MeasureSettings:
     batch_sharpness_rel_se: float = 0.01
     chunk_size: int = 0
 
-    @property
-    def num_vectors(self) -> int:
-        """Rows of the vectors carried between calls: top-k, then the adaptively tracked ones."""
-        return self.topk + (self.track_max if self.track_fraction > 0 else 0)
-
     def validate(self) -> "MeasureSettings":
         from samedge.errors import ConfigError
 

@@ -118,15 +118,11 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                                 data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)
-    from samedge import chunking, sharding
+    from samedge import chunking
 
     if resuming:
         _record_chunk_size(out, cfg, task)
-    # chunks within each device's share of the batch: chunk first (the loss sees the whole batch and
-    # splits it in device blocks), then split the batch over the devices
-    groups = 1 if sharding.is_sharded(task) else len(sharding.devices_for(devices))
-    task = chunking.chunk_task(task, cfg.chunk_size, groups=groups, seed=cfg.seed)
-    task = sharding.for_run(task, devices)  # one device: unchanged
+    task = chunking.for_run(task, cfg.chunk_size, devices, seed=cfg.seed)  # one device, no chunks: unchanged
     if resuming:
         store = RunStore.reopen(out, task.info)
     else:

@@ -55,8 +55,8 @@ from jax.flatten_util import ravel_pytree
 from samedge import curvature
 from samedge.steps import global_norm
 
-__all__ = ["Probe", "Context", "context", "probe_key", "warm_start", "top_eigen", "load", "check_columns",
-           "check_probe"]
+__all__ = ["Probe", "Context", "context", "probe_key", "warm_start", "top_eigen", "warm_top", "load",
+           "check_columns", "check_probe"]
 
 
 class Probe(NamedTuple):
@@ -213,6 +213,24 @@ def top_eigen(ctx: Context, matvec: Callable, v0: jax.Array, *, k: int = 1, tol=
     s = ctx.settings
     return curvature.lanczos(matvec, v0, k=k, max_iters=s.max_hvps, tol=s.tol if tol is None else tol,
                              min_iters=s.min_hvps, workspace=ctx.workspace if workspace is None else workspace)
+
+
+def warm_top(ctx: Context, matvec: Callable, vector: jax.Array, salt: int):
+    """The top eigenpair of ``matvec`` by Lanczos in ``ctx.workspace``, warm-started from a probe's
+    carried ``vector`` plus a random part (:func:`warm_start`, weight ``start_noise``, drawn from the
+    measurement's key folded with ``salt``).
+
+    Args:
+      ctx: the :class:`Context`.
+      matvec: ``(n,) -> (n,)``, symmetric.
+      vector: ``(n,)`` the previous eigenvector estimate.
+      salt: the probe's own number, so that its random part differs from other probes'.
+
+    Returns:
+      :class:`samedge.curvature.Eigen` (one pair; its ``workspace`` to hand on).
+    """
+    v0 = warm_start(vector, jax.random.fold_in(ctx.key, salt), ctx.settings.start_noise)
+    return top_eigen(ctx, matvec, v0.astype(ctx.flat_grad.dtype))
 
 
 def check_columns(name: str, columns: Mapping, taken: Mapping) -> None:

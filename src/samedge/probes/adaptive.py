@@ -29,11 +29,10 @@ True
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from samedge.probes import Context, Probe, top_eigen, warm_start
+from samedge.probes import Context, Probe, warm_top
 
 __all__ = ["precond", "step_radius"]
 
@@ -43,12 +42,6 @@ def _needs_state(ctx: Context) -> None:
         from samedge.errors import ConfigError
 
         raise ConfigError(f"{ctx.optimizer.name}'s measurement reads its optimizer state: pass opt_state")
-
-
-def _run(ctx: Context, matvec, carry, salt: int):
-    """Lanczos for the top eigenpair of ``matvec`` from the carried vector (warm) in the workspace."""
-    v0 = warm_start(carry[0], jax.random.fold_in(ctx.key, salt), ctx.settings.start_noise)
-    return top_eigen(ctx, matvec, v0.astype(ctx.flat_grad.dtype))
 
 
 def precond(settings) -> Probe:
@@ -64,7 +57,7 @@ def precond(settings) -> Probe:
     def measure(ctx: Context, carry, key):
         _needs_state(ctx)
         s = 1.0 / jnp.sqrt(ravel_pytree(ctx.optimizer.preconditioner(ctx.opt_state, ctx.grad))[0])
-        e = _run(ctx, lambda v: s * ctx.hvp(s * v), carry, 3)
+        e = warm_top(ctx, lambda v: s * ctx.hvp(s * v), carry[0], 3)
         columns = {"precond_sharpness": jnp.abs(e.values[0]), "resid_precond": e.residuals[0],
                    "hvps_precond": e.num_matvecs}
         return columns, e.vectors[:1].astype(carry.dtype), e.workspace
@@ -85,7 +78,7 @@ def step_radius(settings) -> Probe:
     def measure(ctx: Context, carry, key):
         _needs_state(ctx)
         matvec, eta_eff = ctx.optimizer.linear_step(ctx.hvp, ctx.grad, ctx.opt_state)
-        e = _run(ctx, matvec, carry, 4)
+        e = warm_top(ctx, matvec, carry[0], 4)
         mu = e.values[0]
         columns = {"step_radius": jnp.abs(1 - eta_eff * mu), "step_mu": mu, "resid_step": e.residuals[0],
                    "hvps_step": e.num_matvecs}

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from samedge import batch_sharpness as bs
 from samedge import curvature
-from samedge.probes import Context, Probe, top_eigen, warm_start
+from samedge.probes import Context, Probe, warm_top
 
 __all__ = ["batch_sharpness", "full_batch"]
 
@@ -75,8 +75,7 @@ def full_batch(settings, full_batch_fn) -> Probe:
         _needs_data(ctx)
         full = ctx.cast(full_batch_fn(ctx.data))
         matvec, _ = curvature.flat_hvp(lambda p: ctx.loss_fn(p, full), ctx.params)
-        v0 = warm_start(carry[0], jax.random.fold_in(ctx.key, 6), settings.start_noise)
-        e = top_eigen(ctx, matvec, v0.astype(ctx.flat_grad.dtype))
+        e = warm_top(ctx, matvec, carry[0], 6)
         columns = {"lambda_max_full": jnp.abs(e.values[0]), "resid_full": e.residuals[0], "hvps_full": e.num_matvecs}
         return columns, e.vectors[:1].astype(carry.dtype), e.workspace
 

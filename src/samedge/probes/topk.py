@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from samedge import curvature
-from samedge.probes import Context, Probe, top_eigen
+from samedge.probes import Context, Probe, top_eigen, warm_start
 
 __all__ = ["TopkCarry", "topk", "calls_since_cold"]
 
@@ -95,8 +95,7 @@ def topk(settings) -> Probe:
         dtype = ctx.flat_grad.dtype
         tracked = ctx.previous.get("outliers")
         warm = vectors.sum(0) + (tracked.sum(0) if tracked is not None else jnp.zeros_like(vectors[0]))
-        noise = jax.random.normal(ctx.key, vectors.shape[1:])
-        v0 = warm / jnp.linalg.norm(warm) + settings.start_noise * noise / jnp.linalg.norm(noise)
+        v0 = warm_start(warm, ctx.key, settings.start_noise)
         eig, guard = _main_and_guard(ctx, settings, v0.astype(dtype), carry)
         # calls since the last cold run, this one included: 1 after a cross-check (or the first call)
         since_cold = jnp.where(guard["hvps_crosscheck"] > 0, 1, carry.count + 1).astype(jnp.asarray(carry.count).dtype)
