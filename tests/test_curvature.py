@@ -174,3 +174,95 @@ def test_lanczos_float32_on_a_model_is_accurate():
     eig = curvature.lanczos(matvec, jnp.ones(n, jnp.float32), k=1, max_iters=64, tol=1e-3)
     # A relative residual r bounds the eigenvalue error by about r^2 / gap; 1e-4 is ample here.
     assert float(eig.values[0]) == pytest.approx(truth, rel=1e-4)
+
+
+# --- A bounded basis: thick restart ---------------------------------------------------------------
+
+
+def _spectrum_operator(spectrum, seed=3):
+    """A dense symmetric matrix with the given eigenvalues, in a random orthonormal basis."""
+    n = len(spectrum)
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(seed), (n, n)))
+    a = (q * jnp.asarray(spectrum)) @ q.T
+    return lambda v: a @ v
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_thick_restart_matches_dense_eigh(x64, seed):
+    """A basis of 10 rows (k = 3) restarts several times and still reaches dense eigh's top-3 to
+    1e-10, with honest residuals, in a workspace of exactly 10 rows that holds NaN to begin with."""
+    loss, params = small_model_loss(seed)
+    matvec, n = curvature.flat_hvp(loss, params)
+    h = np.asarray(curvature.dense_hessian(loss, params))
+    truth = sorted_by_magnitude(np.linalg.eigvalsh(h))
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), (n,))
+    ws = jnp.full((10, n), jnp.nan)
+    run = jax.jit(lambda v, ws: curvature.lanczos(matvec, v, k=3, max_iters=600, tol=1e-11, max_basis=10,
+                                                  workspace=ws))
+    eig = run(v0, ws)
+    assert int(eig.restarts) >= 2 and int(eig.num_matvecs) < 600
+    assert eig.workspace.shape == (10, n)  # the basis never grew past max_basis rows
+    np.testing.assert_allclose(np.asarray(eig.values), truth[:3], rtol=1e-10)
+    for lam, vec, res in zip(np.asarray(eig.values), np.asarray(eig.vectors), np.asarray(eig.residuals)):
+        true_res = np.linalg.norm(h @ vec - lam * vec) / abs(lam)
+        assert true_res <= 1e-10 and float(res) == pytest.approx(true_res, rel=1e-2, abs=1e-13)
+    np.testing.assert_allclose(np.asarray(eig.vectors @ eig.vectors.T), np.eye(3), atol=1e-9)
+    with pytest.raises(ValueError, match="workspace"):  # a workspace smaller than max_basis is refused
+        curvature.lanczos(matvec, v0, k=3, max_iters=600, max_basis=10, workspace=jnp.zeros((9, n)))
+
+
+def test_thick_restart_on_a_clustered_spectrum(x64):
+    """Three eigenvalues 1e-3 apart above a bulk: a basis of 12 rows separates them to 1e-9, and agrees
+    with the unbounded run, which needs more rows than that."""
+    spectrum = np.concatenate([[5.0, 4.995, 4.99], np.linspace(-1.0, 1.0, 297)])
+    matvec = _spectrum_operator(spectrum)
+    v0 = jax.random.normal(jax.random.PRNGKey(4), (300,))
+    bounded = curvature.lanczos(matvec, v0, k=3, max_iters=800, tol=1e-10, max_basis=12)
+    unbounded = curvature.lanczos(matvec, v0, k=3, max_iters=300, tol=1e-10)
+    assert int(unbounded.num_matvecs) > 12 and int(bounded.restarts) >= 1
+    np.testing.assert_allclose(np.asarray(bounded.values), [5.0, 4.995, 4.99], rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(unbounded.values), [5.0, 4.995, 4.99], rtol=1e-9)
+
+
+def test_thick_restart_on_a_degenerate_spectrum(x64):
+    """A triple top eigenvalue: one start vector sees a single direction of its eigenspace (so the
+    next pair is the next distinct eigenvalue), bounded or not; the restart keeps the basis orthonormal
+    and the eigenvectors of -6 and 5 come out right."""
+    spectrum = np.concatenate([[5.0, 5.0, 5.0, -6.0], np.linspace(-1.0, 1.0, 196)])
+    matvec = _spectrum_operator(spectrum, seed=5)
+    v0 = jax.random.normal(jax.random.PRNGKey(6), (200,))
+    bounded = curvature.lanczos(matvec, v0, k=2, max_iters=400, tol=1e-10, max_basis=8)
+    unbounded = curvature.lanczos(matvec, v0, k=2, max_iters=200, tol=1e-10)
+    assert int(bounded.restarts) >= 1
+    np.testing.assert_allclose(np.asarray(bounded.values), [-6.0, 5.0], rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(bounded.values), np.asarray(unbounded.values), rtol=1e-10)
+    for lam, vec in zip(np.asarray(bounded.values), np.asarray(bounded.vectors)):
+        assert np.linalg.norm(np.asarray(matvec(jnp.asarray(vec))) - lam * vec) <= 1e-9 * abs(lam)
+
+
+def test_thick_restart_without_a_restart_is_the_unbounded_run(x64):
+    """A bounded basis that the run never fills changes nothing: the same numbers, bit for bit."""
+    loss, params = small_model_loss(0)
+    matvec, n = curvature.flat_hvp(loss, params)
+    v0 = jax.random.normal(jax.random.PRNGKey(9), (n,))
+    unbounded = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3)
+    bounded = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3, max_basis=int(unbounded.num_matvecs) + 2)
+    assert int(bounded.restarts) == 0 and int(bounded.num_matvecs) == int(unbounded.num_matvecs)
+    assert np.array_equal(np.asarray(bounded.values), np.asarray(unbounded.values))
+    assert np.array_equal(np.asarray(bounded.vectors), np.asarray(unbounded.vectors))
+
+
+def test_thick_restart_largest_algebraic_and_the_outliers(x64):
+    """``which="LA"`` and :func:`lanczos_above` in a bounded basis find what dense truth says: the two
+    largest values above a larger negative one, and every eigenvalue above a threshold."""
+    spectrum = np.concatenate([[9.0, -8.5, 7.0, 6.0, 5.5], np.linspace(-1.0, 2.0, 395)])
+    matvec = _spectrum_operator(spectrum, seed=7)
+    v0 = jax.random.normal(jax.random.PRNGKey(8), (400,))
+    la = curvature.lanczos(matvec, v0, k=2, which="LA", max_iters=400, tol=1e-10, max_basis=8)
+    np.testing.assert_allclose(np.asarray(la.values), [9.0, 7.0], rtol=1e-10)
+    assert int(la.restarts) >= 1
+    out = curvature.lanczos_above(matvec, v0, 5.0, k_max=6, max_iters=400, tol=1e-8, max_basis=12)
+    assert int(out.count) == 4 and int(out.restarts) >= 1
+    np.testing.assert_allclose(np.asarray(out.values[:4]), [9.0, 7.0, 6.0, 5.5], rtol=1e-8)
+    with pytest.raises(ValueError, match="too small"):
+        curvature.lanczos_above(matvec, v0, 5.0, k_max=6, max_iters=400, max_basis=9)

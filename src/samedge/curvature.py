@@ -25,6 +25,7 @@ __all__ = [
     "lanczos",
     "krylov_workspace",
     "basis_rows",
+    "basis_size",
     "power_iteration",
     "alignment",
     "dense_hessian",
@@ -44,6 +45,7 @@ class Eigen(NamedTuple):
     top_residual: () its relative residual (converged only when <= the tolerance).
     workspace: the basis buffer after the run, when one was passed in (:func:`krylov_workspace`): hand it
       to the next run.
+    restarts: () int, thick restarts of a bounded basis (:func:`lanczos` only).
     """
 
     values: jax.Array
@@ -53,6 +55,7 @@ class Eigen(NamedTuple):
     top_value: jax.Array | None = None
     top_residual: jax.Array | None = None
     workspace: jax.Array | None = None
+    restarts: jax.Array | None = None
 
 
 def flat_hvp(loss_fn: Callable, params) -> tuple[Matvec, int]:
@@ -76,53 +79,154 @@ def dense_hessian(loss_fn: Callable, params) -> jax.Array:
     return jax.hessian(lambda x: loss_fn(unravel(x)))(flat)
 
 
-_BLOCK = 8  # basis rows per Gram-Schmidt block: cost grows with the rows in use, not max_iters
+_BLOCK = 8  # basis rows per tile: a Gram-Schmidt pass touches the rows in use, not the whole buffer
+_CHUNK = 1 << 20  # columns per tile: 8 x 2^20 floats (32 MB) is the largest scratch a pass over the basis makes
 
 
-def _orthogonalise(w, basis, j):
-    # One pass of classical Gram-Schmidt against the stored vectors, after the three-term
-    # recurrence has already removed the two large components (together the two passes of "twice
-    # is enough"), and only over the blocks that hold rows 0..j: the pass is memory-bound, so
-    # touching the unused (zero) rows of a max_iters-sized basis would cost as much as an HVP.
-    # basis: (rows, n) with rows a multiple of _BLOCK; rows > j are zero and contribute nothing.
-    def one_block(b, w):
-        rows = jax.lax.dynamic_slice_in_dim(basis, b * _BLOCK, _BLOCK)  # (_BLOCK, n)
-        return w - rows.T @ (rows @ w)
+def _over_columns(n: int, width: int, fn: Callable, carry, gate=None):
+    """``fn(start, width, carry)`` over the column chunks ``[start, start + width)`` of ``0..n``.
 
-    return jax.lax.fori_loop(0, j // _BLOCK + 1, one_block, w)
+    The full chunks run in a ``fori_loop`` (``start`` traced) and a shorter last one with its own
+    static width; a single chunk (``n <= width``) is one call with ``start = 0``, static. ``gate``: a
+    traced bool; when False no chunk runs (a dynamic trip count of 0, so that a rarely needed pass,
+    the restart's rotation, costs nothing on the other steps and needs no ``lax.cond``).
+    """
+    width = min(width, n)
+    full, rest = divmod(n, width)
+    if gate is None:
+        if full == 1 and rest == 0:
+            return fn(0, n, carry)
+        carry = jax.lax.fori_loop(0, full, lambda c, x: fn(c * width, width, x), carry)
+        return fn(full * width, rest, carry) if rest else carry
+    on = gate.astype(jnp.int32)
+    carry = jax.lax.fori_loop(0, on * full, lambda c, x: fn(c * width, width, x), carry)
+    if rest:
+        carry = jax.lax.fori_loop(0, on, lambda _, x: fn(full * width, rest, x), carry)
+    return carry
+
+
+def _row_block(rows: int, b, last):
+    """Row block ``b`` of a basis of ``rows`` rows: its first row ``r0`` (the last block is shifted
+    back to fit) and the mask of its rows that are new to this block and at most ``last``."""
+    size = min(_BLOCK, rows)
+    r0 = jnp.minimum(b * size, rows - size)
+    idx = r0 + jnp.arange(size)
+    return r0, (idx >= b * size) & (idx <= last)
+
+
+def _tile(basis, r0, ok, start, width):
+    """Rows ``r0..r0+size`` of ``basis`` in columns ``[start, start + width)``, rows not ``ok`` as 0
+    (whatever they held: the rows past the run's last are never read, even NaN)."""
+    size = ok.shape[0]
+    at = (jnp.asarray(r0, jnp.int32), jnp.asarray(start, jnp.int32))
+    return jnp.where(ok[:, None], jax.lax.dynamic_slice(basis, at, (size, width)), 0.0)
+
+
+def _orthogonalise(w, basis, last):
+    """``w`` minus its projection on basis rows ``0..last``: one pass of Gram-Schmidt, classical within
+    a block of rows and block by block (each block sees ``w`` with the earlier blocks removed).
+
+    It follows the three-term recurrence, which removes the two large components first (together
+    the two passes of "twice is enough"). Memory-bound, it touches only the blocks that hold rows
+    ``0..last`` and reads each tile (a block of rows in a chunk of columns) twice, once for the
+    coefficients and once to subtract; the scratch is one tile, never a block of whole rows.
+    """
+    rows, n = basis.shape
+
+    def block(b, w):
+        r0, ok = _row_block(rows, b, last)
+
+        def coefficients(start, width, c):
+            return c + _tile(basis, r0, ok, start, width) @ jax.lax.dynamic_slice_in_dim(w, start, width)
+
+        def subtract(start, width, w):
+            part = jax.lax.dynamic_slice_in_dim(w, start, width) - _tile(basis, r0, ok, start, width).T @ c
+            return jax.lax.dynamic_update_slice_in_dim(w, part, start, 0)
+
+        c = _over_columns(n, _CHUNK, coefficients, jnp.zeros(ok.shape, w.dtype))
+        return _over_columns(n, _CHUNK, subtract, w)
+
+    return jax.lax.fori_loop(0, last // min(_BLOCK, rows) + 1, block, w)
+
+
+def _combine(basis, coeffs, last):
+    """``coeffs[:last+1].T @ basis[:last+1]``, ``(k, n)``: the vectors with coordinates ``coeffs (m, k)``
+    (``m <= rows``) in basis rows ``0..last``, chunk by chunk of columns (scratch: one tile)."""
+    rows, n = basis.shape
+    size = min(_BLOCK, rows)
+    pad = jnp.zeros((rows, coeffs.shape[1]), basis.dtype).at[: coeffs.shape[0]].set(coeffs[:rows])
+
+    def chunk(start, width, out):
+        def block(b, acc):
+            r0, ok = _row_block(rows, b, last)
+            c_b = jnp.where(ok[:, None], jax.lax.dynamic_slice_in_dim(pad, r0, size), 0.0)
+            return acc + c_b.T @ _tile(basis, r0, ok, start, width)
+
+        part = jax.lax.fori_loop(0, jnp.maximum(last, 0) // size + 1, block,
+                                 jnp.zeros((coeffs.shape[1], width), basis.dtype))
+        return jax.lax.dynamic_update_slice_in_dim(out, part, start, 1)
+
+    return _over_columns(n, _CHUNK, chunk, jnp.zeros((coeffs.shape[1], n), basis.dtype))
+
+
+def _rotate(basis, rotation, last, gate):
+    """``basis[:last+1] <- rotation[:last+1].T @ basis[:last+1]`` in place, chunk by chunk of columns
+    (scratch: ``rows x width`` with ``width`` chosen so that it is one tile's worth of floats), when
+    ``gate``; rows past ``last`` are read as 0."""
+    rows, n = basis.shape
+    ok = jnp.arange(rows) <= last
+
+    def chunk(start, width, basis):
+        at = (jnp.asarray(0, jnp.int32), jnp.asarray(start, jnp.int32))
+        part = jnp.where(ok[:, None], jax.lax.dynamic_slice(basis, at, (rows, width)), 0.0)
+        return jax.lax.dynamic_update_slice(basis, rotation.T @ part, at)
+
+    return _over_columns(n, max(1, _BLOCK * _CHUNK // rows), chunk, basis, gate=gate)
 
 
 class _Krylov(NamedTuple):
-    """The state of a Lanczos run: ``j`` matvecs done, the basis and the tridiagonal coefficients."""
+    """The state of a (thick-restarted) Lanczos run.
 
-    j: jax.Array  # () int
-    basis: jax.Array  # (rows, n); rows 0..j hold the Lanczos vectors, the rest are zero
-    alphas: jax.Array  # (m,) diagonal of T
-    betas: jax.Array  # (m,) off-diagonal of T; betas[j] is the residual coefficient after step j
+    ``j`` columns of the projected matrix are built in this cycle (rows ``0..j-1`` of the basis hold
+    their vectors, row ``j`` the next one); ``t`` is the projected matrix, dense, ``(mt + 1) x (mt +
+    1)``: tridiagonal after a cold start, an arrowhead in its first ``keep + 1`` rows after a restart
+    (:func:`_restart`), with ``t[j, j - 1]`` the residual coefficient ``beta``; ``arrow``, the column
+    whose step follows a restart (-1: none); ``total`` matvecs and ``restarts`` so far.
+    """
+
+    j: jax.Array
+    basis: jax.Array
+    t: jax.Array
+    arrow: jax.Array
+    total: jax.Array
+    restarts: jax.Array
 
 
-def _ritz(krylov: _Krylov, j):
-    """Eigen-decomposition of the leading ``(j+1) x (j+1)`` block of T inside an ``m x m`` array.
+class _Ritz(NamedTuple):
+    """Eigen-decomposition of the leading ``(j+1) x (j+1)`` block of ``t`` inside an ``mt x mt`` array.
 
     The zero padding adds exact zero eigenvalues whose eigenvectors live on the padding; they are
-    told apart by where their mass sits. Returns ``theta (m,)``, ``s (m, m)`` and ``live (m,)``
-    (True for the Ritz pairs of the real block), and the absolute residual norms ``|beta_j s_j|``,
-    which equal ``||A y - theta y||`` for the Ritz vector ``y`` (no matvec needed).
+    told apart by where their mass sits (``live``). ``abs_resid`` is ``|beta s_j|``, which equals
+    ``||A y - theta y||`` for the Ritz vector ``y`` (no matvec needed), after a restart too.
     """
-    m = krylov.alphas.shape[0]
-    idx = jnp.arange(m)
-    live_rows = idx <= j
-    off = jnp.where(idx[:-1] < j, krylov.betas[:-1], 0.0)
-    t = jnp.diag(jnp.where(live_rows, krylov.alphas, 0.0)) + jnp.diag(off, 1) + jnp.diag(off, -1)
-    theta, s = jnp.linalg.eigh(t)
+
+    theta: jax.Array  # (mt,)
+    s: jax.Array  # (mt, mt)
+    live: jax.Array  # (mt,) bool
+    abs_resid: jax.Array  # (mt,)
+
+
+def _ritz(t, j) -> _Ritz:
+    mt = t.shape[0] - 1
+    live_rows = jnp.arange(mt) <= j
+    theta, s = jnp.linalg.eigh(jnp.where(live_rows[:, None] & live_rows[None, :], t[:mt, :mt], 0.0))
     live = jnp.sum(jnp.where(live_rows[:, None], s**2, 0.0), axis=0) > 0.5
-    abs_resid = jnp.abs(krylov.betas[j] * s[j])
-    return theta, s, live, abs_resid
+    return _Ritz(theta, s, live, jnp.abs(t[j + 1, j] * s[j]))
 
 
 def basis_rows(max_iters: int) -> int:
-    """Rows of the Krylov basis a Lanczos run of ``max_iters`` matvecs stores: ``max_iters + 1``
-    rounded up to whole Gram-Schmidt blocks; the first dimension of a ``workspace``.
+    """Rows of the Krylov basis an unbounded Lanczos run of ``max_iters`` matvecs stores: ``max_iters +
+    1`` rounded up to whole blocks of rows; the first dimension of its ``workspace``.
 
     >>> basis_rows(64)
     72
@@ -130,96 +234,126 @@ def basis_rows(max_iters: int) -> int:
     return -(-(max_iters + 1) // _BLOCK) * _BLOCK
 
 
-def krylov_workspace(n: int, max_iters: int = 64, dtype=jnp.float32) -> jax.Array:
+def krylov_workspace(n: int, max_iters: int = 64, dtype=jnp.float32, max_basis: int | None = None) -> jax.Array:
     """A buffer for the Krylov basis of Lanczos runs of at most ``max_iters`` matvecs on ``(n,)``
-    vectors, to pass as ``lanczos(..., workspace=...)`` and hand from run to run.
+    vectors (``max_basis`` rows when the basis is bounded), to pass as ``lanczos(..., workspace=...)``
+    and hand from run to run.
 
-    A run's basis is ``basis_rows(max_iters) x n`` floats (96 MB for 64 matvecs on 335k
-    parameters). Allocated afresh in every call of a compiled measurement, that memory comes from
-    the operating system each time (a buffer that large is mapped, not pooled), and its page faults
-    cost about as much as two HVPs; carried between calls and donated (``jax.jit(...,
-    donate_argnums=...)``), the same pages are reused in place. Its contents never matter.
+    An unbounded run's basis is ``basis_rows(max_iters) x n`` floats (96 MB for 64 matvecs on 335k
+    parameters); a bounded one's ``max_basis x n``. Allocated afresh in every call of a compiled
+    measurement, that memory comes from the operating system each time (a buffer that large is
+    mapped, not pooled), and its page faults cost about as much as two HVPs; carried between calls
+    and donated (``jax.jit(..., donate_argnums=...)``), the same pages are reused in place. Its
+    contents never matter.
 
-    >>> krylov_workspace(5, max_iters=10).shape
-    (16, 5)
+    >>> krylov_workspace(5, max_iters=10).shape, krylov_workspace(5, max_iters=10, max_basis=6).shape
+    ((16, 5), (6, 5))
     """
-    return jnp.zeros((basis_rows(max_iters), n), dtype)
+    return jnp.zeros((basis_size(max_iters, max_basis), n), dtype)
 
 
-def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Krylov, jax.Array], jax.Array],
-                 basis: jax.Array | None = None) -> _Krylov:
-    """Lanczos with full reorthogonalisation until ``stop(krylov, j)`` holds after matvec ``j + 1``,
-    ``m`` matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``.
+def basis_size(max_iters: int, max_basis: int | None = None) -> int:
+    """Rows of the basis a Lanczos run stores: ``max_basis`` when it bounds the run (fewer than
+    :func:`basis_rows` of ``max_iters``), else ``basis_rows(max_iters)``.
 
-    ``basis``: the buffer the Krylov basis is built in (any contents, at least ``basis_rows(m)``
-    rows, a multiple of the block), or ``None`` for a fresh one. Its rows are never read before they
-    are written: block 0 is cleared at the start and step ``j`` clears row ``j + _BLOCK``, so every
-    row of a block is zero or a Lanczos vector by the time :func:`_orthogonalise` (which reads whole
-    blocks) reaches it.
+    >>> basis_size(64), basis_size(64, 16), basis_size(8, 16)
+    (72, 16, 16)
+    """
+    return basis_rows(max_iters) if not max_basis else min(max_basis, basis_rows(max_iters))
+
+
+def _keep_count(mt: int, want: int) -> int:
+    """Ritz vectors a thick restart keeps of a full cycle of ``mt``: the ``want`` ones asked for and
+    at least half the basis (more kept = fewer new directions per cycle, but a better start; half is
+    the usual balance, Wu & Simon 2000), leaving at least 2 new rows per cycle."""
+    return max(1, min(mt - 2, max(want + 2, mt // 2)))
+
+
+def _restart(krylov: _Krylov, ritz: _Ritz, keep_score: Callable, keep: int, gate) -> _Krylov:
+    """A thick restart when ``gate``: keep the ``keep`` Ritz pairs of highest ``keep_score(theta)``.
+
+    With ``S`` their ``(mt, keep)`` eigenvectors of the projected matrix ``T``, ``theta`` their Ritz
+    values and ``q`` the next Lanczos vector (row ``j``), the basis becomes ``[Q S, q]`` (rotated in
+    place) and ``A Q S = Q S diag(theta) + q (beta S[j-1])^T`` makes the new projected matrix the
+    arrowhead ``[[diag(theta), b], [b^T, .]]`` with ``b = beta S[j-1, :]``: the Lanczos relation holds
+    again, and the next step (column ``keep``) removes ``b`` with a second Gram-Schmidt pass.
+    """
+    j, basis, t = krylov.j, krylov.basis, krylov.t
+    rows = basis.shape[0]
+    mt = t.shape[0] - 1
+    score = jnp.where(ritz.live, keep_score(ritz.theta), -jnp.inf)
+    order = jnp.argsort(-score)[:keep]
+    s_keep = ritz.s[:, order]  # (mt, keep)
+    b = t[j, j - 1] * s_keep[j - 1]  # (keep,) the arrow
+    rotation = jnp.zeros((rows, rows), basis.dtype).at[:mt, :keep].set(s_keep).at[j, keep].set(1.0)
+    basis = _rotate(basis, rotation, j, gate)
+    idx = jnp.arange(keep)
+    arrowhead = (jnp.zeros_like(t).at[idx, idx].set(ritz.theta[order]).at[keep, idx].set(b).at[idx, keep].set(b))
+    return _Krylov(jnp.where(gate, keep, j), basis, jnp.where(gate, arrowhead, t), jnp.where(gate, keep, krylov.arrow),
+                   krylov.total, krylov.restarts + gate.astype(krylov.restarts.dtype))
+
+
+def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, jax.Array, jax.Array], jax.Array],
+                 basis: jax.Array | None = None, *, max_basis: int | None = None,
+                 keep_score: Callable | None = None, want: int = 1) -> _Krylov:
+    """Lanczos with full reorthogonalisation until ``stop(ritz, j, total)`` holds after a matvec, ``m``
+    matvecs are spent, or the Krylov space is invariant. One ``lax.while_loop``.
+
+    ``basis``: the buffer the Krylov basis is built in (any contents; at least :func:`basis_size`
+    rows), or ``None`` for a fresh one. Rows past the current one are never read (their tiles are
+    masked), so nothing needs clearing. ``max_basis``: when fewer rows than the ``m + 1`` an
+    unbounded run needs, each time the basis is full the run restarts thick (:func:`_restart`),
+    keeping the ``_keep_count`` Ritz pairs of highest ``keep_score(theta)``, the ``want`` wanted
+    among them.
     """
     n = v0.shape[0]
     dtype = v0.dtype
     eps = jnp.finfo(dtype).eps
-    rows = basis_rows(m)
+    rows = basis_size(m, max_basis)
     if basis is None:
         basis = jnp.zeros((rows, n), dtype)
-    elif basis.shape[0] < rows or basis.shape[0] % _BLOCK or basis.shape[1:] != (n,) or basis.dtype != dtype:
+    elif basis.shape[0] < rows or basis.shape[1:] != (n,) or basis.dtype != dtype:
         raise ValueError(f"workspace of shape {basis.shape} and dtype {basis.dtype}: need ({rows} or more rows, "
-                         f"a multiple of {_BLOCK}, {n}) of {dtype} for {m} matvecs")
-    last_row = basis.shape[0] - 1
+                         f"{n}) of {dtype} for {m} matvecs" + (f" in {max_basis} rows" if max_basis else ""))
+    rows = basis.shape[0] if not max_basis else rows
+    mt = min(m, rows - 1)  # columns of the projected matrix a cycle builds
+    bounded = mt < m  # a cycle can fill before the budget is spent: restarts compiled in
+    if bounded and keep_score is None:
+        raise ValueError("a bounded basis needs keep_score")
+    keep = _keep_count(mt, want) if bounded else 0
+    if bounded and mt < want + 3:
+        raise ValueError(f"a basis of {rows} rows is too small for {want} wanted Ritz pairs: need at least {want + 4}")
 
     def cond(state):
         krylov, done = state
-        return (krylov.j < m) & ~done
+        return (krylov.total < m) & ~done
 
     def body(state):
-        (j, basis, alphas, betas), _ = state
+        krylov, _ = state
+        j, basis, t = krylov.j, krylov.basis, krylov.t
         q = basis[j]
         w = matvec(q)
         alpha = jnp.vdot(q, w)
-        beta_prev = jnp.where(j > 0, betas[jnp.maximum(j - 1, 0)], 0.0)
+        beta_prev = jnp.where(j > 0, t[j, jnp.maximum(j - 1, 0)], 0.0)
         w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
-        w = _orthogonalise(w, basis, j)
+        # after a restart the arrow's components are removed by a second pass
+        w = jax.lax.fori_loop(0, jnp.where(j == krylov.arrow, 2, 1), lambda _, w: _orthogonalise(w, basis, j), w)
         beta = jnp.linalg.norm(w)
-        alphas = alphas.at[j].set(alpha)
-        betas = betas.at[j].set(beta)
+        t = t.at[j, j].set(alpha).at[j + 1, j].set(beta).at[j, j + 1].set(beta)
         invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
         basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
-        # then clear the row a block ahead (after the write, so that XLA updates the basis in place
-        # rather than copying it; past the end nothing is cleared)
-        ahead = jnp.minimum(j + _BLOCK, last_row)
-        basis = basis.at[ahead].set(jnp.where(j + _BLOCK <= last_row, 0.0, basis[ahead]))
-        krylov = _Krylov(j + 1, basis, alphas, betas)
-        return krylov, invariant | stop(krylov, j)
+        krylov = krylov._replace(j=j + 1, basis=basis, t=t, total=krylov.total + 1)
+        ritz = _ritz(t, j)
+        done = invariant | stop(ritz, j, krylov.total)
+        if bounded:
+            krylov = _restart(krylov, ritz, keep_score, keep, (j + 1 == mt) & ~done & (krylov.total < m))
+        return krylov, done
 
-    start = jnp.zeros((_BLOCK, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
-    basis = jax.lax.dynamic_update_slice_in_dim(basis, start, 0, axis=0)
-    zeros = jnp.zeros((m,), dtype)
-    krylov, _ = jax.lax.while_loop(cond, body, (_Krylov(jnp.asarray(0), basis, zeros, zeros), jnp.asarray(False)))
+    basis = basis.at[0].set(v0 / jnp.linalg.norm(v0))
+    zero = jnp.asarray(0)
+    init = _Krylov(zero, basis, jnp.zeros((mt + 1, mt + 1), dtype), jnp.asarray(-1), zero, zero)
+    krylov, _ = jax.lax.while_loop(cond, body, (init, jnp.asarray(False)))
     return krylov
-
-
-def _ritz_vectors(krylov: _Krylov, s_k: jax.Array) -> jax.Array:
-    """``(k, n)`` unit Ritz vectors from the ``(m, k)`` eigenvectors of T after ``krylov.j`` matvecs.
-
-    Only basis rows ``0 .. j-1`` carry the Ritz vectors, so only their blocks are read (like
-    :func:`_orthogonalise`: the product is memory-bound, and the whole basis of a 64-step run on a
-    335k-parameter model is 86 MB against ~10 MB for a typical warm-started run).
-    """
-    rows, n = krylov.basis.shape
-    last = krylov.j - 1  # the last live row
-    live = jnp.arange(s_k.shape[0]) <= last
-    s_pad = jnp.zeros((rows, s_k.shape[1]), s_k.dtype).at[: s_k.shape[0]].set(jnp.where(live[:, None], s_k, 0.0))
-
-    def one_block(b, acc):
-        basis_b = jax.lax.dynamic_slice_in_dim(krylov.basis, b * _BLOCK, _BLOCK)  # (_BLOCK, n)
-        s_b = jax.lax.dynamic_slice_in_dim(s_pad, b * _BLOCK, _BLOCK)  # (_BLOCK, k)
-        return acc + s_b.T @ basis_b
-
-    zeros = jnp.zeros((s_k.shape[1], n), krylov.basis.dtype)
-    vectors = jax.lax.fori_loop(0, jnp.maximum(last, 0) // _BLOCK + 1, one_block, zeros)
-    eps = jnp.finfo(vectors.dtype).eps
-    return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
 
 
 def lanczos(
@@ -232,20 +366,28 @@ def lanczos(
     which: str = "LM",
     min_iters: int = 1,
     workspace: jax.Array | None = None,
+    max_basis: int | None = None,
 ) -> Eigen:
-    """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation.
+    """Top-``k`` eigenpairs of a symmetric operator by Lanczos with full reorthogonalisation, restarted
+    thick when its basis is bounded.
 
     Runs until every one of the ``k`` selected Ritz pairs has relative residual
     ``||A y - theta y|| / |theta| <= tol`` or ``max_iters`` matvecs are spent (or the Krylov space
     is invariant). The residual of a Ritz pair is ``|beta_j s_j|`` (the last Lanczos coefficient
-    times the last component of the pair's eigenvector in the tridiagonal matrix), so the stopping
+    times the last component of the pair's eigenvector in the projected matrix), so the stopping
     test costs no matvec. Everything is one ``lax.while_loop``: jit it and it compiles once.
+
+    With ``max_basis`` rows (fewer than ``max_iters + 1``), a full basis whose pairs have not
+    converged is compressed to its best Ritz vectors (about half of it: the ``k`` wanted by ``which``,
+    the largest algebraic one and the next ones in that order) plus the next Lanczos vector, and the
+    run goes on (thick restart, Wu & Simon 2000): memory ``max_basis x n`` floats whatever the
+    matvecs; the Krylov space after a restart is no longer the full one, so it may need more matvecs.
 
     Args:
       matvec: ``v -> A v`` on vectors of shape ``(n,)``.
       v0: ``(n,)`` start vector, e.g. the previous top eigenvector (warm start); need not be unit.
       k: number of eigenpairs.
-      max_iters: most matvecs; also the size of the stored basis.
+      max_iters: most matvecs (unbounded: also the size of the stored basis).
       tol: relative residual at which a Ritz pair counts as converged; or a function of the ``(k,)``
         selected Ritz values giving each its tolerance (e.g. loose unless the value exceeds a bound).
       which: ``"LM"`` (largest magnitude: the operator norm comes first) or ``"LA"`` (largest value).
@@ -256,14 +398,20 @@ def lanczos(
         eigenvector of 10 plus 1% noise, 8 steps find 11 at n = 2,000 and at n = 200,000).
       workspace: a buffer to build the Krylov basis in (:func:`krylov_workspace`; any contents), returned
         in :attr:`Eigen.workspace`; ``None``: a fresh one each call.
+      max_basis: most rows of the basis (``None`` or 0: ``max_iters + 1``, no restart); at least ``k + 5``.
 
     Returns:
-      :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k.
+      :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k, and
+      the restarts.
 
     >>> d = jnp.array([3.0, -5.0, 1.0, 0.5])
     >>> e = lanczos(lambda v: d * v, jnp.ones(4), k=1, tol=1e-6)
     >>> round(float(e.values[0]), 5), round(float(e.top_value), 5)
     (-5.0, 3.0)
+    >>> d = jnp.linspace(0.0, 1.0, 200) ** 4
+    >>> e = lanczos(lambda v: d * v, jnp.ones(200), tol=1e-6, max_iters=200, max_basis=8)
+    >>> round(float(e.values[0]), 5), int(e.restarts) > 0
+    (1.0, True)
     """
     if which not in ("LM", "LA"):
         raise ValueError(f"which must be 'LM' or 'LA', got {which!r}")
@@ -272,25 +420,43 @@ def lanczos(
     m = min(max_iters, v0.shape[0])
     k = min(k, m)
     eps = jnp.finfo(v0.dtype).eps
+    score = (lambda theta: jnp.abs(theta)) if which == "LM" else (lambda theta: theta)
 
-    def top(krylov, j):
-        theta, s, live, abs_resid = _ritz(krylov, j)
-        key = jnp.where(live, jnp.abs(theta) if which == "LM" else theta, -jnp.inf)
+    def top(ritz):
+        key = jnp.where(ritz.live, score(ritz.theta), -jnp.inf)
         order = jnp.argsort(-key)[:k]
-        return theta[order], s[:, order], abs_resid[order] / jnp.maximum(jnp.abs(theta[order]), eps)
+        theta = ritz.theta[order]
+        return theta, ritz.s[:, order], ritz.abs_resid[order] / jnp.maximum(jnp.abs(theta), eps)
 
-    def stop(krylov, j):
-        theta, _, resid = top(krylov, j)
-        return (j + 1 >= max(k, min(min_iters, m))) & jnp.all(resid <= (tol(theta) if callable(tol) else tol))
+    def stop(ritz, j, total):
+        theta, _, resid = top(ritz)
+        return (total >= max(k, min(min_iters, m))) & jnp.all(resid <= (tol(theta) if callable(tol) else tol))
 
-    krylov = _run_lanczos(matvec, v0, m, stop, workspace)
-    theta, s_k, resid = top(krylov, krylov.j - 1)
-    all_theta, _, live, abs_resid = _ritz(krylov, krylov.j - 1)
-    i_top = jnp.argmax(jnp.where(live, all_theta, -jnp.inf))
-    top_value = all_theta[i_top]
-    top_resid = abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
-    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.j, top_value, top_resid,
-                 None if workspace is None else krylov.basis)
+    def keep_score(theta):  # the wanted by ``which`` first, and the largest algebraic (``top_value``) kept
+        return jnp.where(jnp.arange(theta.shape[0]) == jnp.argmax(theta), jnp.inf, score(theta))
+
+    krylov = _run_lanczos(matvec, v0, m, stop, workspace, max_basis=max_basis, keep_score=keep_score, want=k + 1)
+    ritz = _ritz(krylov.t, krylov.j - 1)
+    theta, s_k, resid = top(ritz)
+    i_top = jnp.argmax(jnp.where(ritz.live, ritz.theta, -jnp.inf))
+    top_value = ritz.theta[i_top]
+    top_resid = ritz.abs_resid[i_top] / jnp.maximum(jnp.abs(top_value), eps)
+    return Eigen(theta, _ritz_vectors(krylov, s_k), resid, krylov.total, top_value, top_resid,
+                 None if workspace is None else krylov.basis, krylov.restarts)
+
+
+def _ritz_vectors(krylov: _Krylov, s_k: jax.Array) -> jax.Array:
+    """``(k, n)`` unit Ritz vectors from the ``(mt, k)`` eigenvectors of the projected matrix.
+
+    Only basis rows ``0 .. j-1`` carry the Ritz vectors, so only their blocks are read (the product
+    is memory-bound, and the whole basis of a 64-step run on a 335k-parameter model is 86 MB against
+    ~10 MB for a typical warm-started run).
+    """
+    last = krylov.j - 1  # the last live row
+    live = jnp.arange(s_k.shape[0]) <= last
+    vectors = _combine(krylov.basis, jnp.where(live[:, None], s_k, 0.0), last)
+    eps = jnp.finfo(vectors.dtype).eps
+    return vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=1, keepdims=True), eps)
 
 
 def power_iteration(
@@ -339,6 +505,7 @@ class Outliers(NamedTuple):
     count: () int, how many eigenvalues lie above the threshold (at most ``k_max``).
     num_matvecs: () int, matrix-vector products spent.
     workspace: the basis buffer after the run, when one was passed in.
+    restarts: () int, thick restarts of a bounded basis.
     """
 
     values: jax.Array
@@ -347,6 +514,7 @@ class Outliers(NamedTuple):
     count: jax.Array
     num_matvecs: jax.Array
     workspace: jax.Array | None = None
+    restarts: jax.Array | None = None
 
 
 def lanczos_above(
@@ -359,6 +527,7 @@ def lanczos_above(
     min_iters: int = 12,
     tol: float = 1e-3,
     workspace: jax.Array | None = None,
+    max_basis: int | None = None,
 ) -> Outliers:
     """Every eigenvalue above ``threshold`` (up to ``k_max`` of them) by Lanczos, growing k as needed.
 
@@ -370,7 +539,13 @@ def lanczos_above(
     eigenvalue. ``k_max`` counted pairs, ``max_iters`` matvecs or an invariant Krylov space also stop it.
     Like every Krylov method it can miss an eigenvalue the start vector (nearly) lacks; the noise
     in the start guards against that. ``threshold`` may be traced (e.g. a fraction of the edge).
-    ``workspace``: as in :func:`lanczos`.
+    ``workspace``, ``max_basis``: as in :func:`lanczos` (a bounded basis restarts thick keeping the
+    largest Ritz values; it needs at least ``k_max + 5`` rows).
+
+    >>> d = jnp.array([5.0, 4.0, 1.0, 0.5, 0.2, 0.1])
+    >>> out = lanczos_above(lambda v: d * v, jnp.ones(6), 3.0, k_max=3, max_iters=6, min_iters=1, tol=1e-6)
+    >>> int(out.count), [round(float(x), 4) for x in out.values[:2]]
+    (2, [5.0, 4.0])
     """
     if not 1 <= k_max <= max_iters:
         raise ValueError(f"need 1 <= k_max <= max_iters, got k_max={k_max}, max_iters={max_iters}")
@@ -378,12 +553,11 @@ def lanczos_above(
     k_max = min(k_max, m)
     eps = jnp.finfo(v0.dtype).eps
 
-    def status(krylov, j):
-        theta, s, live, abs_resid = _ritz(krylov, j)
-        key = jnp.where(live, theta, -jnp.inf)
+    def status(ritz):
+        key = jnp.where(ritz.live, ritz.theta, -jnp.inf)
         order = jnp.argsort(-key)[: min(k_max + 1, m)]  # the (k_max + 1) largest live Ritz values
-        theta = jnp.where(jnp.isfinite(key[order]), theta[order], -jnp.inf)  # (k_max + 1,)
-        s, abs_resid = s[:, order], abs_resid[order]
+        theta = jnp.where(jnp.isfinite(key[order]), ritz.theta[order], -jnp.inf)  # (k_max + 1,)
+        s, abs_resid = ritz.s[:, order], ritz.abs_resid[order]
         above = theta[:k_max] > threshold  # (k_max,) a prefix, theta being sorted
         count = jnp.sum(above)
         rel = abs_resid[:k_max] / jnp.maximum(jnp.abs(theta[:k_max]), eps)
@@ -394,8 +568,9 @@ def lanczos_above(
             below = jnp.asarray(True)
         return theta, s, rel, count, converged & below
 
-    krylov = _run_lanczos(matvec, v0, m, lambda kr, j: (j + 1 >= min_iters) & status(kr, j)[-1], workspace)
-    theta, s, rel, count, _ = status(krylov, krylov.j - 1)
+    krylov = _run_lanczos(matvec, v0, m, lambda ritz, j, total: (total >= min_iters) & status(ritz)[-1], workspace,
+                          max_basis=max_basis, keep_score=lambda theta: theta, want=min(k_max + 1, m))
+    theta, s, rel, count, _ = status(_ritz(krylov.t, krylov.j - 1))
     keep = jnp.arange(k_max) < count  # (k_max,)
     vectors = _ritz_vectors(krylov, s[:, :k_max])  # (k_max, n)
     return Outliers(
@@ -403,6 +578,7 @@ def lanczos_above(
         jnp.where(keep[:, None], vectors, 0.0),
         jnp.where(keep, rel, jnp.nan),
         count,
-        krylov.j,
+        krylov.total,
         None if workspace is None else krylov.basis,
+        krylov.restarts,
     )

@@ -96,6 +96,12 @@ class MeasureSettings:
       chunk_size: 0 = one pass; else the loss (and accuracy) over any batch larger than this is
         computed ``chunk_size`` examples at a time (:func:`samedge.chunking.chunked_mean`): every
         gradient and HVP of the measurement in the memory of one chunk, exactly for a mean loss.
+      max_basis: 0 = unbounded (every Lanczos run keeps a basis of up to ``max_hvps + 1`` rows); else
+        the most rows of the Krylov basis, the one workspace every Lanczos run of the measurement
+        builds in: a full basis restarts thick (:func:`samedge.curvature.lanczos`), so memory is
+        ``max_basis x n`` floats whatever the HVPs. Needs ``topk + 5`` rows at least (and
+        ``track_max + 5`` when tracking). It bounds the basis only: the carried vectors (``topk``,
+        one per adaptive, step-radius and full-batch probe, ``track_max`` tracked) are held besides it.
     """
 
     topk: int = 1
@@ -114,6 +120,7 @@ class MeasureSettings:
     batch_sharpness: int = 0
     batch_sharpness_rel_se: float = 0.01
     chunk_size: int = 0
+    max_basis: int = 0
 
     def validate(self) -> "MeasureSettings":
         from samedge.errors import ConfigError
@@ -132,6 +139,12 @@ class MeasureSettings:
             raise ConfigError(f"the measurement dtype must be float32 or float64, got {self.dtype!r}")
         if not (isinstance(self.chunk_size, int) and self.chunk_size >= 0):
             raise ConfigError(f"chunk_size must be an integer >= 0, got {self.chunk_size!r}")
+        if not (isinstance(self.max_basis, int) and (self.max_basis == 0 or self.max_basis >= self.topk + 5)):
+            raise ConfigError(f"max_basis must be 0 (unbounded) or an integer >= topk + 5 = {self.topk + 5}, "
+                              f"got {self.max_basis!r}")
+        if self.max_basis and self.track_fraction > 0 and self.max_basis < self.track_max + 5:
+            raise ConfigError(f"tracking {self.track_max} eigenvalues needs max_basis >= track_max + 5 = "
+                              f"{self.track_max + 5}, got {self.max_basis}")
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ConfigError("a float64 measurement needs 64-bit JAX: jax.config.update('jax_enable_x64', True) "
                               "before anything else (the CLI does it for --measure-dtype float64)")
@@ -327,12 +340,12 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
-        return _init_state(builtin, extra, cast(params), key)
+        return _init_state(builtin, extra, cast(params), key, settings.max_basis)
 
     return Measurement(init, measure_call, settings, everything)
 
 
-def _init_state(builtin, extra, point, key) -> MeasureState:
+def _init_state(builtin, extra, point, key, max_basis: int = 0) -> MeasureState:
     """The probes' first carries and the workspace (sized for the longest Lanczos run of any probe).
 
     The built-in probes' start vectors are one block drawn from ``key``, split in their order (the
@@ -345,7 +358,7 @@ def _init_state(builtin, extra, point, key) -> MeasureState:
     for p in extra:
         carries[p.name] = p.init(point, initial_vectors(point, p.rows, probes_mod.probe_key(key, p.name)))
     iters = max(p.workspace_iters for p in builtin + extra)
-    return MeasureState(carries, curvature.krylov_workspace(block.shape[1], iters, block.dtype))
+    return MeasureState(carries, curvature.krylov_workspace(block.shape[1], iters, block.dtype, max_basis))
 
 
 def _run_probes(probes, ctx: probes_mod.Context):

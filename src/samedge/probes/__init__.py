@@ -197,7 +197,7 @@ def warm_start(v: jax.Array, key: jax.Array, noise: float) -> jax.Array:
 
 def top_eigen(ctx: Context, matvec: Callable, v0: jax.Array, *, k: int = 1, tol=None, workspace=None):
     """Lanczos for the top-``k`` eigenpairs of ``matvec`` at the settings of ``ctx`` (its tolerance,
-    HVP budget and minimum Krylov steps), in ``workspace`` (default ``ctx.workspace``).
+    HVP budget, minimum Krylov steps and ``max_basis``), in ``workspace`` (default ``ctx.workspace``).
 
     Args:
       ctx: the :class:`Context`.
@@ -212,7 +212,8 @@ def top_eigen(ctx: Context, matvec: Callable, v0: jax.Array, *, k: int = 1, tol=
     """
     s = ctx.settings
     return curvature.lanczos(matvec, v0, k=k, max_iters=s.max_hvps, tol=s.tol if tol is None else tol,
-                             min_iters=s.min_hvps, workspace=ctx.workspace if workspace is None else workspace)
+                             min_iters=s.min_hvps, workspace=ctx.workspace if workspace is None else workspace,
+                             max_basis=s.max_basis or None)
 
 
 def warm_top(ctx: Context, matvec: Callable, vector: jax.Array, salt: int):

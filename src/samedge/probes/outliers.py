@@ -58,7 +58,7 @@ def outliers(settings) -> Probe:
         v0 = start + 0.1 * scale * noise / jnp.linalg.norm(noise)
         out = curvature.lanczos_above(ctx.hvp, v0.astype(previous.dtype), settings.track_fraction * edge,
                                       k_max=settings.track_max, max_iters=max_iters(settings), tol=settings.tol,
-                                      workspace=ctx.workspace)
+                                      workspace=ctx.workspace, max_basis=settings.max_basis or None)
         columns = {"n_outliers": out.count, "hvps_outliers": out.num_matvecs}
         for i in range(settings.track_max):
             columns[f"outlier_{i + 1}"] = out.values[i]

@@ -2,8 +2,9 @@
 
 Columns: ``lambda_1..k`` (signed, by decreasing magnitude), ``resid_1..k`` = ||H v - lambda v|| /
 |lambda|, ``hvps``, ``lambda_max`` = |lambda_1| = ||H||_2 (the paper's quantity), ``lambda_top``
-and ``resid_top`` (the largest algebraic eigenvalue of the same Krylov space), and the guard's
-``converged``, ``crosscheck_lambda``, ``hvps_crosscheck``, ``certified``.
+and ``resid_top`` (the largest algebraic eigenvalue of the same Krylov space), the guard's
+``converged``, ``crosscheck_lambda``, ``hvps_crosscheck``, ``certified``, and with a bounded basis
+(``max_basis``) ``restarts``, the thick restarts of both runs.
 
 Warm start: the previous top-k vectors and the tracked outliers' (``ctx.previous["outliers"]``)
 summed, unit, plus a random unit vector of weight ``start_noise`` (:func:`samedge.probes.warm_start`).
@@ -127,7 +128,7 @@ def _main_and_guard(ctx: Context, settings, v0, carry: TopkCarry):
     due = (carry.count >= every) if every else jnp.asarray(False)  # calls since the last cold run
     ws0 = ctx.workspace
     if ws0 is None:
-        ws0 = curvature.krylov_workspace(n, settings.max_hvps, dtype)
+        ws0 = curvature.krylov_workspace(n, settings.max_hvps, dtype, settings.max_basis)
     rank = jnp.arange(k)
 
     def one_pass(state):
@@ -155,7 +156,7 @@ def _main_and_guard(ctx: Context, settings, v0, carry: TopkCarry):
 
     real = jnp.zeros((), dtype)
     zeros = curvature.Eigen(jnp.zeros((k,), dtype), jnp.zeros((k, n), dtype), jnp.zeros((k,), dtype),
-                            jnp.zeros((), jnp.int32), real, real)
+                            jnp.zeros((), jnp.int32), real, real, None, jnp.zeros((), jnp.int32))
     _, ws, main, cold, take = jax.lax.while_loop(
         lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), one_pass,
         (jnp.asarray(0), ws0, zeros, zeros, jnp.asarray(False)))
@@ -170,9 +171,12 @@ def _main_and_guard(ctx: Context, settings, v0, carry: TopkCarry):
         workspace=ws if ctx.workspace is not None else None,
     )
     converged = jnp.all(eig.residuals <= settings.tol)
-    return eig, {
+    guard = {
         "converged": converged.astype(jnp.int32),
         "crosscheck_lambda": jnp.abs(value),
         "hvps_crosscheck": hvps,
         "certified": (converged & ~larger).astype(jnp.int32),
     }
+    if settings.max_basis:  # thick restarts of the bounded basis, the cross-check's included
+        guard["restarts"] = main.restarts + jnp.where(take, cold.restarts, 0)
+    return eig, guard
