@@ -222,3 +222,46 @@ def test_a_cross_check_restarts_the_count_to_the_next_one():
     assert int(state.carries["topk"].count) == 2
     rows = [{"hvps_crosscheck": 0}] * 3 + [{"hvps_crosscheck": 7}, {"hvps_crosscheck": 0}]
     assert measure.calls_since_cold(rows) == 2 and measure.calls_since_cold(rows[:1]) == 1
+
+
+def _spectrum_loss(spectrum, seed=0):
+    """A quadratic loss whose Hessian has ``spectrum`` in a random orthonormal basis (float64)."""
+    n = len(spectrum)
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(n, n)))
+    h = jnp.asarray((q * np.asarray(spectrum)) @ q.T)
+    return lambda w, batch: 0.5 * w["w"] @ h @ w["w"]
+
+
+def test_thick_restart_top_k_and_tracking_with_a_small_basis(x64):
+    """top-3 and the tracked outliers in a basis of 8 and 16 rows (restarting) agree with the spectrum
+    written down; the workspace keeps max_basis rows from call to call and the rows say how often
+    the runs restarted."""
+    spectrum = np.concatenate([[9.0, -8.5, 7.0, 6.0], np.linspace(-1.0, 2.0, 396)])
+    loss = _spectrum_loss(spectrum)
+    w = {"w": jnp.ones(400)}
+    for max_basis, track in ((8, 0.0), (16, 0.5)):
+        settings = MeasureSettings(topk=3, tol=1e-6, max_hvps=400, max_basis=max_basis, track_fraction=track,
+                                   track_max=4, dtype="float64")
+        m = measure.measurement(loss, optimizers.build("gd", 0.2), settings)  # edge 10: threshold 5 when tracking
+        state = m.init(w, jax.random.PRNGKey(0))
+        for call in range(2):  # a random start, then a warm one
+            row, state = m.measure(w, None, state, jax.random.PRNGKey(call + 1))
+            assert state.workspace.shape == (max_basis, 400)  # the basis never grows past max_basis rows
+            np.testing.assert_allclose([float(row[f"lambda_{i}"]) for i in (1, 2, 3)], [9.0, -8.5, 7.0], rtol=1e-6)
+            assert int(row["converged"]) == 1
+        if track:
+            assert int(row["n_outliers"]) == 3
+            np.testing.assert_allclose([float(row[f"outlier_{i}"]) for i in (1, 2, 3)], [9.0, 7.0, 6.0], rtol=1e-6)
+        else:
+            assert "n_outliers" not in row
+        assert int(row["restarts"]) >= (1 if max_basis == 8 else 0)
+
+
+def test_thick_restart_settings_are_checked():
+    with pytest.raises(Exception, match="max_basis must be 0"):
+        MeasureSettings(topk=3, max_basis=7).validate()
+    with pytest.raises(Exception, match="track_max"):
+        MeasureSettings(max_basis=10, track_fraction=0.5, track_max=12).validate()
+    m = measure.measurement(lambda w, b: jnp.sum(w ** 2), optimizers.build("gd", 0.1))  # unbounded: no column
+    row, _ = m.measure(jnp.ones(20), None, m.init(jnp.ones(20), jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    assert "restarts" not in row

@@ -68,6 +68,9 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("chunk_size", int, "examples per pass when a batch is larger: the loss, gradients and HVPs in chunks "
                                    "inside the compiled program, exact; per device with --devices; memory of one "
                                    "chunk's activations (default: the preset's, else 0 = one pass)"),
+        Setting("max_basis", int, "most rows of the Krylov basis every Lanczos run of a measurement keeps: memory "
+                                  "max_basis x parameters x 4 bytes; a full basis restarts thick; at least topk + 5 "
+                                  "(default 0 = unbounded: lanczos_max_iters + 1 rows)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
     )

@@ -57,6 +57,9 @@ class RunConfig:
     # computed over chunks inside the compiled program, exactly (samedge.chunking). A property of the
     # machine, not of the experiment: a run may resume with another (config.json records each).
     chunk_size: int = 0
+    # most rows of the Krylov basis (0: unbounded, up to lanczos_max_iters + 1): memory max_basis x n
+    # floats; a full basis restarts thick (samedge.curvature.lanczos); see samedge.measure.MeasureSettings
+    max_basis: int = 0
     # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
     # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
     probes: tuple[str, ...] = ()
@@ -90,6 +93,13 @@ class RunConfig:
         _integer("seed", self.seed, 0)
         _integer("checkpoint_every", self.checkpoint_every, 0)
         _integer("chunk_size", self.chunk_size, 0)
+        _integer("max_basis", self.max_basis, 0)
+        if self.max_basis and self.max_basis < self.topk + 5:
+            raise ConfigError(f"--max-basis must be 0 (unbounded) or at least topk + 5 = {self.topk + 5}, "
+                              f"got {self.max_basis}")
+        if self.max_basis and self.track_fraction > 0 and self.max_basis < self.track_max + 5:
+            raise ConfigError(f"--max-basis {self.max_basis} is too small to track {self.track_max} eigenvalues: "
+                              f"needs at least track_max + 5 = {self.track_max + 5}")
         _number("diverge_factor", self.diverge_factor, lambda v: v > 1, "must be > 1")
         if self.topk > self.lanczos_max_iters:
             raise ConfigError(f"topk ({self.topk}) must not exceed lanczos_max_iters ({self.lanczos_max_iters})")
@@ -175,6 +185,22 @@ def resolve(task: str, preset: str | None = None, *, task_overrides: Mapping[str
                     hparams=optimizers.resolve_hparams(optimizer, hp),
                     **(base | given))
     return cfg.validate()
+
+
+def defaults() -> dict:
+    """Each :class:`RunConfig` setting that has a default, with it, as ``config.json`` holds it: a
+    folder written before a setting existed reads as its default.
+
+    >>> defaults()["max_basis"], defaults()["probes"]
+    (0, [])
+    """
+    out = {}
+    for f in dataclasses.fields(RunConfig):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out | {"probes": list(out.get("probes", ()))}
 
 
 def from_dict(data: Mapping[str, Any]) -> RunConfig:

@@ -350,8 +350,8 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
         return krylov, done
 
     basis = basis.at[0].set(v0 / jnp.linalg.norm(v0))
-    zero = jnp.asarray(0)
-    init = _Krylov(zero, basis, jnp.zeros((mt + 1, mt + 1), dtype), jnp.asarray(-1), zero, zero)
+    zero = jnp.asarray(0, jnp.int32)  # counters int32 with or without x64: callers carry them in loops
+    init = _Krylov(zero, basis, jnp.zeros((mt + 1, mt + 1), dtype), jnp.asarray(-1, jnp.int32), zero, zero)
     krylov, _ = jax.lax.while_loop(cond, body, (init, jnp.asarray(False)))
     return krylov
 

@@ -170,13 +170,16 @@ class MeasureState(NamedTuple):
 
 class Measurement(NamedTuple):
     """``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state=None,
-    data=None) -> (row, MeasureState)``; ``settings``; ``probes``, the probes it runs, in order
-    (see :func:`measurement`)."""
+    data=None) -> (row, MeasureState)``; ``settings``; ``probes``, the probes it runs, in order;
+    ``lower``, with ``measure``'s arguments: the compiled program's ``jax.stages.Lowered``, whose
+    ``.compile().memory_analysis()`` tells the memory a call needs before it runs (see
+    :func:`measurement`)."""
 
     init: Callable[[Any, jax.Array], MeasureState]
     measure: Callable[..., tuple[dict, MeasureState]]
     settings: MeasureSettings
     probes: tuple = ()
+    lower: Callable[..., Any] | None = None
 
 
 def split_workspace(state: MeasureState) -> tuple[MeasureState, jax.Array | None]:
@@ -342,7 +345,11 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         checks.float_params(params)
         return _init_state(builtin, extra, cast(params), key, settings.max_basis)
 
-    return Measurement(init, measure_call, settings, everything)
+    def lower(params, batch, state: MeasureState, key, opt_state=None, data=None):
+        rest, ws = split_workspace(state)
+        return compiled.lower(params, batch, rest, ws, key, opt_state, data)
+
+    return Measurement(init, measure_call, settings, everything, lower)
 
 
 def _init_state(builtin, extra, point, key, max_basis: int = 0) -> MeasureState:

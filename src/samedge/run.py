@@ -63,7 +63,7 @@ def finished(out, run_config: dict | None = None) -> str | None:
     if status not in ("completed", "diverged"):
         return None
     if run_config is not None:
-        require_same_config(out, run_config)
+        require_same_config(out, run_config, defaults=config_mod.defaults())
     return status
 
 
@@ -114,7 +114,7 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
     from samedge import plots, train
     from samedge.store import RunStore, check_out
 
-    resuming = check_out(out, cfg.to_dict(), overwrite=overwrite, resume=resume)
+    resuming = check_out(out, cfg.to_dict(), overwrite=overwrite, resume=resume, defaults=config_mod.defaults())
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
                                 data_dir=data_dir, seed=cfg.seed, allow_fallback=allow_fallback)

@@ -397,7 +397,8 @@ def run_status(path) -> str | None:
         return "unfinished"
 
 
-def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: bool = False) -> bool:
+def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: bool = False,
+              defaults: Mapping | None = None) -> bool:
     """Decide, before any compute, what to do with the run folder ``path``; True means resume.
 
     A folder without a run is used as is (it is created later). A run of another configuration is
@@ -410,6 +411,8 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
         run_config: the configuration to run (``RunConfig.to_dict()``).
         overwrite: start afresh whatever the folder holds.
         resume: continue an unfinished run of the same configuration.
+        defaults: the settings' defaults, which a ``config.json`` written before a setting existed
+          is read with (:func:`require_same_config`).
 
     Returns:
         True to resume the run in ``path``, False to start a new one. A folder that cannot be used
@@ -425,7 +428,7 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
     if status is None or overwrite:
         _check_writable(path)
         return False
-    require_same_config(path, run_config)
+    require_same_config(path, run_config, defaults=defaults)
     if resume:
         if status in ("completed", "diverged"):
             raise RunDirError(f"{path} holds a run of this configuration that already {status}; "
@@ -440,20 +443,24 @@ def check_out(path, run_config: Mapping, *, overwrite: bool = False, resume: boo
 
 
 def require_same_config(path, run_config: Mapping, *,
-                        remedy: str = "choose another --out, or pass --overwrite to replace it") -> None:
+                        remedy: str = "choose another --out, or pass --overwrite to replace it",
+                        defaults: Mapping | None = None) -> None:
     """Refuse a folder whose run has another configuration.
 
     Args:
         path: the run folder (it must hold a run).
         run_config: the configuration wanted (``RunConfig.to_dict()``).
         remedy: what the message tells the user to do (a sweep has no ``--overwrite``).
+        defaults: each setting's default (``config.defaults()``): a saved configuration that lacks a
+          setting (written before it existed) holds its default.
 
     Returns:
         None. A run of another configuration is a :class:`RunDirError` naming (up to four of) the
         settings that differ.
     """
     # the chunk size is a property of the machine: a run may continue with another (samedge.run records it)
-    changed = _differences(read_run_config(path)["run"], run_config, ignore=MACHINE_SETTINGS)
+    saved = dict(defaults or {}) | read_run_config(path)["run"]
+    changed = _differences(saved, run_config, ignore=MACHINE_SETTINGS)
     if changed:
         detail = ", ".join(f"{k} {old!r} there, {new!r} here" for k, old, new in changed[:4])
         raise RunDirError(f"{path} holds a run with another configuration ({detail}); {remedy}")

@@ -150,7 +150,8 @@ def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
         return "new"
     if cfg is not None:
         require_same_config(path, cfg.to_dict(), remedy=f"delete {path} to run this grid point afresh, "
-                                                      f"or give the sweep another --out")
+                                                      f"or give the sweep another --out",
+                            defaults=config_mod.defaults())
     return "finished" if status in FINISHED else "unfinished"
 
 

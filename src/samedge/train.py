@@ -153,7 +153,7 @@ def measure_settings(cfg: RunConfig, optimizer: steps.Optimizer) -> measure.Meas
     return measure.MeasureSettings(topk=cfg.topk, tol=cfg.lanczos_tol, max_hvps=cfg.lanczos_max_iters,
                                    track_fraction=cfg.track_fraction, track_max=cfg.track_max,
                                    ascent_point=cfg.measure_sam_point and ascends,
-                                   crosscheck_every=cfg.crosscheck_every,
+                                   crosscheck_every=cfg.crosscheck_every, max_basis=cfg.max_basis,
                                    batch_sharpness=BATCH_SHARPNESS_MAX if cfg.batch_sharpness else 0,
                                    dtype="float64" if cfg.measure_dtype == "float64" else None)
 

@@ -95,9 +95,12 @@ def topk(settings) -> Probe:
         vectors = carry.vectors
         dtype = ctx.flat_grad.dtype
         tracked = ctx.previous.get("outliers")
-        warm = vectors.sum(0) + (tracked.sum(0) if tracked is not None else jnp.zeros_like(vectors[0]))
-        v0 = warm_start(warm, ctx.key, settings.start_noise)
-        eig, guard = _main_and_guard(ctx, settings, v0.astype(dtype), carry)
+
+        def warm_v0():  # built inside the run's loop, when needed: no n-vector is held across it
+            warm = vectors.sum(0) + (tracked.sum(0) if tracked is not None else jnp.zeros_like(vectors[0]))
+            return warm_start(warm, ctx.key, settings.start_noise).astype(dtype)
+
+        eig, guard = _main_and_guard(ctx, settings, warm_v0, carry)
         # calls since the last cold run, this one included: 1 after a cross-check (or the first call)
         since_cold = jnp.where(guard["hvps_crosscheck"] > 0, 1, carry.count + 1).astype(jnp.asarray(carry.count).dtype)
         lambda_max = jnp.abs(eig.values[0])
@@ -112,17 +115,18 @@ def topk(settings) -> Probe:
     return Probe(NAME, init, measure, rows=k, workspace_iters=settings.max_hvps)
 
 
-def _main_and_guard(ctx: Context, settings, v0, carry: TopkCarry):
+def _main_and_guard(ctx: Context, settings, warm_v0, carry: TopkCarry):
     """The warm-started run, the cross-check (when due) and the guard's columns; a larger
     eigenvalue the cross-check finds is adopted.
 
-    Both runs are passes of one loop around one Lanczos program (pass 0 warm, pass 1 cold, taken
-    only when due or after a jump), so the measurement's program holds its Lanczos loop once: it
-    compiles, loads from the persistent cache and traces faster than with a second copy.
+    Both runs are passes of one loop around one Lanczos program (pass 0 warm from ``warm_v0()``, pass 1
+    cold, taken only when due or after a jump), so the measurement's program holds its Lanczos loop
+    once: it compiles, loads from the persistent cache and traces faster than with a second copy.
+    Each pass draws its start inside the loop and the cold pass writes an adopted vector straight
+    into the main result, so the loop holds one ``(k, n)`` block besides the Lanczos run's own.
     """
     k = settings.topk
-    n, dtype = v0.shape[0], v0.dtype
-    cold_v0 = jax.random.normal(jax.random.fold_in(ctx.key, 2), (n,), dtype)
+    n, dtype = carry.vectors.shape[1], ctx.flat_grad.dtype
     first = carry.count == 0  # the first call starts from random vectors: itself a cold start
     every = settings.crosscheck_every
     due = (carry.count >= every) if every else jnp.asarray(False)  # calls since the last cold run
@@ -130,53 +134,54 @@ def _main_and_guard(ctx: Context, settings, v0, carry: TopkCarry):
     if ws0 is None:
         ws0 = curvature.krylov_workspace(n, settings.max_hvps, dtype, settings.max_basis)
     rank = jnp.arange(k)
+    bump = 1 + 2 * settings.tol  # a cold value this much above the main one is a proven miss
 
     def one_pass(state):
-        p, ws, main, cold, take = state
+        p, ws, main, cold, take, larger = state
         is_cold = p == 1
         # the cold run is loose while its Ritz value stays at or below the bound (a value above it is
         # a larger eigenvalue: a proven miss, run on to the measurement's own tolerance); it reports
         # one pair, so the others' tolerance is infinite
-        bound = jnp.where(is_cold, jnp.abs(main.values[0]) * (1 + 2 * settings.tol), jnp.inf)
+        bound = jnp.where(is_cold, jnp.abs(main.values[0]) * bump, jnp.inf)
         below = jnp.where(is_cold, settings.crosscheck_tol, settings.tol)
 
         def tol(theta):
             t = jnp.where(jnp.abs(theta) > bound, settings.tol, below)
             return jnp.where(is_cold & (rank > 0), jnp.inf, t)
 
-        e = top_eigen(ctx, ctx.hvp, jnp.where(is_cold, cold_v0, v0), k=k, tol=tol, workspace=ws)
+        v0 = jax.lax.cond(is_cold, lambda: jax.random.normal(jax.random.fold_in(ctx.key, 2), (n,), dtype), warm_v0)
+        e = top_eigen(ctx, ctx.hvp, v0, k=k, tol=tol, workspace=ws)
+        # pass 0 fills the main result; pass 1 keeps its top pair's numbers and, when it proves a miss,
+        # puts its pair in the main result's first place
+        adopt = is_cold & (jnp.abs(e.values[0]) > jnp.abs(main.values[0]) * bump)
         fields = e._replace(workspace=None)
         main = jax.tree.map(lambda new, old: jnp.where(is_cold, old, new), fields, main)
-        cold = jax.tree.map(lambda new, old: jnp.where(is_cold, new, old), fields, cold)
+        main = main._replace(values=main.values.at[0].set(jnp.where(adopt, e.values[0], main.values[0])),
+                             vectors=main.vectors.at[0].set(jnp.where(adopt, e.vectors[0], main.vectors[0])),
+                             residuals=main.residuals.at[0].set(jnp.where(adopt, e.residuals[0], main.residuals[0])))
+        cold = jax.tree.map(lambda new, old: jnp.where(is_cold, new, old),
+                            (e.values[0], e.num_matvecs, e.restarts), cold)
         lam = jnp.abs(e.values[0])
         align_prev = curvature.alignment(e.vectors[0], carry.vectors[0].astype(dtype))
         jumped = (jnp.abs(lam / carry.lambda_prev - 1) > settings.jump) | (align_prev < settings.align_jump)
         take = jnp.where(is_cold, take, ~first & (due | jumped))
-        return p + 1, e.workspace, main, cold, take
+        return p + 1, e.workspace, main, cold, take, larger | adopt
 
     real = jnp.zeros((), dtype)
+    count = jnp.zeros((), jnp.int32)
     zeros = curvature.Eigen(jnp.zeros((k,), dtype), jnp.zeros((k, n), dtype), jnp.zeros((k,), dtype),
-                            jnp.zeros((), jnp.int32), real, real, None, jnp.zeros((), jnp.int32))
-    _, ws, main, cold, take = jax.lax.while_loop(
+                            count, real, real, None, count)
+    _, ws, eig, (value, hvps, restarts), take, larger = jax.lax.while_loop(
         lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), one_pass,
-        (jnp.asarray(0), ws0, zeros, zeros, jnp.asarray(False)))
-    nan = jnp.asarray(jnp.nan, main.values.dtype)
-    value = jnp.where(take, cold.values[0], nan)
-    hvps = jnp.where(take, cold.num_matvecs, 0)
-    larger = take & (jnp.abs(value) > jnp.abs(main.values[0]) * (1 + 2 * settings.tol))
-    eig = main._replace(
-        values=main.values.at[0].set(jnp.where(larger, value, main.values[0])),
-        vectors=main.vectors.at[0].set(jnp.where(larger, cold.vectors[0], main.vectors[0])),
-        residuals=main.residuals.at[0].set(jnp.where(larger, cold.residuals[0], main.residuals[0])),
-        workspace=ws if ctx.workspace is not None else None,
-    )
+        (jnp.asarray(0), ws0, zeros, (real, count, count), jnp.asarray(False), jnp.asarray(False)))
+    eig = eig._replace(workspace=ws if ctx.workspace is not None else None)
     converged = jnp.all(eig.residuals <= settings.tol)
     guard = {
         "converged": converged.astype(jnp.int32),
-        "crosscheck_lambda": jnp.abs(value),
-        "hvps_crosscheck": hvps,
+        "crosscheck_lambda": jnp.where(take, jnp.abs(value), jnp.nan),
+        "hvps_crosscheck": jnp.where(take, hvps, 0),
         "certified": (converged & ~larger).astype(jnp.int32),
     }
     if settings.max_basis:  # thick restarts of the bounded basis, the cross-check's included
-        guard["restarts"] = main.restarts + jnp.where(take, cold.restarts, 0)
+        guard["restarts"] = eig.restarts + jnp.where(take, restarts, 0)
     return eig, guard
