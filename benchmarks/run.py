@@ -27,6 +27,12 @@ Prints a table and, as its last line, one JSON object:
   measurement is nothing but its HVPs. ``measure_over_hvp_floor_run``: the warm P3 run's own steady
   seconds over its HVPs times one HVP timed at the P2 point just before and after that run
   (``hvp_floor_s``), the figure's first form, whose two sides are timed a minute apart.
+- ``time_over_lobpcg``, ``hvps_over_lobpcg``: along the same pinned run, samedge's measurement (top-1,
+  tolerance 1e-3, warm-started, its guard's cross-checks counted) over LOBPCG warm-started from its
+  own previous top eigenvector (central flows' method: ``jax.experimental.sparse.linalg.lobpcg_standard``
+  at the tolerance that means a relative residual of 1e-3; its HVPs counted on every product), steady
+  calls; with each one's worst relative error against a float64 truth at every point
+  (:func:`lobpcg_along_run`). Goals (issue 28): <= 0.5 and <= 1.0.
 - ``peak_rss_mb``: the process's peak resident memory (``resource.getrusage``).
 """
 
@@ -195,6 +201,83 @@ def floor_along_run(reps: int = 3) -> dict:
             "per_point": [s / (h * f) for s, h, f in zip(seconds[1:], hvps[1:], floors[1:])]}
 
 
+LOBPCG_RESID = 1e-3  # the relative residual both methods are asked for
+
+
+def lobpcg_top(loss_fn, max_iters: int = 200):
+    """A jitted ``(params, data, x0) -> (lambda, x (n,), iterations, hvps)``: the top eigenpair of the
+    Hessian by ``jax.experimental.sparse.linalg.lobpcg_standard`` (central flows' method), from ``x0``.
+
+    LOBPCG finds the largest *algebraic* eigenvalue (at these points also the largest in magnitude)
+    and counts an eigenpair converged when ``||A v - lambda v|| < tol * 10 n (lambda + ||A v||)``;
+    with ``||A v|| ~ lambda`` the relative residual is then ``< 20 n tol``, so ``tol = 1e-3 / (20 n)``
+    asks for the relative residual of 1e-3 samedge stops at. Its HVPs are counted by a host callback
+    on every product (the columns of each block; the zero block it applies once to check its input is
+    left out): jax's implementation applies A to the 3 columns of [X, P, R] and again to the new X,
+    4 HVPs an iteration for one eigenpair.
+    """
+    import numpy as np
+    from jax.experimental.sparse.linalg import lobpcg_standard
+
+    counter = [0]
+
+    def count(block):
+        if np.any(block):
+            counter[0] += block.shape[1]
+
+    @jax.jit
+    def solve(params, data, x0):
+        matvec, n = curvature.flat_hvp(lambda p: loss_fn(p, data), params)
+
+        def block(x):  # (n, c) -> (n, c): one HVP a column
+            jax.debug.callback(count, x)
+            return jax.vmap(matvec, in_axes=1, out_axes=1)(x)
+
+        theta, x, iters = lobpcg_standard(block, x0[:, None], m=max_iters, tol=LOBPCG_RESID / (20 * n))
+        return theta[0], x[:, 0], iters
+
+    def call(params, data, x0):
+        counter[0] = 0
+        theta, x, iters = jax.block_until_ready(solve(params, data, x0))
+        return theta, x, iters, counter[0]
+
+    return call
+
+
+def lobpcg_along_run() -> dict:
+    """samedge's measurement (top-1, tolerance 1e-3, its guard's cross-checks included) and LOBPCG
+    warm-started from its own previous top eigenvector, at every check point of the pinned quick-MNIST
+    SAM run, both against a float64 Lanczos truth at the point. Steady calls: all but the first (its
+    compile and cold start)."""
+    from samedge import measure, train as train_mod
+
+    cfg, task = points.quick_task("mnist", optimizer="sam")
+    optimizer = train_mod.build_optimizer(cfg)
+    m = measure.measurement(task.loss_fn, optimizer, measure.MeasureSettings(tol=LOBPCG_RESID))
+    lobpcg = lobpcg_top(task.loss_fn)
+    state, x, rows = None, None, []
+    for i, (seg, _, _) in enumerate(points.measured_run(cfg, task)):
+        lam, _ = points.truth(task, seg.params)
+        if state is None:
+            state = m.init(seg.params, jax.random.PRNGKey(0))
+            x = points.random_start(seg.params)
+        start = time.perf_counter()
+        row, state = m.measure(seg.params, task.data, state, jax.random.PRNGKey(i + 1), seg.opt_state)
+        row = jax.device_get(row)
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        theta, x, iters, hvps = lobpcg(seg.params, task.data, x)
+        lob_s = time.perf_counter() - start
+        rows.append({"step": seg.step, "truth": lam, "ours_s": ours_s, "ours_hvps": int(row["hvps"]) + int(row["hvps_crosscheck"]),
+                     "ours_relerr": abs(float(row["lambda_max"]) - lam) / lam, "lobpcg_s": lob_s, "lobpcg_hvps": hvps,
+                     "lobpcg_iters": int(iters), "lobpcg_relerr": abs(float(theta) - lam) / lam})
+    steady = rows[1:]
+    return {"time_over_lobpcg": sum(r["ours_s"] for r in steady) / sum(r["lobpcg_s"] for r in steady),
+            "hvps_over_lobpcg": sum(r["ours_hvps"] for r in steady) / sum(r["lobpcg_hvps"] for r in steady),
+            "ours_worst_relerr": max(r["ours_relerr"] for r in rows),
+            "lobpcg_worst_relerr": max(r["lobpcg_relerr"] for r in rows), "rows": rows}
+
+
 def print_p3(r: dict, label: str) -> None:
     print(f"  {r['task']:<12} {label:<11} {r['steps']:>5} {r['measure_every']:>6} {r['wall_s']:>7.1f} "
           f"{r['measure_s']:>8.1f} {r['first_measure_s']:>6.2f} {r['hvps_median']:>5g} {r['overhead']:>9.3f} "
@@ -254,7 +337,6 @@ def main() -> int:
           f"{'on' if r3['measure_sam_point'] else 'off'}; HVPs per measurement median {r3['hvps_median']:g}, "
           f"max {r3['hvps_max']})")
 
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     floor = (floor_before + floor_after) / 2
     over_floor_run = r3w["steady_measure_s"] / (r3w["steady_hvps"] * floor)
     print(f"\nThe measurement against its floor: one HVP in a bare compiled loop {1e3 * floor_before:.2f} ms before "
@@ -265,6 +347,18 @@ def main() -> int:
           f"({along['floor_ms'][0]:.2f}-{along['floor_ms'][1]:.2f} ms an HVP): {along['measure_s']:.2f} s for "
           f"{along['hvps']} HVPs, {along['ratio']:.3f} x their floors (per point "
           f"{min(along['per_point']):.3f}-{max(along['per_point']):.3f})")
+    lob = lobpcg_along_run()
+    print(f"\nThe peer's method: LOBPCG (jax.experimental.sparse.linalg.lobpcg_standard) warm-started from its "
+          f"previous top eigenvector along the same run, against samedge's measurement, both at relative residual "
+          f"{LOBPCG_RESID:g}")
+    print(f"  {'step':>5} {'truth':>10} {'ours s':>7} {'HVPs':>5} {'rel. err':>9} {'LOBPCG s':>9} {'HVPs':>5} "
+          f"{'iters':>5} {'rel. err':>9}")
+    for r in lob["rows"]:
+        print(f"  {r['step']:>5} {r['truth']:>10.5f} {r['ours_s']:>7.3f} {r['ours_hvps']:>5} {r['ours_relerr']:>9.1e} "
+              f"{r['lobpcg_s']:>9.3f} {r['lobpcg_hvps']:>5} {r['lobpcg_iters']:>5} {r['lobpcg_relerr']:>9.1e}")
+    print(f"  steady calls: time {lob['time_over_lobpcg']:.3f} x LOBPCG's, HVPs {lob['hvps_over_lobpcg']:.3f} x; worst "
+          f"relative errors: ours {lob['ours_worst_relerr']:.1e}, LOBPCG {lob['lobpcg_worst_relerr']:.1e}")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak memory (max RSS) {peak_mb:.0f} MB")
     result = {
         "p1_sam_step_over_two_grads": max(r["ratio"] for r in p1_rows) if p1_rows else None,
@@ -282,6 +376,8 @@ def main() -> int:
         "p3_hvps_per_measurement_median": r3["hvps_median"],
         "p3_other_tasks": {r["task"]: {"overhead": round(r["overhead"], 4), "measure_every": r["measure_every"],
                                        "steps": r["steps"]} for r in others},
+        "time_over_lobpcg": lob["time_over_lobpcg"], "hvps_over_lobpcg": lob["hvps_over_lobpcg"],
+        "ours_worst_relerr_vs_lobpcg_run": lob["ours_worst_relerr"], "lobpcg_worst_relerr": lob["lobpcg_worst_relerr"],
         "peak_rss_mb": round(peak_mb, 1),
     }
     print(json.dumps(result))

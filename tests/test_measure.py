@@ -265,3 +265,26 @@ def test_thick_restart_settings_are_checked():
     m = measure.measurement(lambda w, b: jnp.sum(w ** 2), optimizers.build("gd", 0.1))  # unbounded: no column
     row, _ = m.measure(jnp.ones(20), None, m.init(jnp.ones(20), jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
     assert "restarts" not in row
+
+
+def test_thick_restart_memory_of_one_measurement_is_params_basis_and_a_few_vectors():
+    """The compiled measurement of a 1.6 x 10^7-parameter MLP (shapes only: nothing is allocated) with a
+    basis of 12 rows takes as arguments the parameters, the basis and the top vector, and needs at
+    most 7 more n-vectors of scratch (the HVP's own, the Lanczos vector, the result): no hidden copy of
+    the basis or of a block of its rows (at 10^8 parameters, one n-vector is 0.4 GB)."""
+    from samedge.models.mlp import MLP
+
+    model = MLP(width=2800, depth=4, num_outputs=10, activation="tanh")
+    params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784))))
+    n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+    assert n > 1.5e7
+    batch = (jax.ShapeDtypeStruct((64, 784), jnp.float32), jax.ShapeDtypeStruct((64, 10), jnp.float32))
+    loss = lambda p, b: jnp.mean((model.apply(p, b[0]) - b[1]) ** 2)  # noqa: E731
+    m = measure.measurement(loss, optimizers.build("gd", 0.1), MeasureSettings(max_basis=12))
+    state = jax.eval_shape(m.init, params, jax.random.PRNGKey(0))
+    assert state.workspace.shape == (12, n)
+    memory = m.lower(params, batch, state, jax.random.PRNGKey(1)).compile().memory_analysis()
+    vectors = lambda size: size / (4 * n)  # noqa: E731
+    assert vectors(memory.argument_size_in_bytes) == pytest.approx(1 + 12 + 1, abs=0.05)
+    assert vectors(memory.alias_size_in_bytes) == pytest.approx(12, abs=0.01)  # the basis is updated in place
+    assert vectors(memory.temp_size_in_bytes) <= 7.0, vectors(memory.temp_size_in_bytes)
