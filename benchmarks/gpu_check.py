@@ -28,6 +28,10 @@ JSON line:
 - tiny_shakespeare, the paper preset (6 layers, d = 128, 8 heads, sequence 64, batch 128):
   ``shakespeare_sam_step_ms`` and ``shakespeare_measure_s`` (``null`` with ``--tiny``, or when the
   time budget ran out: then the projection leaves shakespeare's measurements out);
+- ``scale``: large models (issue 28; :func:`scale.point`, a bounded basis of 16 rows): the 4-layer
+  tanh MLP on 64 MNIST images at 10^7 and 10^8 parameters (``--tiny``: 10^5), one measurement each
+  from a random start then warm, with HVPs, restarts, residual, seconds per HVP and a bare HVP's, and
+  the device's peak memory so far (``peak_memory_mb`` after the point); skipped past the time budget;
 - ``peak_memory_mb``: the largest ``peak_bytes_in_use`` of the devices' ``memory_stats()``, or,
   where a device has none (CPU), the process's peak RSS (``peak_memory_source`` says which);
 - ``projected_hours``: each paper grid (``PRESETS["paper"]``: step sizes x rho values, one seed)
@@ -214,6 +218,7 @@ def main(argv=None) -> int:
     else:
         log("time budget spent: shakespeare's measurement skipped")
 
+    result["scale"] = _scale_points(args, devices, started)
     result |= _memory(devices)
     result |= _projection(tasks, {"mnist": (result["mnist_sam_step_ms"] / 1e3, result["mnist_measure_s"]),
                                   "shakespeare": (result["shakespeare_sam_step_ms"] / 1e3,
@@ -223,6 +228,31 @@ def main(argv=None) -> int:
     result["total_s"] = time.perf_counter() - started
     print(json.dumps(result))
     return 0
+
+
+SCALE_SIZES = (10**7, 10**8)  # parameters of the scale points on an accelerator
+SCALE_BUDGET_S = 420  # no new scale point once the check has taken this long
+
+
+def _scale_points(args, devices, started) -> list:
+    """``benchmarks/scale.py``'s points in this process (the MLP on 64 images, max_basis 16), each with
+    the device's peak memory after it; a point that fails is recorded with its error."""
+    import scale
+
+    out = []
+    for size in ((10**5,) if args.tiny else SCALE_SIZES):
+        if time.perf_counter() - started > SCALE_BUDGET_S:
+            log(f"time budget spent: scale point {size:.0e} skipped")
+            break
+        log(f"scale point: MLP of {size:.0e} parameters, basis 16")
+        try:
+            point = scale.point("mlp", size, 16, 64, args.data_dir)
+            point["peak_memory_mb"] = _memory(devices)["peak_memory_mb"]
+        except Exception as exc:  # e.g. out of device memory: say so, keep the other figures
+            point = {"n": size, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        log(f"  {point}")
+        out.append(point)
+    return out
 
 
 def _time_lanczos(task, params, step, v0, cfg, precision) -> dict:

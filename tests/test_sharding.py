@@ -353,7 +353,7 @@ GPU_CHECK_KEYS = {"device", "devices", "jax", "jaxlib", "cuda", "tiny", "mnist_s
                   "mnist_lanczos_default_s", "mnist_lanczos_highest_s", "highest_vs_default_rel",
                   "shakespeare_sam_step_ms", "shakespeare_measure_s", "run_steps", "run_rows", "run_ratio",
                   "run_lambda_max", "run_edge", "peak_memory_mb", "peak_memory_source", "projected_hours",
-                  "projection", "total_s"}
+                  "projection", "total_s", "scale"}
 
 
 def test_gpu_check_tiny(data_dir, tmp_path):
@@ -370,3 +370,5 @@ def test_gpu_check_tiny(data_dir, tmp_path):
     assert result["highest_vs_default_rel"] < 1e-3 and result["run_ratio"] > 0 and result["run_steps"] == 40
     assert result["shakespeare_measure_s"] is None  # --tiny leaves it out (its CPU compile)
     assert result["projection"]["mnist"]["points"] == 12 and result["projection"]["shakespeare"]["points"] == 24
+    (scale,) = result["scale"]  # one tiny scale point: 10^5 parameters measured to the tolerance
+    assert scale["n"] > 9e4 and scale["cold_resid"] <= 1e-3 and scale["warm_resid"] <= 1e-3

@@ -336,8 +336,9 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
         alpha = jnp.vdot(q, w)
         beta_prev = jnp.where(j > 0, t[j, jnp.maximum(j - 1, 0)], 0.0)
         w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
-        # after a restart the arrow's components are removed by a second pass
-        w = jax.lax.fori_loop(0, jnp.where(j == krylov.arrow, 2, 1), lambda _, w: _orthogonalise(w, basis, j), w)
+        w = _orthogonalise(w, basis, j)
+        if bounded:  # after a restart the arrow's components are removed by a second pass
+            w = jax.lax.fori_loop(0, jnp.where(j == krylov.arrow, 1, 0), lambda _, w: _orthogonalise(w, basis, j), w)
         beta = jnp.linalg.norm(w)
         t = t.at[j, j].set(alpha).at[j + 1, j].set(beta).at[j, j + 1].set(beta)
         invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
