@@ -9,6 +9,7 @@ faults and the divergence rules in ``test_checkpoint.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import http.server
@@ -392,3 +393,25 @@ def _leaves(tree):
     if isinstance(tree, dict):
         return [leaf for v in tree.values() for leaf in _leaves(v)]
     return [tree]
+
+
+@pytest.mark.parametrize("status", [None, "interrupted"])
+def test_weight_decay_an_old_run_folder_is_still_this_configuration(status, tmp_path, capsys, no_data_read):
+    """A config.json written before weight decay, its mask and the bounded basis existed (no such keys,
+    hparams without weight_decay) is the same configuration as today's defaults: the run is offered to
+    resume, not refused as another, and keeps its folder name."""
+    from samedge import config, run
+
+    out = tmp_path / "run"
+    argv = _existing_run(out, status, optimizer="sam", rho=0.1)
+    saved = json.loads((out / "config.json").read_text())
+    for key in ("decay_mask", "max_basis"):
+        del saved["run"][key]
+    assert "weight_decay" not in saved["run"]["hparams"]
+    (out / "config.json").write_text(json.dumps(saved))
+    err = _fails(argv, capsys, tmp_path, f"continue it with `samedge resume {out}` (or --resume)")
+    assert "another configuration" not in err
+    old = config.from_dict(saved["run"])
+    assert run.run_name(old) == "mnist-sam-lr0.1-rho0.1-s0" and old.decay_mask == "weights" and old.max_basis == 0
+    decayed = dataclasses.replace(old, hparams={"rho": 0.1, "weight_decay": 5e-4}, decay_mask="all")
+    assert run.run_name(decayed) == "mnist-sam-lr0.1-rho0.1-wd0.0005-decayall-s0"

@@ -45,7 +45,7 @@ def test_sam_at_rho_zero_is_gd_and_the_registry_says_so(x64):
 def test_hyperparameters_are_checked_and_named():
     assert optimizers.resolve_hparams("usam") == {"rho": 0.5}  # USAM's own default, not SAM's
     assert optimizers.resolve_hparams("sam_momentum", {"rho": 0.2}) == {"rho": 0.2, "momentum": 0.9}
-    with pytest.raises(ConfigError, match=r"gd has no rho \(its settings: lr\)"):
+    with pytest.raises(ConfigError, match=r"gd has no rho \(its settings: lr, weight_decay\)"):
         optimizers.resolve_hparams("gd", {"rho": 0.1})
     with pytest.raises(ConfigError, match=r"--momentum must be in \[0, 1\)"):
         optimizers.resolve_hparams("momentum", {"momentum": 1.0})

@@ -322,3 +322,42 @@ def test_probe_keys_differ_by_name_and_a_flat_grad_is_the_raveled_gradient():
     ctx = _ctx(lambda w, b: jnp.sum(w["x"] ** 2) + jnp.sum(w["y"]), {"x": jnp.ones(2), "y": jnp.ones(3)},
                optimizers.build("gd", 0.1))
     assert np.array_equal(ctx.flat_grad, ravel_pytree(ctx.grad)[0])
+
+
+@pytest.mark.parametrize("mask", ["weights", "all"])
+def test_weight_decay_masked_operator_matches_dense_eigh(x64, mask):
+    """``lambda_max_reg`` is ||H + wd D|| of a small MLP with biases (D: its kernels, or everything),
+    against dense eigh of the Hessian plus that diagonal; ``lambda_max`` stays the loss's own, the
+    edge stays 2/eta and the ratio reads the decayed curvature."""
+    from tests.test_curvature import small_model_loss
+
+    loss, params = small_model_loss(3)
+    wd, eta = 0.7, 0.1
+    opt = optimizers.build("gd", eta, weight_decay=wd, decay_mask=mask)
+    m = measure.measurement(lambda p, b: loss(p), opt, MeasureSettings(tol=1e-8, max_hvps=200))
+    row, _ = m.measure(params, None, m.init(params, jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+    flat_mask = ravel_pytree(jax.tree.map(lambda p, k: jnp.full(p.shape, bool(k)), params,
+                                          optimizers.decay_mask_fn(mask)(params)))[0]
+    h = np.asarray(_dense(loss, params))
+    reg = np.linalg.eigvalsh(h + np.diag(wd * np.asarray(flat_mask, float)))
+    assert 0 < flat_mask.sum() < flat_mask.size or mask == "all"
+    assert float(row["lambda_max_reg"]) == pytest.approx(np.max(np.abs(reg)), rel=1e-7)
+    assert float(row["lambda_max"]) == pytest.approx(np.max(np.abs(np.linalg.eigvalsh(h))), rel=1e-7)
+    assert float(row["edge"]) == pytest.approx(2 / eta) and float(row["ratio"]) == pytest.approx(
+        float(row["lambda_max_reg"]) * eta / 2, rel=1e-12)
+
+
+def _dense(loss, params):
+    from samedge import curvature
+
+    return curvature.dense_hessian(loss, params)
+
+
+def test_weight_decay_adds_nothing_at_its_default():
+    """At weight decay 0 (the default) nothing changes: no decay probe, no new column, the same state."""
+    opt = optimizers.build("sam", 0.1)
+    assert opt.decay is None and "weight_decay" not in optimizers.resolve_hparams("sam", {"weight_decay": 0.0})
+    assert "decay" not in [p.name for p in measure.builtin_probes(MeasureSettings(), opt)]
+    assert "decay" in [p.name for p in measure.builtin_probes(MeasureSettings(), optimizers.build("sam", 0.1, weight_decay=1e-3))]
+    # decoupled decay (AdamW) has no lambda_max_reg: its edge is on P^-1 H
+    assert optimizers.build("adam", 1e-3, weight_decay=1e-2, decay_mask="all").decay is None

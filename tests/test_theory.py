@@ -79,3 +79,26 @@ def test_adaptive_harness_finds_an_instability_it_is_told_about():
         growth_above = theory._adaptive_run("adam", 0.1, 0.0, 0.5, 0.0, 1.1 * right[0], 1.0, 2000)
         growth_below = theory._adaptive_run("adam", 0.1, 0.0, 0.5, 0.0, 0.99 * right[0], 1.0, 2000)
     assert float(growth_above) > 1e3 and float(growth_below) < 1
+
+
+def test_weight_decay_edges_hold_on_quadratics():
+    """Each coupled optimizer's edge with weight decay (on H + wd D, the test direction decayed, the
+    drift direction not) against the threshold bisected on the simulated step, at eta * wd = 0.1 and 0.5."""
+    checks = theory.weight_decay_check(num_steps=500, iters=14)
+    assert {c.name for c in checks} == {f"{n}+wd" for n in ("gd", "sam", "momentum", "nesterov", "usam",
+                                                          "sam_momentum")}
+    for c in checks:
+        assert c.ok, (c.name, c.growth_below, c.growth_above, c.worst)
+
+
+def test_weight_decay_moves_the_threshold_the_harness_finds():
+    """The harness sees the decay: GD at eta wd = 0.5 explodes at 1.02 x its bound 2/eta - wd, and also
+    at the undecayed 2/eta, which lies 33% above that bound; without decay 2/eta is the threshold."""
+    import jax.numpy as jnp
+
+    eta, wd = 0.1, 5.0
+    with jax.enable_x64(True):
+        grown = [float(theory._decay_run("gd", jnp.asarray(eta), 0.0, 0.0, jnp.asarray(w), jnp.asarray(lam), 1.0, 500))
+                 for w, lam in ((wd, 0.98 * (2 / eta - wd)), (wd, 1.02 * (2 / eta - wd)), (wd, 2 / eta),
+                                (0.0, 0.98 * 2 / eta))]
+    assert grown[0] <= 1 and grown[1] >= 1e3 and grown[2] >= 1e3 and grown[3] <= 1

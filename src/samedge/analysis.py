@@ -252,7 +252,7 @@ def summarize(rows: Sequence[Mapping]) -> dict:
         last = rows[-1]
         out["final_step"] = int(last["step"])
         for key in ("loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio", "precond_sharpness",
-                    "step_radius"):
+                    "step_radius", "lambda_max_reg"):
             if last.get(key) is not None:
                 out[f"final_{key}"] = last[key]
         tests = [r for r in rows if r.get("test_loss") is not None]

@@ -71,6 +71,8 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("max_basis", int, "most rows of the Krylov basis every Lanczos run of a measurement keeps: memory "
                                   "max_basis x parameters x 4 bytes; a full basis restarts thick; at least topk + 5 "
                                   "(default 0 = unbounded: lanczos_max_iters + 1 rows)"),
+        Setting("decay_mask", str, "which parameters --weight-decay reaches: weights (two or more dimensions: no "
+                                   "biases nor normalisation scales) or all (default weights)", sweep=True),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
     )
@@ -302,12 +304,15 @@ def _print_summary(out, summary) -> None:
         adaptive = summary.get("final_precond_sharpness") is not None
         if adaptive:  # an adaptive optimizer's edge bounds lambda_max(P^-1 H)
             line += f", lambda_max(P^-1 H) {_sig(summary['final_precond_sharpness'])}"
+        elif summary.get("final_lambda_max_reg") is not None:  # coupled decay: the edge bounds H + wd D
+            line += f", lambda_max(H + wd D) {_sig(summary['final_lambda_max_reg'])}"
         if summary.get("final_edge") is not None:
             line += f", edge {_sig(summary['final_edge'])}"
         if summary.get("final_step_radius") is not None:
             line += f", step_radius {_sig(summary['final_step_radius'])} (1 at the edge)"
     if med is not None:
-        what = "lambda_max(P^-1 H)/edge" if summary.get("final_precond_sharpness") is not None else "lambda_max/edge"
+        what = ("lambda_max(P^-1 H)/edge" if summary.get("final_precond_sharpness") is not None else
+                "lambda_max(H + wd D)/edge" if summary.get("final_lambda_max_reg") is not None else "lambda_max/edge")
         line += f"; median {what} over the second half {_sig(med)} (from {n} measurement{'s' * (n != 1)})"
     elif summary.get("final_step") is not None and summary.get("final_edge") is None:
         line += "; no known edge for this optimizer"
@@ -341,10 +346,16 @@ def _cmd_edge(args) -> int:
     for name, value in given.items():
         optimizers.all_hypers()[name].check(value)
     eta, g = args.lr, args.grad_norm
+    wd = given.get(optimizers.WEIGHT_DECAY.name, 0.0)
     gd = edges.gd_edge(eta)
     print(f"eta {eta:g}, |g| {'-' if g is None else format(g, 'g')}; each optimizer at the settings given, "
           f"else its defaults")
-    print(f"{'optimizer':<13} {'edge':>11} {'x 2/eta':>8}  {'settings':<22} formula")
+    if wd:
+        print(f"weight decay {wd:g} on every parameter (D = I): coupled (gd ... sam_momentum), the edge is on "
+              f"lambda_max(H + wd I) and the bound on lambda_max(H) is edge - wd; decoupled (rmsprop, adam, "
+              f"sam_adam_pre), both are on lambda_max(P^-1 H)")
+    print(f"{'optimizer':<13} {'edge':>11} {'x 2/eta':>8}" + (f" {'lambda(H) <=':>12}" if wd else "")
+          + f"  {'settings':<22} formula")
     for entry in optimizers.BUILTIN.values():
         hp = entry.defaults() | {k: v for k, v in given.items() if k in entry.hyper_names}
         edge = None
@@ -352,8 +363,12 @@ def _cmd_edge(args) -> int:
             edge = float(entry.edge(eta, 1.0 if g is None else g, **hp))
         value = "(needs --grad-norm)" if edge is None else f"{edge:.6g}"
         ratio = "" if edge is None else f"{edge / gd:.4f}"
+        bound = ""
+        if wd:
+            bound = "" if edge is None else f"{edge - (wd if entry.decay == 'coupled' else 0.0):.6g}"
+            bound = f" {bound:>12}"
         settings = " ".join(f"{k}={v:g}" for k, v in hp.items()) or "-"
-        print(f"{entry.name:<13} {value:>11} {ratio:>8}  {settings:<22} {entry.edge_formula}")
+        print(f"{entry.name:<13} {value:>11} {ratio:>8}{bound}  {settings:<22} {entry.edge_formula}")
     return 0
 
 
@@ -529,7 +544,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _cmd_theory(args) -> int:
-    from samedge import plots_edges, theory
+    from samedge import optimizers, plots_edges, theory
 
     names = args.optimizers.split(",") if args.optimizers else None
     out = Path(args.out)
@@ -543,6 +558,11 @@ def _cmd_theory(args) -> int:
     plain = [n for n in names or theory.theory_optimizers() if n not in theory.ADAPTIVE]
     adaptive = [n for n in names or theory.ADAPTIVE if n in theory.ADAPTIVE]
     checks = theory.check(plain, grad_norm=args.grad_norm, num_steps=args.steps, on_check=show) if plain else []
+    decayed = [n for n in plain if optimizers.get(n).decay == "coupled"]
+    if decayed:
+        print(f"with coupled weight decay (eta wd in {', '.join(f'{f:g}' for f in theory.DECAY_FRACTIONS)}; the "
+              f"threshold on lambda(H) = the edge on H + wd D less wd):", flush=True)
+        checks += theory.weight_decay_check(decayed, grad_norm=args.grad_norm, num_steps=args.steps, on_check=show)
     if adaptive:
         print(f"adaptive optimizers, frozen preconditioner, commuting and non-commuting Hessian blocks "
               f"(max growth below: for sam_adam, the largest |step_radius - 1| at the thresholds):", flush=True)

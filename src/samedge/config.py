@@ -60,6 +60,9 @@ class RunConfig:
     # most rows of the Krylov basis (0: unbounded, up to lanczos_max_iters + 1): memory max_basis x n
     # floats; a full basis restarts thick (samedge.curvature.lanczos); see samedge.measure.MeasureSettings
     max_basis: int = 0
+    # which parameters weight decay reaches (samedge.optimizers.decay_mask_fn): "weights" (two or more
+    # dimensions: no biases, no normalisation scales; the common practice) or "all"
+    decay_mask: str = "weights"
     # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
     # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
     probes: tuple[str, ...] = ()
@@ -76,7 +79,7 @@ class RunConfig:
         """Check every setting (one-line :class:`ConfigError` naming the flag); returns ``self``."""
         if not self.custom_optimizer:
             entry = optimizers.get(self.optimizer)
-            missing = [h for h in entry.hyper_names if h not in self.hparams]
+            missing = [h.name for h in entry.hypers if not h.quiet and h.name not in self.hparams]
             if missing:
                 raise ConfigError(f"{self.optimizer} needs {', '.join(missing)}")
             optimizers.resolve_hparams(self.optimizer, self.hparams)
@@ -94,6 +97,8 @@ class RunConfig:
         _integer("checkpoint_every", self.checkpoint_every, 0)
         _integer("chunk_size", self.chunk_size, 0)
         _integer("max_basis", self.max_basis, 0)
+        if self.decay_mask not in optimizers.DECAY_MASKS:
+            raise ConfigError(f"--decay-mask must be one of {', '.join(optimizers.DECAY_MASKS)}, got {self.decay_mask!r}")
         if self.max_basis and self.max_basis < self.topk + 5:
             raise ConfigError(f"--max-basis must be 0 (unbounded) or at least topk + 5 = {self.topk + 5}, "
                               f"got {self.max_basis}")

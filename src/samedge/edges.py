@@ -9,6 +9,20 @@ unit vector ``u``, one step of the optimizer multiplies the component along ``u`
 momentum, a 2x2 matrix) that depends on ``lam``; the iteration is stable while that factor stays
 within [-1, 1]. The edge is the ``lam`` at which it reaches -1. All functions are pure, accept
 Python floats or JAX/NumPy arrays, and never divide by zero for valid inputs.
+
+Weight decay (``weight_decay = wd``, the optimizer's decay mask ``D``, a 0/1 diagonal). *Coupled*
+(GD, momentum, Nesterov and the SAM family: ``wd D w`` added to the gradient the base steps with; SAM's
+ascent uses the loss gradient alone): the step descends ``L(w) + (wd/2) ||D w||**2``, and its edge is
+given on the eigenvalue ``mu`` of ``H + wd D``, the operator the step sees. For GD and momentum it does
+not move (``2/eta`` on ``H + wd D``, so ``lambda_max(H) <= 2/eta - wd``: exact when ``D = I``, a
+sufficient condition otherwise). The SAM steps add the ascent's ``rho lam**2 / ||g||`` to the
+*loss* curvature ``lam = mu - wd`` along an eigenvector of ``H`` that ``D`` decays (``D = I``, or an
+eigenvector wholly in the decayed parameters): with ``c`` the decay-free edge's curvature bound
+(``2/eta``; ``(2 + 2 beta)/eta`` with momentum) the edge is ``mu = wd + lam*`` with ``lam*`` the SAM root
+at ``c - wd``. *Decoupled* (RMSProp, Adam and SAM over Adam: AdamW's ``w' = w - eta (step + wd w)``):
+the step multiplies by ``r = 1 - eta wd`` besides its own update, and the edge on ``lambda_max(P^-1 H)``
+replaces ``2 + 2 beta1`` by ``(1 + r)(1 + beta1)`` (``D = I``; with a mask no closed form is reported).
+At ``weight_decay = 0`` every function returns exactly what it did without it.
 """
 
 from __future__ import annotations
@@ -32,19 +46,29 @@ def _xp(*values):
     return np
 
 
-def gd_edge(eta):
-    """Edge of gradient descent: ``2 / eta``.
+def gd_edge(eta, weight_decay=0.0):
+    """Edge of gradient descent: ``2 / eta``, with coupled decay on ``H + wd D``.
 
     GD multiplies the component along an eigenvector of eigenvalue ``lam`` by ``1 - eta*lam``;
-    that factor reaches -1 at ``lam = 2/eta``.
+    that factor reaches -1 at ``lam = 2/eta``. With decay the step is GD on ``H + wd D``: the same
+    edge on its eigenvalue, so ``lambda_max(H) <= 2/eta - wd`` when ``D = I``.
 
-    >>> gd_edge(0.1)
-    20.0
+    >>> gd_edge(0.1), gd_edge(0.1, weight_decay=0.01)
+    (20.0, 20.0)
     """
-    return 2.0 / eta
+    return 2.0 / eta + 0.0 * weight_decay
 
 
-def sam_edge(eta, rho, grad_norm):
+def _is_zero(value) -> bool:
+    return isinstance(value, (int, float)) and value == 0
+
+
+def _sam_root(xp, c, ratio):
+    """The positive root of ``ratio lam**2 + lam - c = 0``, ``2 c / (1 + sqrt(1 + 4 c ratio))``."""
+    return 2.0 * c / (1.0 + xp.sqrt(1.0 + 4.0 * c * ratio))
+
+
+def sam_edge(eta, rho, grad_norm, weight_decay=0.0):
     """Edge of normalised SAM, ``w' = w - eta * grad L(w + rho g/||g||)``, in its stable form.
 
     On the quadratic the factor along the top eigenvector is ``1 - eta*lam*(1 + rho*lam/||g||)``.
@@ -60,11 +84,19 @@ def sam_edge(eta, rho, grad_norm):
     20.0
     >>> round(float(sam_edge(0.1, 0.1, 0.0)), 12)
     0.0
+
+    With coupled decay (the ascent on the loss gradient): ``wd + 2c/(1 + sqrt(1 + 4 c rho/||g||))``,
+    ``c = 2/eta - wd``, on ``H + wd D`` (module docstring).
+
+    >>> round(float(sam_edge(0.1, 0.0, 1.0, weight_decay=0.5)), 12)
+    20.0
     """
-    xp = _xp(eta, rho, grad_norm)
+    xp = _xp(eta, rho, grad_norm, weight_decay)
     eta = xp.asarray(eta, dtype=float) if xp is np else eta
     rho_over_g = _safe_ratio(xp, rho, grad_norm)
-    return 4.0 / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * rho_over_g / eta)))
+    if _is_zero(weight_decay):
+        return 4.0 / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * rho_over_g / eta)))
+    return weight_decay + _sam_root(xp, 2.0 / eta - weight_decay, rho_over_g)
 
 
 def _safe_ratio(xp, rho, grad_norm):
@@ -85,7 +117,7 @@ def sam_edge_paper_form(eta, rho, grad_norm):
     return (grad_norm / (2.0 * rho)) * (np.sqrt(1.0 + 8.0 * rho / (eta * grad_norm)) - 1.0)
 
 
-def momentum_edge(eta, beta):
+def momentum_edge(eta, beta, weight_decay=0.0):
     """Edge of heavy-ball momentum, ``v' = beta v + g; w' = w - eta v'``: ``(2 + 2 beta) / eta``.
 
     Along an eigenvector of eigenvalue ``lam`` the coordinate obeys
@@ -98,11 +130,13 @@ def momentum_edge(eta, beta):
     38.0
     >>> momentum_edge(0.1, 0.0) == gd_edge(0.1)
     True
+
+    Coupled decay: the same edge on ``H + wd D``.
     """
-    return (2.0 + 2.0 * beta) / eta
+    return (2.0 + 2.0 * beta) / eta + 0.0 * weight_decay
 
 
-def nesterov_edge(eta, beta):
+def nesterov_edge(eta, beta, weight_decay=0.0):
     """Edge of Nesterov momentum in optax's form: ``(2 + 2 beta) / (eta (1 + 2 beta))``.
 
     The step (``optax.sgd(eta, momentum=beta, nesterov=True)``) is ``v' = g + beta v``,
@@ -116,11 +150,13 @@ def nesterov_edge(eta, beta):
     15.0
     >>> nesterov_edge(0.1, 0.0) == gd_edge(0.1)
     True
+
+    Coupled decay: the same edge on ``H + wd D``.
     """
-    return (2.0 + 2.0 * beta) / (eta * (1.0 + 2.0 * beta))
+    return (2.0 + 2.0 * beta) / (eta * (1.0 + 2.0 * beta)) + 0.0 * weight_decay
 
 
-def usam_edge(eta, rho):
+def usam_edge(eta, rho, weight_decay=0.0):
     """Edge of unnormalised SAM, ``w' = w - eta grad L(w + rho grad L(w))``, in its stable form.
 
     On the quadratic the ascent point's gradient along an eigenvector is ``lam (1 + rho lam) x``,
@@ -135,12 +171,16 @@ def usam_edge(eta, rho):
     10.0
     >>> round(float(usam_edge(0.1, 0.0)), 12)
     20.0
+
+    Coupled decay (the ascent on the loss gradient): ``wd + 2c/(1 + sqrt(1 + 4 c rho))``, ``c = 2/eta - wd``.
     """
-    xp = _xp(eta, rho)
-    return 4.0 / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * xp.asarray(rho) / eta)))
+    xp = _xp(eta, rho, weight_decay)
+    if _is_zero(weight_decay):
+        return 4.0 / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * xp.asarray(rho) / eta)))
+    return weight_decay + _sam_root(xp, 2.0 / eta - weight_decay, xp.asarray(rho))
 
 
-def sam_momentum_edge(eta, rho, beta, grad_norm):
+def sam_momentum_edge(eta, rho, beta, grad_norm, weight_decay=0.0):
     """Edge of SAM feeding heavy-ball momentum, in its stable form.
 
     The step is ``v' = beta v + grad L(w + rho g/||g||)``, ``w' = w - eta v'``. On the quadratic
@@ -159,14 +199,16 @@ def sam_momentum_edge(eta, rho, beta, grad_norm):
     >>> round(float(sam_momentum_edge(0.1, 0.1, 0.0, 1.0)), 12) == round(float(sam_edge(0.1, 0.1, 1.0)), 12)
     True
     """
-    xp = _xp(eta, rho, beta, grad_norm)
+    xp = _xp(eta, rho, beta, grad_norm, weight_decay)
     eta = xp.asarray(eta, dtype=float) if xp is np else eta
     rho_over_g = _safe_ratio(xp, rho, grad_norm)
+    if not _is_zero(weight_decay):  # coupled decay: wd + the SAM root at (2 + 2 beta)/eta - wd
+        return weight_decay + _sam_root(xp, (2.0 + 2.0 * beta) / eta - weight_decay, rho_over_g)
     c = 1.0 + beta
     return 4.0 * c / (eta * (1.0 + xp.sqrt(1.0 + 8.0 * c * rho_over_g / eta)))
 
 
-def rmsprop_edge(eta):
+def rmsprop_edge(eta, weight_decay=0.0):
     """Edge of RMSProp in the preconditioned sharpness: ``lambda_max(P^{-1} H) = 2 / eta``.
 
     The step (``optax.rmsprop``: ``nu' = beta2 nu + (1 - beta2) g**2``, no bias correction, eps inside
@@ -176,11 +218,13 @@ def rmsprop_edge(eta):
 
     >>> rmsprop_edge(0.01)
     200.0
+
+    Decoupled decay (``D = I``): ``(2 - eta wd) / eta`` (the step multiplies by ``1 - eta wd - eta mu``).
     """
-    return 2.0 / eta
+    return (2.0 - eta * weight_decay) / eta if not _is_zero(weight_decay) else 2.0 / eta
 
 
-def adam_edge(eta, beta1):
+def adam_edge(eta, beta1, weight_decay=0.0):
     """Edge of Adam in the preconditioned sharpness: ``(2 + 2 beta1) / (eta (1 - beta1))``.
 
     Adam as optax has it: ``m' = beta1 m + (1 - beta1) g`` (an exponential average), bias-corrected
@@ -196,11 +240,24 @@ def adam_edge(eta, beta1):
     3800.0
     >>> adam_edge(0.1, 0.0) == rmsprop_edge(0.1)
     True
+
+    Decoupled decay (AdamW, ``D = I``): ``x_{t+1} = r x_t - eta m_{t+1}`` with ``r = 1 - eta wd``, whose
+    characteristic polynomial ``z**2 - (r + beta1 - eta (1 - beta1) mu) z + r beta1`` has a root at -1
+    when ``eta (1 - beta1) mu = (1 + r)(1 + beta1)``: the edge ``(2 - eta wd)(1 + beta1)/(eta (1 - beta1))``.
+
+    >>> round(float(adam_edge(0.01, 0.9, weight_decay=10.0)), 9)
+    3610.0
     """
-    return (2.0 + 2.0 * beta1) / (eta * (1.0 - beta1))
+    return _adam_a(eta, beta1, weight_decay)
 
 
-def sam_adam_pre_edge(eta, rho, beta1, pre_grad_norm):
+def _adam_a(eta, beta1, weight_decay):
+    if _is_zero(weight_decay):
+        return (2.0 + 2.0 * beta1) / (eta * (1.0 - beta1))
+    return (2.0 - eta * weight_decay) * (1.0 + beta1) / (eta * (1.0 - beta1))
+
+
+def sam_adam_pre_edge(eta, rho, beta1, pre_grad_norm, weight_decay=0.0):
     """Edge of SAM over Adam with the ascent in the preconditioner's geometry, in ``lambda_max(P^{-1} H)``.
 
     The step ascends to ``w + rho P^{-1} g / ||P^{-1/2} g||`` and takes Adam's step with the gradient
@@ -219,8 +276,8 @@ def sam_adam_pre_edge(eta, rho, beta1, pre_grad_norm):
     >>> round(float(sam_adam_pre_edge(0.1, 0.1, 0.0, 0.5)), 9) == round(float(sam_edge(0.1, 0.1, 0.5)), 9)
     True
     """
-    xp = _xp(eta, rho, beta1, pre_grad_norm)
+    xp = _xp(eta, rho, beta1, pre_grad_norm, weight_decay)
     eta = xp.asarray(eta, dtype=float) if xp is np else eta
-    a = (2.0 + 2.0 * beta1) / (eta * (1.0 - beta1))
+    a = _adam_a(eta, beta1, weight_decay)  # decoupled decay: (2 - eta wd)(1 + beta1)/(eta (1 - beta1))
     rho_over_g = _safe_ratio(xp, rho, pre_grad_norm)
     return 2.0 * a / (1.0 + xp.sqrt(1.0 + 4.0 * a * rho_over_g))

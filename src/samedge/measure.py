@@ -15,6 +15,8 @@ order (:func:`builtin_probes` chooses them from the settings and the optimizer):
   ``precond_sharpness`` = lambda_max(P^-1 H), ``step_radius``;
 - :mod:`~samedge.probes.stochastic` (``batch_sharpness``): batch sharpness over fresh minibatches and
   ``lambda_max_full``;
+- :mod:`~samedge.probes.decay` (coupled weight decay): ``lambda_max_reg`` = ||H + wd D||, the curvature
+  the step sees (the edge refers to it);
 - :mod:`~samedge.probes.edge`: ``edge`` (absent when the optimizer has no known edge), ``gd_edge`` =
   2/eta, ``ratio`` = the optimizer's own sharpness / edge;
 - :mod:`~samedge.probes.alignment`: ``align_grad``, ``align_sam_grad``;
@@ -51,7 +53,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from samedge import checks, chunking, curvature, probes as probes_mod
-from samedge.probes import adaptive, alignment, ascent, edge, outliers, stochastic
+from samedge.probes import adaptive, alignment, ascent, decay, edge, outliers, stochastic
 from samedge.probes import topk as topk_probe
 from samedge.probes.topk import calls_since_cold
 from samedge.steps import Optimizer
@@ -230,7 +232,7 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
 
     ``topk`` always; ``precond`` for an optimizer with a preconditioner, ``step_radius`` for one with
     a linearised step; ``batch_sharpness`` and ``full_batch`` (given ``full_batch_fn``) when
-    ``settings.batch_sharpness``; ``edge`` (after the sharpness probes: ``ratio`` reads them);
+    ``settings.batch_sharpness``; ``decay`` for coupled weight decay; ``edge`` (after the sharpness probes: ``ratio`` reads them);
     ``alignment``; ``ascent_point`` when ``settings.ascent_point`` and the optimizer has one;
     ``outliers`` when ``settings.track_fraction > 0``.
 
@@ -260,6 +262,8 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
         chosen.append(stochastic.batch_sharpness(settings, batch_fn))
         if full_batch_fn is not None:
             chosen.append(stochastic.full_batch(settings, full_batch_fn))
+    if optimizer.decay is not None:
+        chosen.append(decay.decay(settings))
     chosen += [edge.edge(), alignment.alignment()]
     if settings.ascent_point and optimizer.ascent_point is not None:
         chosen.append(ascent.ascent_point(settings))

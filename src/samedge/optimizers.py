@@ -55,6 +55,7 @@ class Hyper:
     low: float = 0.0
     high: float | None = None
     tag: str = ""
+    quiet: bool = False  # at its default it is left out of a run's settings, name and config.json
 
     def check(self, value) -> float:
         """``value`` as a float, or :class:`ConfigError` naming the flag and the valid range."""
@@ -88,6 +89,11 @@ class Entry:
         (default ``||g||``; ``||P^{-1/2} g||`` for an ascent in the preconditioner's geometry).
       linear_step: ``(hvp, grad, state, lr, **hparams) -> (matvec, eta_eff)`` for a step with no
         closed-form edge (see :class:`samedge.steps.Optimizer`).
+      decay: how its ``weight_decay`` enters: ``"coupled"`` (``wd D w`` added to the gradient the base
+        steps with, as Foret et al.'s SGD; SAM's ascent uses the loss gradient alone), ``"decoupled"``
+        (``-eta wd D w`` added to the base's update, as ``optax.adamw``) or ``""`` (no weight decay).
+        ``edge`` and ``edge_norm`` are then called with ``weight_decay=`` when it is not 0; ``base``,
+        ``ascent``, ``preconditioner`` and ``linear_step`` never see it.
     """
 
     name: str
@@ -103,6 +109,7 @@ class Entry:
     preconditioner: Callable | None = None
     edge_norm: Callable | None = None
     linear_step: Callable | None = None
+    decay: str = ""
 
     @property
     def hyper_names(self) -> tuple[str, ...]:
@@ -120,28 +127,83 @@ class Entry:
         """Whether the step really leaves ``w`` for its gradient (False for SAM at rho = 0)."""
         return self.ascent is not None and self.equivalent(hparams) is None
 
-    def build(self, lr, **hparams) -> steps.Optimizer:
+    def build(self, lr, *, decay_mask="weights", **hparams) -> steps.Optimizer:
         """The :class:`~samedge.steps.Optimizer` at step size ``lr`` and ``hparams`` (defaults
-        fill the rest). Values may be traced arrays (:mod:`samedge.theory` vmaps over them)."""
+        fill the rest). Values may be traced arrays (:mod:`samedge.theory` vmaps over them).
+        ``decay_mask``: which leaves ``weight_decay`` decays (:func:`decay_mask`)."""
         hp = self.defaults() | hparams
         unknown = sorted(set(hp) - set(self.hyper_names))
         if unknown:
             raise ConfigError(f"{self.name} has no setting(s) {', '.join(unknown)}")
-        base = self.base(lr, **hp)
+        wd = hp.pop(WEIGHT_DECAY.name, 0.0)
+        decays = not (isinstance(wd, (int, float)) and wd == 0)
+        mask = decay_mask_fn(decay_mask) if decays else None
+        base = _with_decay(self.base(lr, **hp), self.decay, lr, wd, mask) if decays else self.base(lr, **hp)
         edge = None
-        if self.edge is not None:
+        edge_kw = {WEIGHT_DECAY.name: wd} if decays else {}
+        closed = not (decays and self.decay == "decoupled" and decay_mask != "all")  # AdamW's form needs D = I
+        if self.edge is not None and closed:
             norm = self.edge_norm or (lambda grad, state, **_: steps.global_norm(grad))
 
             def edge(grad, state, _f=self.edge):
-                return _f(lr, norm(grad, state, **hp), **hp)
+                return _f(lr, norm(grad, state, **hp), **hp, **edge_kw)
         extra = dict(
             preconditioner=None if self.preconditioner is None else (lambda state, grad: self.preconditioner(state, grad, **hp)),
             linear_step=None if self.linear_step is None else (
                 lambda hvp, grad, state: self.linear_step(hvp, grad, state, lr, **hp)))
+        if decays and self.decay == "coupled":
+            extra["decay"] = _decay_diagonal(wd, mask)
         if self.ascent is None:
             return steps.descent(base, name=self.name, edge=edge, lr=lr, **extra)
         return steps.ascent(base, lambda p, g, state=None: self.ascent(p, g, state, **hp), name=self.name, edge=edge,
                             lr=lr, **extra)
+
+
+DECAY_MASKS = ("weights", "all")
+
+
+def decay_mask_fn(mask) -> Callable:
+    """``params -> pytree of bools``: which leaves weight decay reaches.
+
+    ``"weights"`` (the default, the common practice): leaves of two or more dimensions (dense and
+    convolution kernels, embeddings), not biases nor normalisation scales; ``"all"``: every leaf;
+    or your own callable (an optax mask).
+
+    >>> import jax.numpy as jnp
+    >>> decay_mask_fn("weights")({"kernel": jnp.ones((2, 3)), "bias": jnp.ones(3)})
+    {'bias': False, 'kernel': True}
+    """
+    import jax
+
+    if callable(mask):
+        return mask
+    if mask == "weights":
+        return lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    if mask == "all":
+        return lambda params: jax.tree.map(lambda p: True, params)
+    raise ConfigError(f"--decay-mask must be one of {', '.join(DECAY_MASKS)}, got {mask!r}")
+
+
+def _with_decay(base, decay: str, lr, wd, mask):
+    """``base`` with weight decay: coupled (added to the gradient first) or decoupled (added to the
+    update, scaled by ``-lr``, as ``optax.adamw``)."""
+    if decay == "coupled":
+        return optax.chain(optax.add_decayed_weights(wd, mask), base)
+    if decay == "decoupled":
+        return optax.chain(base, optax.add_decayed_weights(-lr * wd, mask))
+    raise ConfigError(f"this optimizer has no weight decay (decay={decay!r})")
+
+
+def _decay_diagonal(wd, mask):
+    """``params -> wd D`` as a pytree like ``params`` (the decayed leaves hold ``wd``, the rest 0): the
+    diagonal the measurement adds to ``H`` for ``lambda_max_reg``."""
+    import jax
+    import jax.numpy as jnp
+
+    def diagonal(params):
+        return jax.tree.map(lambda p, m: jnp.full(p.shape, wd if m else 0.0, p.dtype), params, mask(params))
+
+    return diagonal
 
 
 DEFAULT = "sam"  # the optimizer of a run that names none
@@ -150,6 +212,9 @@ MOMENTUM = Hyper("momentum", 0.9, "momentum beta", high=1.0, tag="m")
 BETA1 = Hyper("beta1", 0.9, "first-moment decay beta1 (Adam)", high=1.0, tag="b1")
 BETA2 = Hyper("beta2", 0.999, "second-moment decay beta2 (Adam; RMSProp's decay)", high=1.0, tag="b2")
 EPS = Hyper("eps", 1e-8, "epsilon of the adaptive preconditioner", tag="eps")
+WEIGHT_DECAY = Hyper("weight_decay", 0.0, "weight decay wd: coupled (L2 added to the gradient) for gd, sam, "
+                     "momentum, nesterov, usam, sam_momentum; decoupled (AdamW) for rmsprop, adam, sam_adam, "
+                     "sam_adam_pre", tag="wd", quiet=True)
 
 
 def _rms_preconditioner(state, grad, beta2, eps, **_):
@@ -158,8 +223,21 @@ def _rms_preconditioner(state, grad, beta2, eps, **_):
     import jax
     import jax.numpy as jnp
 
-    nu = jax.tree.map(lambda n, g: (1 - beta2) * g ** 2 + beta2 * n, state[0].nu, grad)
+    nu = jax.tree.map(lambda n, g: (1 - beta2) * g ** 2 + beta2 * n, _find_state(state, "nu").nu, grad)
     return jax.tree.map(lambda n: jnp.sqrt(n + eps), nu)
+
+
+def _find_state(state, attr: str):
+    """The first part of an optax state (a tree of tuples, as ``optax.chain`` builds) with ``attr``: the
+    base's moments wherever decay or a schedule chained it in."""
+    if hasattr(state, attr):
+        return state
+    if isinstance(state, tuple):
+        for part in state:
+            found = _find_state(part, attr)
+            if found is not None:
+                return found
+    return None
 
 
 def _adam_preconditioner(state, grad, beta2, eps, **_):
@@ -168,7 +246,7 @@ def _adam_preconditioner(state, grad, beta2, eps, **_):
     import jax
     import jax.numpy as jnp
 
-    s = state[0]
+    s = _find_state(state, "nu")
     count = s.count + 1
     nu = jax.tree.map(lambda n, g: (1 - beta2) * g ** 2 + beta2 * n, s.nu, grad)
     correction = 1 - jnp.asarray(beta2, jnp.result_type(float)) ** count
@@ -214,65 +292,78 @@ def _sam_adam_linear_step(hvp, grad, state, lr, rho, beta1, beta2, eps):
 
     return matvec, lr * (1 - beta1) / (1 + beta1)
 
+def _decay_of(hp) -> dict:
+    """``{"weight_decay": wd}`` when ``hp`` decays, else ``{}`` (the quiet default): what an optimizer
+    that reduces to another at rho = 0 passes on."""
+    wd = hp.get(WEIGHT_DECAY.name, 0.0)
+    return {WEIGHT_DECAY.name: wd} if wd else {}
+
+
 BUILTIN: dict[str, Entry] = {e.name: e for e in (
     Entry("gd", "GD", "gradient descent w' = w - eta g",
-          base=lambda lr: optax.sgd(lr),
-          edge=lambda lr, g: edges.gd_edge(lr), edge_formula="2/eta"),
+          base=lambda lr: optax.sgd(lr), hypers=(WEIGHT_DECAY,), decay="coupled",
+          edge=lambda lr, g, weight_decay=0.0: edges.gd_edge(lr, weight_decay), edge_formula="2/eta"),
     Entry("sam", "SAM", "sharpness-aware minimisation w' = w - eta grad L(w + rho g/|g|)",
-          base=lambda lr, rho: optax.sgd(lr), hypers=(RHO,),
+          base=lambda lr, rho: optax.sgd(lr), hypers=(RHO, WEIGHT_DECAY), decay="coupled",
           ascent=lambda p, g, s, rho: steps.sam_ascent_point(p, g, rho),
-          edge=lambda lr, g, rho: edges.sam_edge(lr, rho, g),
+          edge=lambda lr, g, rho, weight_decay=0.0: edges.sam_edge(lr, rho, g, weight_decay),
           edge_formula="4/(eta (1 + sqrt(1 + 8 rho/(eta |g|))))", edge_needs_grad_norm=True,
-          reduces_to=lambda hp: ("gd", {}) if hp["rho"] == 0 else None),
+          reduces_to=lambda hp: ("gd", _decay_of(hp)) if hp["rho"] == 0 else None),
     Entry("momentum", "heavy ball", "heavy-ball momentum v' = beta v + g, w' = w - eta v'",
-          base=lambda lr, momentum: optax.sgd(lr, momentum=momentum), hypers=(MOMENTUM,),
-          edge=lambda lr, g, momentum: edges.momentum_edge(lr, momentum), edge_formula="(2 + 2 beta)/eta"),
+          base=lambda lr, momentum: optax.sgd(lr, momentum=momentum), hypers=(MOMENTUM, WEIGHT_DECAY),
+          decay="coupled", edge=lambda lr, g, momentum, weight_decay=0.0: edges.momentum_edge(lr, momentum, weight_decay),
+          edge_formula="(2 + 2 beta)/eta"),
     Entry("nesterov", "Nesterov", "Nesterov momentum (optax's form)",
-          base=lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True), hypers=(MOMENTUM,),
-          edge=lambda lr, g, momentum: edges.nesterov_edge(lr, momentum),
+          base=lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True),
+          hypers=(MOMENTUM, WEIGHT_DECAY), decay="coupled",
+          edge=lambda lr, g, momentum, weight_decay=0.0: edges.nesterov_edge(lr, momentum, weight_decay),
           edge_formula="(2 + 2 beta)/(eta (1 + 2 beta))"),
     # USAM's rho multiplies the raw gradient, not a unit vector, so SAM's radius does not carry over:
     # on quick MNIST lr 0.5 with rho 0.1 stays at 0.87 x its edge after 1000 steps, rho 0.5 sits at it.
     Entry("usam", "USAM", "unnormalised SAM w' = w - eta grad L(w + rho g)",
-          base=lambda lr, rho: optax.sgd(lr), hypers=(replace(RHO, default=0.5),),
+          base=lambda lr, rho: optax.sgd(lr), hypers=(replace(RHO, default=0.5), WEIGHT_DECAY), decay="coupled",
           ascent=lambda p, g, s, rho: steps.usam_ascent_point(p, g, rho),
-          edge=lambda lr, g, rho: edges.usam_edge(lr, rho) + 0.0 * g,
+          edge=lambda lr, g, rho, weight_decay=0.0: edges.usam_edge(lr, rho, weight_decay) + 0.0 * g,
           edge_formula="4/(eta (1 + sqrt(1 + 8 rho/eta)))",
-          reduces_to=lambda hp: ("gd", {}) if hp["rho"] == 0 else None),
+          reduces_to=lambda hp: ("gd", _decay_of(hp)) if hp["rho"] == 0 else None),
     Entry("sam_momentum", "SAM + momentum", "SAM's gradient feeding heavy-ball momentum",
-          base=lambda lr, rho, momentum: optax.sgd(lr, momentum=momentum), hypers=(RHO, MOMENTUM),
-          ascent=lambda p, g, s, rho, momentum: steps.sam_ascent_point(p, g, rho),
-          edge=lambda lr, g, rho, momentum: edges.sam_momentum_edge(lr, rho, momentum, g),
+          base=lambda lr, rho, momentum: optax.sgd(lr, momentum=momentum), hypers=(RHO, MOMENTUM, WEIGHT_DECAY),
+          decay="coupled", ascent=lambda p, g, s, rho, momentum: steps.sam_ascent_point(p, g, rho),
+          edge=lambda lr, g, rho, momentum, weight_decay=0.0: edges.sam_momentum_edge(lr, rho, momentum, g,
+                                                                                    weight_decay),
           edge_formula="4 (1 + beta)/(eta (1 + sqrt(1 + 8 rho (1 + beta)/(eta |g|))))",
           edge_needs_grad_norm=True,
-          reduces_to=lambda hp: ("momentum", {"momentum": hp["momentum"]}) if hp["rho"] == 0 else None),
+          reduces_to=lambda hp: ("momentum", {"momentum": hp["momentum"]} | _decay_of(hp)) if hp["rho"] == 0 else None),
     Entry("rmsprop", "RMSProp", "RMSProp (optax.rmsprop: eps inside the square root, no bias correction)",
           base=lambda lr, beta2, eps: optax.rmsprop(lr, decay=beta2, eps=eps),
-          hypers=(replace(BETA2, default=0.9), EPS), preconditioner=_rms_preconditioner,
-          edge=lambda lr, g, beta2, eps: edges.rmsprop_edge(lr) + 0.0 * g,
+          hypers=(replace(BETA2, default=0.9), EPS, WEIGHT_DECAY), preconditioner=_rms_preconditioner,
+          decay="decoupled", edge=lambda lr, g, beta2, eps, weight_decay=0.0: edges.rmsprop_edge(lr, weight_decay) + 0.0 * g,
           edge_formula="lambda_max(P^-1 H) = 2/eta"),
     Entry("adam", "Adam", "Adam (optax.adam: bias-corrected moments, eps outside the square root)",
           base=lambda lr, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
-          hypers=(BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
-          edge=lambda lr, g, beta1, beta2, eps: edges.adam_edge(lr, beta1) + 0.0 * g,
+          hypers=(BETA1, BETA2, EPS, WEIGHT_DECAY), preconditioner=_adam_preconditioner, decay="decoupled",
+          edge=lambda lr, g, beta1, beta2, eps, weight_decay=0.0: edges.adam_edge(lr, beta1, weight_decay) + 0.0 * g,
           edge_formula="lambda_max(P^-1 H) = (2 + 2 beta1)/(eta (1 - beta1))"),
     Entry("sam_adam", "SAM + Adam", "SAM's Euclidean ascent, then Adam's step on the ascent point's gradient",
           base=lambda lr, rho, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
           # rho 0.01: on quick MNIST at eta 1e-3 the step radius then sits at 0.98 (RESULTS.md)
-          hypers=(replace(RHO, default=0.01), BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
-          ascent=lambda p, g, s, rho, **_: steps.sam_ascent_point(p, g, rho),
+          hypers=(replace(RHO, default=0.01), BETA1, BETA2, EPS, WEIGHT_DECAY), preconditioner=_adam_preconditioner,
+          decay="decoupled", ascent=lambda p, g, s, rho, **_: steps.sam_ascent_point(p, g, rho),
           linear_step=_sam_adam_linear_step,
           edge_formula="none in closed form: step_radius = 1 at the edge",
-          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")}) if hp["rho"] == 0 else None),
+          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")} | _decay_of(hp))
+          if hp["rho"] == 0 else None),
     Entry("sam_adam_pre", "SAM + Adam (P-ascent)", "SAM over Adam, ascent w + rho P^-1 g/|P^-1/2 g|",
           base=lambda lr, rho, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
           # rho is a radius in u = P^1/2 w, where P ~ 1e-3: 1e-3 puts quick MNIST at its edge (0.997)
-          hypers=(replace(RHO, default=1e-3), BETA1, BETA2, EPS), preconditioner=_adam_preconditioner,
-          ascent=_pre_ascent, edge_norm=_pre_norm,
-          edge=lambda lr, g, rho, beta1, beta2, eps: edges.sam_adam_pre_edge(lr, rho, beta1, g),
+          hypers=(replace(RHO, default=1e-3), BETA1, BETA2, EPS, WEIGHT_DECAY), preconditioner=_adam_preconditioner,
+          decay="decoupled", ascent=_pre_ascent, edge_norm=_pre_norm,
+          edge=lambda lr, g, rho, beta1, beta2, eps, weight_decay=0.0: edges.sam_adam_pre_edge(lr, rho, beta1, g,
+                                                                                             weight_decay),
           edge_formula="2a/(1 + sqrt(1 + 4 rho a/|P^-1/2 g|)), a = (2 + 2 beta1)/(eta (1 - beta1))",
           edge_needs_grad_norm=True,
-          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")}) if hp["rho"] == 0 else None),
+          reduces_to=lambda hp: ("adam", {k: hp[k] for k in ("beta1", "beta2", "eps")} | _decay_of(hp))
+          if hp["rho"] == 0 else None),
 )}
 
 
@@ -320,14 +411,15 @@ def resolve_hparams(name: str, given: Mapping[str, Any] | None = None) -> dict:
       given: values set explicitly; a key the optimizer does not have is an error.
 
     Returns:
-      ``{hyperparameter: float}`` in the entry's order.
+      ``{hyperparameter: float}`` in the entry's order; a quiet one (``weight_decay``) only when it is
+      not at its default, so that runs without it keep their settings, names and ``config.json``.
 
     >>> resolve_hparams("sam", {"rho": 0.3})
     {'rho': 0.3}
     >>> resolve_hparams("gd", {"rho": 0.3})
     Traceback (most recent call last):
     ...
-    samedge.errors.ConfigError: gd has no rho (its settings: lr)
+    samedge.errors.ConfigError: gd has no rho (its settings: lr, weight_decay)
     """
     entry = get(name)
     given = dict(given or {})
@@ -336,16 +428,19 @@ def resolve_hparams(name: str, given: Mapping[str, Any] | None = None) -> dict:
         own = ", ".join(("lr",) + entry.hyper_names)
         raise ConfigError(f"{entry.name} has no {', '.join(unknown)} (its settings: {own})")
     hp = entry.defaults() | given
-    return {h.name: h.check(hp[h.name]) for h in entry.hypers}
+    checked = {h.name: h.check(hp[h.name]) for h in entry.hypers}
+    return {h.name: checked[h.name] for h in entry.hypers if not (h.quiet and checked[h.name] == h.default)}
 
 
-def build(name: str, lr, **hparams) -> steps.Optimizer:
+def build(name: str, lr, *, decay_mask="weights", **hparams) -> steps.Optimizer:
     """The optimizer ``name`` at step size ``lr`` (its defaults fill missing hyperparameters).
 
     Args:
       name: a registry name or import path (see :func:`get`).
       lr: the step size eta.
-      **hparams: its hyperparameters (``rho``, ``momentum`` ...).
+      decay_mask: which leaves ``weight_decay`` reaches (:func:`decay_mask_fn`: ``"weights"``,
+        ``"all"`` or a callable).
+      **hparams: its hyperparameters (``rho``, ``momentum``, ``weight_decay`` ...).
 
     Returns:
       A :class:`~samedge.steps.Optimizer` with its closed-form edge attached.
@@ -354,7 +449,7 @@ def build(name: str, lr, **hparams) -> steps.Optimizer:
     >>> float(build("gd", 0.1).edge(jnp.ones(3), None))
     20.0
     """
-    return get(name).build(lr, **hparams)
+    return get(name).build(lr, decay_mask=decay_mask, **hparams)
 
 
 def run_name_tags(name: str, hparams: Mapping) -> str:
@@ -386,7 +481,7 @@ def all_hypers() -> dict[str, Hyper]:
     builds its flags from these.
 
     >>> sorted(all_hypers())
-    ['beta1', 'beta2', 'eps', 'momentum', 'rho']
+    ['beta1', 'beta2', 'eps', 'momentum', 'rho', 'weight_decay']
     """
     out: dict[str, Hyper] = {}
     for entry in BUILTIN.values():

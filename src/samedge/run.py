@@ -43,6 +43,8 @@ def run_name(cfg: config_mod.RunConfig) -> str:
     lr = f"-lr{cfg.lr:g}" if cfg.lr is not None else ""
     batch = cfg.task_config.get("batch_size")  # a minibatch run says so (full batch: none or 0)
     tags += f"-b{batch}" if isinstance(batch, int) and batch > 0 else ""
+    if cfg.hparams.get("weight_decay") and cfg.decay_mask != "weights":  # the mask, when not the default
+        tags += f"-decay{cfg.decay_mask}"
     return f"{tasks.safe_name(cfg.task)}-{opt}{lr}{tags}-s{cfg.seed}"
 
 

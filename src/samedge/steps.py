@@ -19,7 +19,10 @@ An :class:`Optimizer` is a named tuple of pure functions, in the manner of optax
   the one its next step divides by (the measurement's preconditioned sharpness reads it);
 - ``linear_step(hvp, grad, state) -> (matvec, eta_eff)`` or ``None``: for a step without a closed
   form edge, a symmetric operator whose top eigenvalue ``mu`` makes the linearised step unstable at
-  ``eta_eff mu = 2`` (the measurement reports ``step_radius = |1 - eta_eff mu|``).
+  ``eta_eff mu = 2`` (the measurement reports ``step_radius = |1 - eta_eff mu|``);
+- ``decay(params) -> wd D`` or ``None``: coupled weight decay's diagonal as a pytree like ``params``
+  (the step descends ``L(w) + (1/2) w' wd D w``; the measurement reports ``lambda_max_reg``, the top
+  eigenvalue of ``H + wd D``, and the edge refers to it).
 
 The two shapes: :func:`descent` feeds ``g = grad L(w)`` to the base (GD, heavy ball, Adam ...);
 :func:`ascent` feeds ``grad L(a(w, g))`` for an ascent point ``a`` computed from ``g`` on the same
@@ -63,6 +66,7 @@ class Optimizer(NamedTuple):
     lr: Any = None
     preconditioner: Callable[[Any, Params], Params] | None = None
     linear_step: Callable | None = None
+    decay: Callable[[Params], Params] | None = None
 
 
 def global_norm(tree) -> jax.Array:
@@ -131,7 +135,7 @@ def _check_base(base) -> None:
 
 
 def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: EdgeFn | None = None,
-            lr=None, preconditioner=None, linear_step=None) -> Optimizer:
+            lr=None, preconditioner=None, linear_step=None, decay=None) -> Optimizer:
     """A step that feeds ``g = grad L(w)`` to ``base``: ``w' = w + base.update(g)``.
 
     Args:
@@ -159,12 +163,12 @@ def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: 
     def gradient_at(params, grad, grad_fn, state=None):
         return grad
 
-    return Optimizer(name, base.init, update, edge, gradient_at, None, lr, preconditioner, linear_step)
+    return Optimizer(name, base.init, update, edge, gradient_at, None, lr, preconditioner, linear_step, decay)
 
 
 def ascent(base: optax.GradientTransformation, ascent_point: Callable[..., Params], *,
            name: str = "ascent", edge: EdgeFn | None = None, lr=None, preconditioner=None,
-           linear_step=None) -> Optimizer:
+           linear_step=None, decay=None) -> Optimizer:
     """A step that feeds ``grad L(a(w, g))`` to ``base``, with ``g = grad L(w)`` on the same batch.
 
     Args:
@@ -196,7 +200,7 @@ def ascent(base: optax.GradientTransformation, ascent_point: Callable[..., Param
         params, state = descend(params, state, gradient_at(params, grad, grad_fn, state))
         return params, state, loss
 
-    return Optimizer(name, base.init, update, edge, gradient_at, point, lr, preconditioner, linear_step)
+    return Optimizer(name, base.init, update, edge, gradient_at, point, lr, preconditioner, linear_step, decay)
 
 
 def _takes_state(fn) -> bool:

@@ -28,7 +28,7 @@ from samedge import optimizers
 from samedge.errors import ConfigError
 
 __all__ = ["Grid", "Boundary", "Check", "growth", "predicted_edge", "find_thresholds", "default_grid",
-           "boundaries", "theory_optimizers", "check"]
+           "boundaries", "theory_optimizers", "check", "weight_decay_check"]
 
 BELOW, ABOVE = 0.98, 1.02  # the factors of the predicted edge at which growth is checked
 TOLERANCE = 1e-2  # largest |simulated / predicted - 1| of a bisected threshold that passes
@@ -216,6 +216,95 @@ def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000, on_check
         worst = float(np.max(np.abs(b.simulated / b.predicted - 1)))
         ok = bool(grown[:p].max() <= 1 and grown[p:].min() >= 1e3 and worst < TOLERANCE)
         out.append(Check(name, p, float(grown[:p].max()), float(grown[p:].min()), worst, ok, b))
+        if on_check is not None:
+            on_check(out[-1])
+    return out
+
+
+# --- Weight decay: the coupled edges on the decayed operator ----------------------------------------
+#
+# The same two-dimensional quadratic as parameters {"a": w_0, "b": w_1} with the decay mask on "a"
+# alone (D = diag(1, 0)): the test direction is an eigenvector of H + wd D with eigenvalue lam + wd,
+# and the drift direction, undecayed, still holds ||g||. The predicted threshold on the loss's
+# curvature lam is the optimizer's edge with decay (on H + wd D) less wd.
+
+DECAY_FRACTIONS = (0.1, 0.5)  # eta * wd at the checked points: the edge on lam moves by 5% and 25% for GD
+
+
+def _decay_run(name, eta, rho, beta, wd, lam, grad_norm, num_steps):
+    mu = DRIFT * (1.0 - beta) / (eta * num_steps)
+    w = {"a": X0 * grad_norm / lam, "b": grad_norm / mu}
+    opt = optimizers.build(name, eta, decay_mask=lambda p: {"a": True, "b": False}, weight_decay=wd,
+                           **_hparams(name, rho, beta))
+    grad_fn = jax.value_and_grad(lambda w: 0.5 * (lam * w["a"] ** 2 + mu * w["b"] ** 2))
+
+    def body(carry, _):
+        w, state = carry
+        w, state, _ = opt.update(w, state, grad_fn)
+        return (w, state), jnp.abs(w["a"])
+
+    _, path = jax.lax.scan(body, (w, opt.init(w)), None, length=num_steps)
+    return jnp.max(path[num_steps // 2:]) / jnp.abs(w["a"])
+
+
+def _decay_lam_edge(name, eta, rho, beta, wd, grad_norm):
+    """The predicted threshold on the loss's curvature: the edge on ``H + wd D`` less ``wd``."""
+    return optimizers.get(name).edge(eta, grad_norm, weight_decay=wd, **_hparams(name, rho, beta)) - wd
+
+
+@functools.lru_cache(maxsize=None)
+def _decay_program(name: str, num_steps: int, iters: int):
+    def one(e, r, b, wd, g):
+        edge = _decay_lam_edge(name, e, r, b, wd, g)
+        below = _decay_run(name, e, r, b, wd, BELOW * edge, g, num_steps)
+        above = _decay_run(name, e, r, b, wd, ABOVE * edge, g, num_steps)
+
+        def halve(_, bracket):
+            lo, hi = bracket
+            m = 0.5 * (lo + hi)
+            stable = _decay_run(name, e, r, b, wd, m * edge, g, num_steps) <= 1.0
+            return jnp.where(stable, m, lo), jnp.where(stable, hi, m)
+
+        lo, hi = jax.lax.fori_loop(0, iters, halve, (jnp.asarray(0.5, e.dtype), jnp.asarray(1.5, e.dtype)))
+        return edge, 0.5 * (lo + hi) * edge, below, above
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+
+
+def weight_decay_check(names=None, *, fractions=DECAY_FRACTIONS, grad_norm: float = 1.0, num_steps: int = 1000,
+                       iters: int = 20, etas=(0.01, 0.1, 1.0), rhos=(0.05, 0.2), betas=(0.0, 0.9),
+                       on_check=None) -> list[Check]:
+    """Each coupled optimizer's edge with weight decay, on quadratics (see the comment above).
+
+    Args:
+      names: optimizers (default: every one with a closed-form edge and coupled decay).
+      fractions: the values of ``eta * wd`` crossed with the grid.
+      grad_norm, num_steps, iters: as in :func:`check` and :func:`find_thresholds`.
+      etas, rhos, betas: the grid (each optimizer uses the axes it has).
+      on_check: called with each :class:`Check` when done.
+
+    Returns:
+      One :class:`Check` per optimizer (named ``<name>+wd``): its boundary's ``predicted`` and
+      ``simulated`` are thresholds on the loss's curvature ``lam`` (the edge on ``H + wd D`` less ``wd``).
+    """
+    coupled = [n for n in theory_optimizers() if optimizers.get(n).decay == "coupled"]
+    names = list(names) if names else coupled
+    bad = [n for n in names if n not in coupled]
+    if bad:
+        raise ConfigError(f"no coupled weight decay edge to check for {', '.join(bad)}; choose from {', '.join(coupled)}")
+    out = []
+    for name in names:
+        grid = default_grid(name, etas=etas, rhos=rhos, betas=betas)
+        reps = len(fractions)
+        eta, rho, beta = (np.repeat(a, reps) for a in grid)
+        wd = np.tile(np.asarray(fractions, float), len(grid.eta)) / eta
+        with jax.enable_x64(True):
+            pred, sim, below, above = (np.asarray(x) for x in _decay_program(name, num_steps, iters)(
+                *_f64(eta, rho, beta, wd, grad_norm)))
+        worst = float(np.max(np.abs(sim / pred - 1)))
+        ok = bool(below.max() <= 1 and above.min() >= 1e3 and worst < TOLERANCE)
+        b = Boundary(f"{name}+wd", Grid(eta, rho, beta), grad_norm, pred, sim)
+        out.append(Check(f"{name}+wd", len(eta), float(below.max()), float(above.min()), worst, ok, b))
         if on_check is not None:
             on_check(out[-1])
     return out

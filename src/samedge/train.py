@@ -163,7 +163,7 @@ def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
     if cfg.custom_optimizer:
         raise RunDirError(f"this run's optimizer {cfg.optimizer!r} was passed as a Python object; pass it "
                           f"again (samedge.fit(task, optimizer, ..., resume=True))")
-    return optimizers.build(cfg.optimizer, cfg.lr, **cfg.hparams)
+    return optimizers.build(cfg.optimizer, cfg.lr, decay_mask=cfg.decay_mask, **cfg.hparams)
 
 
 def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer, probes=()):

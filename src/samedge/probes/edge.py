@@ -3,7 +3,8 @@
 Columns: ``edge``, the optimizer's edge at the gradient ``g`` and its state (absent when the optimizer
 has no known edge); ``gd_edge`` = 2/eta (when eta is one number); ``ratio`` = the optimizer's own
 sharpness over its edge: ``precond_sharpness`` (from the :mod:`~samedge.probes.adaptive` probe) for an
-adaptive optimizer, else ``lambda_max`` (from :mod:`~samedge.probes.topk`); for an adaptive one also
+adaptive optimizer, ``lambda_max_reg`` (:mod:`~samedge.probes.decay`) under coupled weight decay, else
+``lambda_max`` (from :mod:`~samedge.probes.topk`); for an adaptive one also
 ``precond_edge`` and ``precond_ratio`` (the same numbers under names that say so). No HVPs, no carry.
 
 >>> import jax, jax.numpy as jnp
@@ -39,8 +40,10 @@ def edge() -> Probe:
         if opt.edge is None:
             return columns, carry
         value = jnp.asarray(opt.edge(ctx.grad, ctx.opt_state), dtype)
-        # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, else lambda_max(H)
-        sharpness = ctx.columns.get("precond_sharpness", ctx.columns.get("lambda_max"))
+        # the optimizer's own sharpness: lambda_max(P^-1 H) for an adaptive one, lambda_max(H + wd D)
+        # under coupled weight decay, else lambda_max(H)
+        sharpness = ctx.columns.get("precond_sharpness",
+                                    ctx.columns.get("lambda_max_reg", ctx.columns.get("lambda_max")))
         columns["edge"] = value
         if sharpness is not None:
             columns["ratio"] = sharpness / value
