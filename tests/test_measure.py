@@ -288,3 +288,36 @@ def test_thick_restart_memory_of_one_measurement_is_params_basis_and_a_few_vecto
     assert vectors(memory.argument_size_in_bytes) == pytest.approx(1 + 12 + 1, abs=0.05)
     assert vectors(memory.alias_size_in_bytes) == pytest.approx(12, abs=0.01)  # the basis is updated in place
     assert vectors(memory.temp_size_in_bytes) <= 7.0, vectors(memory.temp_size_in_bytes)
+
+
+def test_lr_schedule_and_weight_decay_chained_adam_reads_its_moments(x64):
+    """AdamW under a warmup schedule (decay and schedule chained around Adam's moments): the
+    preconditioned sharpness uses Adam's own nu, found by type in the chained state (P computed here
+    from optax's ScaleByAdamState directly), and the edge is AdamW's at eta_t."""
+    import optax
+
+    from samedge import edges, schedules
+
+    rng = np.random.default_rng(1)
+    a = jnp.asarray(rng.normal(size=(40, 40)))
+    loss = lambda w, b: 0.5 * jnp.sum((a @ w) ** 2) / 40 + jnp.sum(jnp.cos(w))  # noqa: E731
+    sched = schedules.make("cosine", 0.01, total_steps=20, warmup_steps=4)
+    opt = optimizers.build("adam", sched, weight_decay=0.5, decay_mask="all")
+    w = jnp.asarray(rng.normal(size=40))
+    st = opt.init(w)
+    for _ in range(6):
+        w, st, _ = opt.update(w, st, jax.value_and_grad(lambda q: loss(q, None)))
+    (adam,) = [s for s in jax.tree.leaves(st, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+               if isinstance(s, optax.ScaleByAdamState)]
+    g = jax.grad(lambda q: loss(q, None))(w)
+    nu = 0.999 * adam.nu + 0.001 * g ** 2
+    p = np.sqrt(np.asarray(nu) / (1 - 0.999 ** (int(adam.count) + 1))) + 1e-8
+    h = np.asarray(jax.hessian(lambda q: loss(q, None))(w))
+    s = np.diag(p ** -0.5)
+    m = measure.measurement(loss, opt, MeasureSettings(tol=1e-9))
+    row, _ = m.measure(w, None, m.init(w, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), st)
+    assert float(row["precond_sharpness"]) == pytest.approx(np.max(np.abs(np.linalg.eigvalsh(s @ h @ s))), rel=1e-5)
+    eta_t = float(sched(6))
+    assert float(row["lr"]) == pytest.approx(eta_t, rel=1e-6)  # optax's schedule keeps float32 constants
+    assert float(row["edge"]) == pytest.approx(edges.adam_edge(float(row["lr"]), 0.9, 0.5), rel=1e-6)
+    assert float(row["edge"]) < edges.adam_edge(eta_t, 0.9)  # decoupled decay lowers the edge

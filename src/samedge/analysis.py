@@ -14,10 +14,31 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
+LR_FLOOR = 0.5  # under a schedule, the statistics use the rows where eta_t >= this fraction of its peak
+
+
 def second_half(rows: Sequence[Mapping]) -> list[Mapping]:
-    """The measurements from the middle step of the run on (by step, so an irregular cadence is fair)."""
+    """The measurements from the middle step of the run on (by step, so an irregular cadence is fair).
+
+    Under a learning-rate schedule (rows with an ``lr`` column, eta_t) an edge of 2/eta_t grows without
+    bound as eta_t decays and means little where the step barely moves: the rows kept are the second
+    half (by step) of those where eta_t is at least :data:`LR_FLOOR` of its peak.
+
+    >>> rows = [{"step": s, "lr": lr} for s, lr in ((0, 0.0), (10, 1.0), (20, 0.9), (30, 0.6), (40, 0.2))]
+    >>> [r["step"] for r in second_half(rows)]
+    [20, 30]
+    """
     if not rows:
         return []
+    if any(r.get("lr") is not None for r in rows):
+        etas = _finite(r.get("lr") for r in rows)
+        peak = float(etas.max()) if etas.size else 0.0
+        rows = [r for r in rows if r.get("lr") is not None and math.isfinite(r["lr"]) and r["lr"] >= LR_FLOOR * peak
+                and r["lr"] > 0]
+        if not rows:
+            return []
+        first, last = rows[0]["step"], rows[-1]["step"]
+        return [r for r in rows if r["step"] >= (first + last) / 2]
     last = rows[-1]["step"]
     return [r for r in rows if r["step"] >= last / 2]
 
@@ -274,4 +295,6 @@ def summarize(rows: Sequence[Mapping]) -> dict:
             out["outliers_final"] = int(rows[-1]["n_outliers"]) if rows[-1].get("n_outliers") is not None else None
     out |= ratio_stats(rows)
     out |= stochastic_stats(rows)
+    if rows and any(r.get("lr") is not None for r in rows):
+        out["ratio_rows"] = f"under a schedule: the second half of the rows with eta_t >= {LR_FLOOR:g} x its peak"
     return out

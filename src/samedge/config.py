@@ -63,6 +63,10 @@ class RunConfig:
     # which parameters weight decay reaches (samedge.optimizers.decay_mask_fn): "weights" (two or more
     # dimensions: no biases, no normalisation scales; the common practice) or "all"
     decay_mask: str = "weights"
+    # the step size over the run (samedge.schedules): constant, cosine (to 0 at the last step) or step
+    # (x 0.1 at half and three quarters), after a linear warmup from 0 over warmup_steps
+    schedule: str = "constant"
+    warmup_steps: int = 0
     # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
     # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
     probes: tuple[str, ...] = ()
@@ -97,6 +101,13 @@ class RunConfig:
         _integer("checkpoint_every", self.checkpoint_every, 0)
         _integer("chunk_size", self.chunk_size, 0)
         _integer("max_basis", self.max_basis, 0)
+        from samedge import schedules
+
+        if self.schedule not in schedules.SCHEDULES:
+            raise ConfigError(f"--schedule must be one of {', '.join(schedules.SCHEDULES)}, got {self.schedule!r}")
+        _integer("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"--warmup-steps ({self.warmup_steps}) must be fewer than --steps ({self.steps})")
         if self.decay_mask not in optimizers.DECAY_MASKS:
             raise ConfigError(f"--decay-mask must be one of {', '.join(optimizers.DECAY_MASKS)}, got {self.decay_mask!r}")
         if self.max_basis and self.max_basis < self.topk + 5:

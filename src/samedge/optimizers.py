@@ -138,7 +138,9 @@ class Entry:
         wd = hp.pop(WEIGHT_DECAY.name, 0.0)
         decays = not (isinstance(wd, (int, float)) and wd == 0)
         mask = decay_mask_fn(decay_mask) if decays else None
-        base = _with_decay(self.base(lr, **hp), self.decay, lr, wd, mask) if decays else self.base(lr, **hp)
+        base = self._base_with_decay(lr, wd, mask, hp) if decays else self.base(lr, **hp)
+        lr_at = _lr_at(lr) if callable(lr) else None  # a schedule: the step size of the step measured
+        eta = (lambda state: lr) if lr_at is None else lr_at
         edge = None
         edge_kw = {WEIGHT_DECAY.name: wd} if decays else {}
         closed = not (decays and self.decay == "decoupled" and decay_mask != "all")  # AdamW's form needs D = I
@@ -146,17 +148,32 @@ class Entry:
             norm = self.edge_norm or (lambda grad, state, **_: steps.global_norm(grad))
 
             def edge(grad, state, _f=self.edge):
-                return _f(lr, norm(grad, state, **hp), **hp, **edge_kw)
+                if lr_at is None:
+                    return _f(lr, norm(grad, state, **hp), **hp, **edge_kw)
+                return _no_step_no_edge(lr_at(state), lambda e: _f(e, norm(grad, state, **hp), **hp, **edge_kw))
         extra = dict(
             preconditioner=None if self.preconditioner is None else (lambda state, grad: self.preconditioner(state, grad, **hp)),
             linear_step=None if self.linear_step is None else (
-                lambda hvp, grad, state: self.linear_step(hvp, grad, state, lr, **hp)))
+                lambda hvp, grad, state: self.linear_step(hvp, grad, state, eta(state), **hp)),
+            lr_at=lr_at)
         if decays and self.decay == "coupled":
             extra["decay"] = _decay_diagonal(wd, mask)
+        number = None if callable(lr) else lr
         if self.ascent is None:
-            return steps.descent(base, name=self.name, edge=edge, lr=lr, **extra)
+            return steps.descent(base, name=self.name, edge=edge, lr=number, **extra)
         return steps.ascent(base, lambda p, g, state=None: self.ascent(p, g, state, **hp), name=self.name, edge=edge,
-                            lr=lr, **extra)
+                            lr=number, **extra)
+
+    def _base_with_decay(self, lr, wd, mask, hp):
+        """The base with weight decay: coupled, ``wd D w`` added to the gradient before the base; decoupled
+        (``optax.adamw``'s form), the base's direction at step size -1 (its update itself), plus ``wd D w``,
+        then scaled by ``-eta_t`` (a number or a schedule)."""
+        if self.decay == "coupled":
+            return optax.chain(optax.add_decayed_weights(wd, mask), self.base(lr, **hp))
+        if self.decay == "decoupled":
+            return optax.chain(self.base(-1.0, **hp), optax.add_decayed_weights(wd, mask),
+                               optax.scale_by_learning_rate(lr))
+        raise ConfigError(f"{self.name} has no weight decay")
 
 
 DECAY_MASKS = ("weights", "all")
@@ -184,14 +201,25 @@ def decay_mask_fn(mask) -> Callable:
     raise ConfigError(f"--decay-mask must be one of {', '.join(DECAY_MASKS)}, got {mask!r}")
 
 
-def _with_decay(base, decay: str, lr, wd, mask):
-    """``base`` with weight decay: coupled (added to the gradient first) or decoupled (added to the
-    update, scaled by ``-lr``, as ``optax.adamw``)."""
-    if decay == "coupled":
-        return optax.chain(optax.add_decayed_weights(wd, mask), base)
-    if decay == "decoupled":
-        return optax.chain(base, optax.add_decayed_weights(-lr * wd, mask))
-    raise ConfigError(f"this optimizer has no weight decay (decay={decay!r})")
+def _lr_at(schedule) -> Callable:
+    """``state -> eta_t``: the schedule at the optimizer state's update count (optax's ``count``, the
+    updates applied so far: the step size of the next update)."""
+
+    def lr_at(state):
+        counted = _find_state(state, "count")
+        if counted is None:
+            raise ConfigError("a learning-rate schedule needs an optimizer state that counts its updates")
+        return schedule(counted.count)
+
+    return lr_at
+
+
+def _no_step_no_edge(eta, edge_of):
+    """``edge_of(eta)`` where ``eta > 0``; NaN (an empty edge) where the step size is 0 (a warmup from 0)."""
+    import jax.numpy as jnp
+
+    safe = jnp.where(eta > 0, eta, 1.0)
+    return jnp.where(eta > 0, edge_of(safe), jnp.nan)
 
 
 def _decay_diagonal(wd, mask):
@@ -230,7 +258,7 @@ def _rms_preconditioner(state, grad, beta2, eps, **_):
 def _find_state(state, attr: str):
     """The first part of an optax state (a tree of tuples, as ``optax.chain`` builds) with ``attr``: the
     base's moments wherever decay or a schedule chained it in."""
-    if hasattr(state, attr):
+    if attr in getattr(state, "_fields", ()):  # a NamedTuple state with that field (not tuple.count)
         return state
     if isinstance(state, tuple):
         for part in state:

@@ -45,6 +45,8 @@ def run_name(cfg: config_mod.RunConfig) -> str:
     tags += f"-b{batch}" if isinstance(batch, int) and batch > 0 else ""
     if cfg.hparams.get("weight_decay") and cfg.decay_mask != "weights":  # the mask, when not the default
         tags += f"-decay{cfg.decay_mask}"
+    tags += f"-{cfg.schedule}" if cfg.schedule != "constant" else ""
+    tags += f"-w{cfg.warmup_steps}" if cfg.warmup_steps else ""
     return f"{tasks.safe_name(cfg.task)}-{opt}{lr}{tags}-s{cfg.seed}"
 
 

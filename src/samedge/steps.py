@@ -22,7 +22,9 @@ An :class:`Optimizer` is a named tuple of pure functions, in the manner of optax
   ``eta_eff mu = 2`` (the measurement reports ``step_radius = |1 - eta_eff mu|``);
 - ``decay(params) -> wd D`` or ``None``: coupled weight decay's diagonal as a pytree like ``params``
   (the step descends ``L(w) + (1/2) w' wd D w``; the measurement reports ``lambda_max_reg``, the top
-  eigenvalue of ``H + wd D``, and the edge refers to it).
+  eigenvalue of ``H + wd D``, and the edge refers to it);
+- ``lr_at(state) -> eta_t`` or ``None``: under a learning-rate schedule (``lr`` is then ``None``), the
+  step size of the next update at optimizer state ``state``.
 
 The two shapes: :func:`descent` feeds ``g = grad L(w)`` to the base (GD, heavy ball, Adam ...);
 :func:`ascent` feeds ``grad L(a(w, g))`` for an ascent point ``a`` computed from ``g`` on the same
@@ -67,6 +69,7 @@ class Optimizer(NamedTuple):
     preconditioner: Callable[[Any, Params], Params] | None = None
     linear_step: Callable | None = None
     decay: Callable[[Params], Params] | None = None
+    lr_at: Callable[[Any], jax.Array] | None = None
 
 
 def global_norm(tree) -> jax.Array:
@@ -135,7 +138,7 @@ def _check_base(base) -> None:
 
 
 def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: EdgeFn | None = None,
-            lr=None, preconditioner=None, linear_step=None, decay=None) -> Optimizer:
+            lr=None, preconditioner=None, linear_step=None, decay=None, lr_at=None) -> Optimizer:
     """A step that feeds ``g = grad L(w)`` to ``base``: ``w' = w + base.update(g)``.
 
     Args:
@@ -163,12 +166,12 @@ def descent(base: optax.GradientTransformation, *, name: str = "descent", edge: 
     def gradient_at(params, grad, grad_fn, state=None):
         return grad
 
-    return Optimizer(name, base.init, update, edge, gradient_at, None, lr, preconditioner, linear_step, decay)
+    return Optimizer(name, base.init, update, edge, gradient_at, None, lr, preconditioner, linear_step, decay, lr_at)
 
 
 def ascent(base: optax.GradientTransformation, ascent_point: Callable[..., Params], *,
            name: str = "ascent", edge: EdgeFn | None = None, lr=None, preconditioner=None,
-           linear_step=None, decay=None) -> Optimizer:
+           linear_step=None, decay=None, lr_at=None) -> Optimizer:
     """A step that feeds ``grad L(a(w, g))`` to ``base``, with ``g = grad L(w)`` on the same batch.
 
     Args:
@@ -200,7 +203,8 @@ def ascent(base: optax.GradientTransformation, ascent_point: Callable[..., Param
         params, state = descend(params, state, gradient_at(params, grad, grad_fn, state))
         return params, state, loss
 
-    return Optimizer(name, base.init, update, edge, gradient_at, point, lr, preconditioner, linear_step, decay)
+    return Optimizer(name, base.init, update, edge, gradient_at, point, lr, preconditioner, linear_step, decay,
+                     lr_at)
 
 
 def _takes_state(fn) -> bool:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samedge import analysis, checkpoint, measure, optimizers, steps
+from samedge import analysis, checkpoint, measure, optimizers, schedules, steps
 from samedge.config import RunConfig
 from samedge.errors import RunDirError
 from samedge.store import RunStore
@@ -163,7 +163,8 @@ def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
     if cfg.custom_optimizer:
         raise RunDirError(f"this run's optimizer {cfg.optimizer!r} was passed as a Python object; pass it "
                           f"again (samedge.fit(task, optimizer, ..., resume=True))")
-    return optimizers.build(cfg.optimizer, cfg.lr, decay_mask=cfg.decay_mask, **cfg.hparams)
+    lr = schedules.make(cfg.schedule, cfg.lr, cfg.steps, cfg.warmup_steps)  # cfg.lr itself when constant
+    return optimizers.build(cfg.optimizer, lr, decay_mask=cfg.decay_mask, **cfg.hparams)
 
 
 def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer, probes=()):

@@ -5,7 +5,9 @@ has no known edge); ``gd_edge`` = 2/eta (when eta is one number); ``ratio`` = th
 sharpness over its edge: ``precond_sharpness`` (from the :mod:`~samedge.probes.adaptive` probe) for an
 adaptive optimizer, ``lambda_max_reg`` (:mod:`~samedge.probes.decay`) under coupled weight decay, else
 ``lambda_max`` (from :mod:`~samedge.probes.topk`); for an adaptive one also
-``precond_edge`` and ``precond_ratio`` (the same numbers under names that say so). No HVPs, no carry.
+``precond_edge`` and ``precond_ratio`` (the same numbers under names that say so). Under a
+learning-rate schedule also ``lr`` = eta_t, the step size of the update from the point measured,
+and every edge at it (empty where eta_t = 0). No HVPs, no carry.
 
 >>> import jax, jax.numpy as jnp
 >>> from samedge import measurement, optimizers
@@ -35,7 +37,11 @@ def edge() -> Probe:
 
     def measure(ctx: Context, carry, key):
         opt, dtype, columns = ctx.optimizer, ctx.loss.dtype, {}
-        if opt.lr is not None:
+        if opt.lr_at is not None:  # a schedule: the step size of the step measured; no edge where it is 0
+            eta = jnp.asarray(opt.lr_at(ctx.opt_state), dtype)
+            columns["lr"] = eta
+            columns["gd_edge"] = jnp.where(eta > 0, 2.0 / jnp.where(eta > 0, eta, 1.0), jnp.nan)
+        elif opt.lr is not None:
             columns["gd_edge"] = jnp.asarray(edges.gd_edge(opt.lr), dtype)
         if opt.edge is None:
             return columns, carry
