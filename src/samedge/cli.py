@@ -72,9 +72,9 @@ def settings_table() -> tuple[Setting, ...]:
                                   "max_basis x parameters x 4 bytes; a full basis restarts thick; at least topk + 5 "
                                   "(default 0 = unbounded: lanczos_max_iters + 1 rows)"),
         Setting("decay_mask", str, "which parameters --weight-decay reaches: weights (two or more dimensions: no "
-                                   "biases nor normalisation scales) or all (default weights)", sweep=True),
+                                   "biases nor normalisation scales) or all (default weights)"),
         Setting("schedule", str, "the step size over the run: constant, cosine (from --lr to 0 at the last step) or "
-                                 "step (x 0.1 at half and three quarters of the run) (default constant)", sweep=True),
+                                 "step (x 0.1 at half and three quarters of the run) (default constant)"),
         Setting("warmup_steps", int, "a linear warmup of the step size from 0 over these first steps (default 0)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
