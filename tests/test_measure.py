@@ -321,3 +321,40 @@ def test_lr_schedule_and_weight_decay_chained_adam_reads_its_moments(x64):
     assert float(row["lr"]) == pytest.approx(eta_t, rel=1e-6)  # optax's schedule keeps float32 constants
     assert float(row["edge"]) == pytest.approx(edges.adam_edge(float(row["lr"]), 0.9, 0.5), rel=1e-6)
     assert float(row["edge"]) < edges.adam_edge(eta_t, 0.9)  # decoupled decay lowers the edge
+
+
+@pytest.mark.parametrize("beta1", [0.0, 0.9])
+def test_weight_decay_masked_adamw_reads_its_step_radius(beta1, x64):
+    """AdamW with a mask has no closed-form edge: its step radius is |1 - eta_eff mu| with mu the top
+    eigenvalue of P^-1/2 H P^-1/2 + wd (1 + beta1)/(1 - beta1) D, here against dense eigh (kernel decayed,
+    bias not); at D = I the radius is 1 exactly where the closed form puts the edge."""
+    from jax.flatten_util import ravel_pytree
+
+    from samedge import edges
+
+    rng = np.random.default_rng(2)
+    a = jnp.asarray(rng.normal(size=(12, 12)))
+    loss = lambda w, b: 0.5 * jnp.sum((a @ w["k"].ravel()) ** 2) / 12 + jnp.sum(jnp.cos(w["b"]))  # noqa: E731
+    w = {"k": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.asarray(rng.normal(size=5))}
+    wd, eta = 3.0, 0.01
+    opt = optimizers.build("adam", eta, beta1=beta1, weight_decay=wd)  # the default mask: the kernel
+    st = opt.init(w)
+    for _ in range(4):
+        w, st, _ = opt.update(w, st, jax.value_and_grad(lambda q: loss(q, None)))
+    m = measure.measurement(loss, opt, MeasureSettings(tol=1e-10, max_hvps=100))
+    row, _ = m.measure(w, None, m.init(w, jax.random.PRNGKey(0)), jax.random.PRNGKey(1), st)
+    assert "edge" not in row  # no closed form under a mask
+    g = jax.grad(lambda q: loss(q, None))(w)
+    p = np.asarray(ravel_pytree(opt.preconditioner(st, g))[0])
+    flat, unravel = ravel_pytree(w)
+    h = np.asarray(jax.hessian(lambda x: loss(unravel(x), None))(flat))
+    d = np.asarray(ravel_pytree({"b": jnp.zeros(5), "k": jnp.ones((3, 4))})[0])
+    s = np.diag(p ** -0.5)
+    eigs = np.linalg.eigvalsh(s @ h @ s + wd * (1 + beta1) / (1 - beta1) * np.diag(d))
+    mu = eigs[np.argmax(np.abs(eigs))]  # the top mode by magnitude, as the step radius reads it
+    assert float(row["step_mu"]) == pytest.approx(mu, rel=1e-8)
+    eta_eff = eta * (1 - beta1) / (1 + beta1)
+    assert float(row["step_radius"]) == pytest.approx(abs(1 - eta_eff * mu), rel=1e-8)
+    # D = I: the radius reaches 1 where AdamW's closed form puts the edge
+    a_edge = edges.adam_edge(eta, beta1, wd)
+    assert abs(1 - eta_eff * (a_edge + wd * (1 + beta1) / (1 - beta1))) == pytest.approx(1.0, rel=1e-12)

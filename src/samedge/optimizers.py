@@ -151,11 +151,13 @@ class Entry:
                 if lr_at is None:
                     return _f(lr, norm(grad, state, **hp), **hp, **edge_kw)
                 return _no_step_no_edge(lr_at(state), lambda e: _f(e, norm(grad, state, **hp), **hp, **edge_kw))
+        linear_step = None if self.linear_step is None else (
+            lambda hvp, grad, state: self.linear_step(hvp, grad, state, eta(state), **hp))
+        if not closed and (self.linear_step is not None or self.ascent is None):
+            linear_step = self._masked_adamw_step(linear_step, eta, wd, mask, hp)
         extra = dict(
             preconditioner=None if self.preconditioner is None else (lambda state, grad: self.preconditioner(state, grad, **hp)),
-            linear_step=None if self.linear_step is None else (
-                lambda hvp, grad, state: self.linear_step(hvp, grad, state, eta(state), **hp)),
-            lr_at=lr_at)
+            linear_step=linear_step, lr_at=lr_at)
         if decays and self.decay == "coupled":
             extra["decay"] = _decay_diagonal(wd, mask)
         number = None if callable(lr) else lr
@@ -163,6 +165,36 @@ class Entry:
             return steps.descent(base, name=self.name, edge=edge, lr=number, **extra)
         return steps.ascent(base, lambda p, g, state=None: self.ascent(p, g, state, **hp), name=self.name, edge=edge,
                             lr=number, **extra)
+
+    def _masked_adamw_step(self, linear_step, eta, wd, mask, hp):
+        """The linearised step of decoupled decay under a mask (no closed form): along an eigenvector
+        with ``D = I``, ``x' = (1 - eta wd) x - eta m'`` is unstable at ``eta_eff (mu + wd (1 + beta1)/(1 -
+        beta1)) = 2`` with ``eta_eff = eta (1 - beta1)/(1 + beta1)`` (:func:`edges.adam_edge`), so the
+        operator is the step's own (``P^-1/2 H P^-1/2``, or SAM over Adam's) plus ``wd (1 + beta1)/(1 -
+        beta1) D``: exact at ``D = I`` and, for any mask, at ``beta1 = 0`` (then GD on it); with
+        ``beta1 > 0`` and a mask, a linearisation (``D`` and ``P^-1 H`` need not commute)."""
+        import jax
+        import jax.numpy as jnp
+        from jax.flatten_util import ravel_pytree
+
+        b1 = hp.get(BETA1.name, 0.0)
+        c = wd * (1 + b1) / (1 - b1)
+
+        def step(hvp, grad, state):
+            if linear_step is not None:
+                matvec, eta_eff = linear_step(hvp, grad, state)
+            else:
+                s = 1.0 / jnp.sqrt(ravel_pytree(self.preconditioner(state, grad, **hp))[0])
+
+                def matvec(v):
+                    return s * hvp(s * v)
+
+                eta_eff = eta(state) * (1 - b1) / (1 + b1)
+            d = ravel_pytree(jax.tree.map(lambda g, m: jnp.full(g.shape, 1.0 if m else 0.0, g.dtype), grad,
+                                          mask(grad)))[0]
+            return (lambda v: matvec(v) + c * d * v), eta_eff
+
+        return step
 
     def _base_with_decay(self, lr, wd, mask, hp):
         """The base with weight decay: coupled, ``wd D w`` added to the gradient before the base; decoupled
