@@ -102,3 +102,16 @@ def test_weight_decay_moves_the_threshold_the_harness_finds():
                  for w, lam in ((wd, 0.98 * (2 / eta - wd)), (wd, 1.02 * (2 / eta - wd)), (wd, 2 / eta),
                                 (0.0, 0.98 * 2 / eta))]
     assert grown[0] <= 1 and grown[1] >= 1e3 and grown[2] >= 1e3 and grown[3] <= 1
+
+
+def test_weight_decay_decoupled_adaptive_edges_hold_on_frozen_preconditioner_quadratics():
+    """AdamW's form of decay (eta wd = 0.1 on the test block) in RMSProp, Adam, SAM over Adam with the
+    P-ascent (closed forms) and SAM's Euclidean ascent over Adam (its step radius with the decay term):
+    every simulated threshold within 1e-3 of the prediction, and 5% away from the undecayed one."""
+    decayed = theory.adaptive_check(num_steps=2000, decay_fraction=0.1)
+    assert [c.name for c in decayed] == [f"{n}+wd" for n in theory.ADAPTIVE]
+    for c in decayed:
+        assert c.ok, (c.name, c.worst, c.growth_below)
+    plain = {c.name: c for c in theory.adaptive_check(["adam"], num_steps=2000)}
+    shift = decayed[1].boundary.simulated / plain["adam"].boundary.simulated
+    np.testing.assert_allclose(shift, 1 - 0.1 / 2, rtol=1e-6)  # (2 - eta wd)/2

@@ -571,6 +571,10 @@ def _cmd_theory(args) -> int:
               f"(max growth below: for sam_adam, the largest |step_radius - 1| at the thresholds):", flush=True)
         checks += theory.adaptive_check(adaptive, grad_norm=args.grad_norm, num_steps=max(args.steps, 2000),
                                         on_check=show)
+        print(f"with decoupled weight decay (AdamW's form; eta wd = {theory.DECAY_FRACTIONS[0]:g}, D = I on the "
+              f"block):", flush=True)
+        checks += theory.adaptive_check(adaptive, grad_norm=args.grad_norm, num_steps=max(args.steps, 2000),
+                                        on_check=show, decay_fraction=theory.DECAY_FRACTIONS[0])
     out.mkdir(parents=True, exist_ok=True)
     paths = plots_edges.plot_boundaries([c.boundary for c in checks], out / "boundaries")
     print(f"growth = max |w_0| over the second half / |w_0| at the start, at {theory.BELOW:g} (below) and "

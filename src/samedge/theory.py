@@ -353,7 +353,7 @@ def _block(theta, xp=np):
     return rot @ xp.diag(xp.asarray([1.0, KAPPA])) @ rot.T
 
 
-def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps):
+def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps, wd=0.0):
     """Growth of the test block under the frozen-P recursion of ``name`` (traceable).
 
     The test block is renormalised to ``X0_ADAPTIVE`` after every step and its log-amplitude
@@ -361,6 +361,7 @@ def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps):
     overflows however long the run. The growth compares the largest amplitude of the last quarter of
     the run with that of the second quarter, so a transient at the start (Adam's bias correction,
     momentum's non-normal gain) does not count: it exceeds 1 exactly when the slowest mode grows.
+    ``wd``: decoupled weight decay (AdamW's ``- eta wd w``) on the test block, not on the drift direction.
     """
     mu = DRIFT_ADAPTIVE / (eta * num_steps)  # the drift direction: P = 1 there
     h = jnp.zeros((3, 3)).at[:2, :2].set(scale * _block(theta, jnp)).at[2, 2].set(mu)
@@ -383,7 +384,7 @@ def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps):
         ga = h @ (w + rho * d)
         m = beta1 * m + (1 - beta1) * ga
         m_hat = m / (1 - beta1 ** (t + 1.0)) if name != "rmsprop" else ga
-        w = w - eta * m_hat / p
+        w = w - eta * m_hat / p - eta * wd * test * w
         amp = jnp.sqrt(jnp.sum((test * w) ** 2) + jnp.sum((test * m) ** 2))
         factor = jnp.where(amp > 0, small / amp, 1.0)
         w = jnp.where(test > 0, w * factor, w)
@@ -396,39 +397,44 @@ def _adaptive_run(name, eta, rho, beta1, theta, scale, grad_norm, num_steps):
     return jnp.exp(jnp.max(path[3 * q:]) - jnp.max(path[q:2 * q]))
 
 
-def adaptive_predicted_scale(name: str, grid: AdaptiveGrid, grad_norm: float = 1.0) -> np.ndarray:
-    """The block scale ``c`` at which the optimizer's edge is reached, from the formulas, ``(p,)``."""
+def adaptive_predicted_scale(name: str, grid: AdaptiveGrid, grad_norm: float = 1.0, wd=None) -> np.ndarray:
+    """The block scale ``c`` at which the optimizer's edge is reached, from the formulas, ``(p,)``;
+    ``wd``: ``(p,)`` decoupled weight decay on the test block (its ``D = I``), or ``None``."""
     from samedge import edges
 
     out = []
-    for eta, rho, beta1, theta in zip(*grid):
+    wds = np.zeros(len(grid.eta)) if wd is None else np.asarray(wd, float)
+    for eta, rho, beta1, theta, w in zip(*grid, wds):
         b = _block(theta)
         s = np.diag(np.asarray(P_TEST) ** -0.5)
         top = np.max(np.linalg.eigvalsh(s @ b @ s))  # lambda_max(P^-1 B) at c = 1
+        kw = {"weight_decay": float(w)} if w else {}
         if name == "rmsprop":
-            out.append(edges.rmsprop_edge(eta) / top)
+            out.append(edges.rmsprop_edge(eta, **kw) / top)
         elif name == "adam":
-            out.append(edges.adam_edge(eta, beta1) / top)
+            out.append(edges.adam_edge(eta, beta1, **kw) / top)
         elif name == "sam_adam_pre":  # G_u = ||P^-1/2 g|| = G: the drift direction, where P = 1, carries g
-            out.append(float(edges.sam_adam_pre_edge(eta, rho, beta1, grad_norm)) / top)
+            out.append(float(edges.sam_adam_pre_edge(eta, rho, beta1, grad_norm, **kw)) / top)
         else:  # the radius of the linearised step reaches 1: bisect c on the linear algebra
-            out.append(_radius_one(eta, rho, beta1, b, grad_norm))
+            out.append(_radius_one(eta, rho, beta1, b, grad_norm, float(w)))
     return np.asarray(out)
 
 
-def step_radius(eta, rho, beta1, block, grad_norm) -> float:
+def step_radius(eta, rho, beta1, block, grad_norm, wd: float = 0.0) -> float:
     """``|1 - eta (1 - beta1)/(1 + beta1) mu_max|`` with ``mu_max`` the top eigenvalue of
-    ``P^-1 (B + rho B^2 / G)`` (SAM's Euclidean ascent over Adam, linearised with P and G frozen)."""
+    ``P^-1 (B + rho B^2 / G)`` (SAM's Euclidean ascent over Adam, linearised with P and G frozen), plus
+    ``wd (1 + beta1)/(1 - beta1)`` under decoupled decay (:meth:`samedge.optimizers.Entry.build`'s
+    masked AdamW step, here with ``D = I`` on the block)."""
     a = np.diag(1 / np.asarray(P_TEST)) @ (block + rho * block @ block / grad_norm)
-    mu = np.max(np.linalg.eigvals(a).real)
+    mu = np.max(np.linalg.eigvals(a).real) + wd * (1 + beta1) / (1 - beta1)
     return abs(1 - eta * (1 - beta1) / (1 + beta1) * mu)
 
 
-def _radius_one(eta, rho, beta1, block, grad_norm) -> float:
+def _radius_one(eta, rho, beta1, block, grad_norm, wd: float = 0.0) -> float:
     lo, hi = 1e-6, 1e6
     for _ in range(200):
         mid = np.sqrt(lo * hi)
-        if step_radius(eta, rho, beta1, mid * block, grad_norm) < 1:
+        if step_radius(eta, rho, beta1, mid * block, grad_norm, wd) < 1:
             lo = mid
         else:
             hi = mid
@@ -437,21 +443,21 @@ def _radius_one(eta, rho, beta1, block, grad_norm) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _adaptive_bisect(name: str, num_steps: int, iters: int):
-    def one(e, r, b, t, c0, lo, hi, g):
+    def one(e, r, b, t, c0, wd, lo, hi, g):
         def halve(_, bracket):
             a, c = bracket
             m = 0.5 * (a + c)
-            stable = _adaptive_run(name, e, r, b, t, m * c0, g, num_steps) <= 1.0
+            stable = _adaptive_run(name, e, r, b, t, m * c0, g, num_steps, wd) <= 1.0
             return jnp.where(stable, m, a), jnp.where(stable, c, m)
 
         a, c = jax.lax.fori_loop(0, iters, halve, (lo, hi))
         return 0.5 * (a + c) * c0
 
-    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, None, None, None)))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None, None, None)))
 
 
 def adaptive_check(names=None, *, grad_norm: float = 1.0, num_steps: int = 2000, iters: int = 30,
-                   on_check=None) -> list[Check]:
+                   on_check=None, decay_fraction: float = 0.0) -> list[Check]:
     """Each adaptive optimizer's threshold on the frozen-P quadratics against its formula.
 
     Args:
@@ -459,6 +465,8 @@ def adaptive_check(names=None, *, grad_norm: float = 1.0, num_steps: int = 2000,
       grad_norm: the gradient norm the drift direction holds.
       num_steps: simulated steps per run; iters: halvings of the bisection bracket [0.9, 1.1].
       on_check: called with each :class:`Check` when done.
+      decay_fraction: ``eta wd`` of decoupled weight decay (AdamW's form) on the test block at every
+        point (0: none); the checks are then named ``<name>+wd``.
 
     Returns:
       One :class:`Check` per optimizer; its boundary's ``predicted`` and ``simulated`` are
@@ -470,19 +478,22 @@ def adaptive_check(names=None, *, grad_norm: float = 1.0, num_steps: int = 2000,
     out = []
     for name in names:
         grid = adaptive_grid(name)
-        predicted = adaptive_predicted_scale(name, grid, grad_norm)
+        wd = decay_fraction / np.asarray(grid.eta, float)
+        predicted = adaptive_predicted_scale(name, grid, grad_norm, wd)
         with jax.enable_x64(True):
             simulated = np.asarray(_adaptive_bisect(name, num_steps, iters)(
-                *_f64(*grid, predicted, 0.9, 1.1, grad_norm)))
+                *_f64(*grid, predicted, wd, 0.9, 1.1, grad_norm)))
         worst = float(np.max(np.abs(simulated / predicted - 1)))
-        radius = [step_radius(e, r, b, s * _block(t), grad_norm) for e, r, b, t, s in zip(*grid, simulated)]
+        radius = [step_radius(e, r, b, s * _block(t), grad_norm, w)
+                  for e, r, b, t, s, w in zip(*grid, simulated, wd)]
         radius_err = float(np.max(np.abs(np.asarray(radius) - 1))) if name == "sam_adam" else 0.0
         ok = worst < 1e-3 and radius_err < 1e-3
         # in the units of the edges: lambda_max(P^-1 B) at the threshold
         top = np.asarray([np.max(np.linalg.eigvalsh(np.diag(np.asarray(P_TEST) ** -0.5) @ _block(t)
                                                      @ np.diag(np.asarray(P_TEST) ** -0.5))) for t in grid.theta])
-        boundary = Boundary(name, Grid(grid.eta, grid.rho, grid.beta1), grad_norm, predicted * top, simulated * top)
-        out.append(Check(name, len(grid.eta), radius_err, float("nan"), worst, ok, boundary))
+        label = f"{name}+wd" if decay_fraction else name
+        boundary = Boundary(label, Grid(grid.eta, grid.rho, grid.beta1), grad_norm, predicted * top, simulated * top)
+        out.append(Check(label, len(grid.eta), radius_err, float("nan"), worst, ok, boundary))
         if on_check is not None:
             on_check(out[-1])
     return out
