@@ -565,7 +565,8 @@ def _cmd_theory(args) -> int:
     if decayed:
         print(f"with coupled weight decay (eta wd in {', '.join(f'{f:g}' for f in theory.DECAY_FRACTIONS)}; the "
               f"threshold on lambda(H) = the edge on H + wd D less wd):", flush=True)
-        checks += theory.weight_decay_check(decayed, grad_norm=args.grad_norm, num_steps=args.steps, on_check=show)
+        checks += theory.weight_decay_check(decayed, grad_norm=args.grad_norm, num_steps=max(args.steps, 500),
+                                            on_check=show)
     if adaptive:
         print(f"adaptive optimizers, frozen preconditioner, commuting and non-commuting Hessian blocks "
               f"(max growth below: for sam_adam, the largest |step_radius - 1| at the thresholds):", flush=True)

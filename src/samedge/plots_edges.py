@@ -20,15 +20,23 @@ def _title(name: str) -> str:
 
     import textwrap
 
-    entry = optimizers.get(name)
-    return textwrap.fill(f"{entry.label}: {entry.edge_formula}", 48)
+    entry = _entry(name)
+    decay = " (weight decay: lambda(H) = edge - wd)" if name.endswith("+wd") else ""
+    return textwrap.fill(f"{entry.label}: {entry.edge_formula}{decay}", 48)
+
+
+def _entry(name: str):
+    """The registry entry of a boundary's name (``sam+wd``: a check with weight decay is SAM's)."""
+    from samedge import optimizers
+
+    return optimizers.get(name.removesuffix("+wd"))
 
 
 def _axis(b):
     """The variable each boundary collapses onto, and its label (from the optimizer's settings)."""
     from samedge import optimizers
 
-    entry = optimizers.get(b.name)
+    entry = _entry(b.name)
     g = b.grid
     if optimizers.RHO.name in entry.hyper_names and (entry.edge_needs_grad_norm or entry.linear_step is not None):
         return g.rho / (g.eta * b.grad_norm), r"$\rho/(\eta\,\|g\|)$", True
@@ -86,7 +94,7 @@ def plot_boundaries(bounds: Sequence, out_stem) -> list[Path]:
 def _has_rho(name):
     from samedge import optimizers
 
-    return optimizers.RHO.name in optimizers.get(name).hyper_names
+    return optimizers.RHO.name in _entry(name).hyper_names
 
 
 def plot_spectra(spectra: Sequence, out_stem, title: str = "") -> list[Path]:
