@@ -26,6 +26,16 @@ def test_edge_command(capsys):
                                                               rel=1e-5)
 
 
+def test_weight_decay_edge_command_prints_the_bound_beside_the_edge(capsys):
+    """GD at eta 0.1 with wd 0.01: the edge on H + wd I is 20, the bound on lambda_max(H) 2/eta - wd =
+    19.99; SAM's bound solves eta (lam + rho lam^2/|g| + wd) = 2."""
+    assert cli.main(["edge", "--lr", "0.1", "--weight-decay", "0.01", "--grad-norm", "0.5"]) == 0
+    lines = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[3:]}
+    assert float(lines["gd"][1]) == 20.0 and float(lines["gd"][3]) == pytest.approx(19.99, abs=1e-9)
+    lam = float(lines["sam"][3])
+    assert 0.1 * (lam + 0.1 * lam ** 2 / 0.5 + 0.01) == pytest.approx(2.0, rel=1e-5)
+
+
 def test_edge_command_without_grad_norm(capsys):
     assert cli.main(["edge", "--lr", "0.5"]) == 0
     out = capsys.readouterr().out
