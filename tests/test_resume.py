@@ -208,3 +208,28 @@ def test_crash_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(env, r
     r = _cli(env, "resume", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr[-2000:]
     assert _table(out) == expected
+
+
+def test_weight_decay_and_lr_schedule_an_old_run_folder_resumes(env, reference, tmp_path):
+    """A run folder whose config.json was written before weight decay, its mask, schedules and the
+    bounded basis existed (those keys absent) resumes, `samedge resume` and `run --resume` alike, to the
+    same table as the run done in one go."""
+    import json
+
+    task, sets = "mnist", _tasks()[0].values[1]
+    expected = reference(task, sets)
+    out = tmp_path / "run"
+    proc, ready, go = _start_held(env, tmp_path, ["run", task, *sets, *SCHEDULE, "--out", str(out), "--no-progress"], "hold")
+    _wait_for(ready, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    go.touch()
+    proc.communicate(timeout=120)
+    saved = json.loads((out / "config.json").read_text())
+    for key in ("decay_mask", "schedule", "warmup_steps", "max_basis"):
+        del saved["run"][key]
+    assert "weight_decay" not in saved["run"]["hparams"]
+    (out / "config.json").write_text(json.dumps(saved))
+    r = _cli(env, "run", task, *sets, *SCHEDULE, "--out", str(out), "--no-progress", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _table(out) == expected

@@ -5,6 +5,7 @@ starting sharpness."""
 from __future__ import annotations
 
 import jax
+import numpy as np
 import pytest
 
 from samedge import config, tasks
@@ -60,3 +61,31 @@ def test_quick_preset_starts_gd_well_below_its_edge(data_dir):
     lam0 = float(eig.top_value)
     assert 0.2 <= lam0  # the read-out bias alone gives 2/C = 0.2 under the mean over N x C entries
     assert max(p.grid_lr) * lam0 / 2 <= 0.6, (lam0, p.grid_lr)
+
+
+def test_thick_restart_agrees_with_the_unbounded_solver_on_quick_mnist(data_dir):
+    """The quick MNIST model after 100 GD steps at the preset's eta: top-3 by Lanczos in a basis of 8
+    rows (restarting) and unbounded, from the same start, at tolerance 1e-3: every eigenvalue within it."""
+    import jax.numpy as jnp
+    from jax.flatten_util import ravel_pytree
+
+    from samedge import curvature, optimizers
+
+    p = mnist_task.PRESETS["quick"]
+    task = tasks.build_task("mnist", tasks.make_task_config("mnist", p.task), data_dir=data_dir)
+    params = task.init_params(jax.random.PRNGKey(0))
+    opt = optimizers.build("gd", 0.5)
+    state = opt.init(params)
+    grad_fn = jax.jit(jax.value_and_grad(lambda q: task.loss_fn(q, task.data)))
+    step = jax.jit(lambda w, s: opt.update(w, s, grad_fn)[:2])
+    for _ in range(100):
+        params, state = step(params, state)
+    matvec, n = curvature.flat_hvp(lambda q: task.loss_fn(q, task.data), params)
+    v0 = jax.random.normal(jax.random.PRNGKey(1), (n,))
+    run = jax.jit(lambda v, b: curvature.lanczos(matvec, v, k=3, max_iters=300, tol=1e-3, max_basis=b),
+                  static_argnums=1)
+    bounded, unbounded = run(v0, 8), run(v0, None)
+    assert int(bounded.restarts) >= 1 and int(unbounded.restarts) == 0
+    assert n == ravel_pytree(params)[0].size and int(unbounded.num_matvecs) > 8
+    np.testing.assert_allclose(np.asarray(bounded.values), np.asarray(unbounded.values), rtol=1e-3)
+    assert np.all(np.asarray(bounded.residuals) <= 1e-3)
