@@ -64,7 +64,11 @@ def _tasks():
     mnist = ["--set", "n_train=256", "--set", "n_test=256", "--set", "width=32"]
     params = [pytest.param("mnist", mnist, id="mnist"),
               # chunks of 100, 100 and 56 examples (samedge.chunking): the same exact resume
-              pytest.param("mnist", [*mnist, "--chunk-size", "100"], id="mnist-chunked")]
+              pytest.param("mnist", [*mnist, "--chunk-size", "100"], id="mnist-chunked"),
+              # weight decay and a schedule chained into the optimizer state: the same exact resume
+              pytest.param("mnist", [*mnist, "--optimizer", "sam_momentum", "--weight-decay", "0.01", "--schedule",
+                                     "cosine", "--warmup-steps", "5", "--max-basis", "8"],
+                           id="mnist-weight_decay-lr_schedule-max_basis")]
     if importlib.util.find_spec("samedge.tasks.shakespeare") is None:
         params.append(pytest.param("shakespeare", [], id="shakespeare", marks=pytest.mark.skip(
             reason="samedge.tasks.shakespeare is not on this branch yet (built in parallel); the integrator runs it after the merge")))

@@ -273,9 +273,9 @@ def summarize(rows: Sequence[Mapping]) -> dict:
         last = rows[-1]
         out["final_step"] = int(last["step"])
         for key in ("loss", "acc", "grad_norm", "lambda_max", "edge", "gd_edge", "ratio", "precond_sharpness",
-                    "step_radius", "lambda_max_reg"):
-            if last.get(key) is not None:
-                out[f"final_{key}"] = last[key]
+                    "step_radius", "lambda_max_reg", "lr"):
+            if last.get(key) is not None and not (key in ("edge", "gd_edge", "ratio") and not math.isfinite(last[key])):
+                out[f"final_{key}"] = last[key]  # an edge at eta_t = 0 (the end of a schedule) is left out
         tests = [r for r in rows if r.get("test_loss") is not None]
         if tests:
             out["final_test_loss"] = tests[-1]["test_loss"]

@@ -289,9 +289,11 @@ def _add_resume(sub) -> None:
 def _sig(x: float) -> str:
     """``x`` to 4 significant digits, trailing zeros kept (1.59996 -> ``1.600``, 5215.3 -> ``5215``).
 
-    >>> _sig(1.59996), _sig(1.575), _sig(5215.3), _sig(2.072e-06), _sig(0.3)
-    ('1.600', '1.575', '5215', '2.072e-06', '0.3000')
+    >>> _sig(1.59996), _sig(1.575), _sig(5215.3), _sig(2.072e-06), _sig(0.3), _sig("nan")
+    ('1.600', '1.575', '5215', '2.072e-06', '0.3000', 'nan')
     """
+    if not isinstance(x, (int, float)):  # summary.json holds non-finite numbers as strings
+        return str(x)
     text = format(x, "#.4g")
     return text[:-1] if text.endswith(".") else text
 
@@ -311,13 +313,15 @@ def _print_summary(out, summary) -> None:
             line += f", lambda_max(H + wd D) {_sig(summary['final_lambda_max_reg'])}"
         if summary.get("final_edge") is not None:
             line += f", edge {_sig(summary['final_edge'])}"
+        elif summary.get("final_lr") == 0:  # the end of a schedule: no step, no edge
+            line += ", eta_t 0 (no edge)"
         if summary.get("final_step_radius") is not None:
             line += f", step_radius {_sig(summary['final_step_radius'])} (1 at the edge)"
     if med is not None:
         what = ("lambda_max(P^-1 H)/edge" if summary.get("final_precond_sharpness") is not None else
                 "lambda_max(H + wd D)/edge" if summary.get("final_lambda_max_reg") is not None else "lambda_max/edge")
         line += f"; median {what} over the second half {_sig(med)} (from {n} measurement{'s' * (n != 1)})"
-    elif summary.get("final_step") is not None and summary.get("final_edge") is None:
+    elif summary.get("final_step") is not None and summary.get("final_edge") is None and not summary.get("final_lr") == 0:
         line += "; no known edge for this optimizer"
     print(line)
     if med is not None and n < 3:
