@@ -355,6 +355,19 @@ def test_weight_decay_masked_adamw_reads_its_step_radius(beta1, x64):
     assert float(row["step_mu"]) == pytest.approx(mu, rel=1e-8)
     eta_eff = eta * (1 - beta1) / (1 + beta1)
     assert float(row["step_radius"]) == pytest.approx(abs(1 - eta_eff * mu), rel=1e-8)
+    # SAM over Adam has no closed form whatever the mask: its step radius carries the decay term too
+    sam = optimizers.build("sam_adam", eta, beta1=beta1, weight_decay=wd, decay_mask="all")
+    plain = optimizers.build("sam_adam", eta, beta1=beta1)
+    hvp = lambda v: jnp.asarray(h) @ v  # noqa: E731
+    mu_decay = _top(sam.linear_step(hvp, g, st)[0], flat.size)
+    mu_plain = _top(plain.linear_step(hvp, g, st)[0], flat.size)
+    assert mu_decay == pytest.approx(mu_plain + wd * (1 + beta1) / (1 - beta1), rel=1e-8)
     # D = I: the radius reaches 1 where AdamW's closed form puts the edge
     a_edge = edges.adam_edge(eta, beta1, wd)
     assert abs(1 - eta_eff * (a_edge + wd * (1 + beta1) / (1 - beta1))) == pytest.approx(1.0, rel=1e-12)
+
+
+def _top(matvec, n):
+    """The largest eigenvalue of a symmetric operator given as a matvec, by dense eigh."""
+    m = np.stack([np.asarray(matvec(jnp.eye(n)[i])) for i in range(n)])
+    return float(np.max(np.linalg.eigvalsh((m + m.T) / 2)))

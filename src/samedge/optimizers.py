@@ -130,7 +130,7 @@ class Entry:
     def build(self, lr, *, decay_mask="weights", **hparams) -> steps.Optimizer:
         """The :class:`~samedge.steps.Optimizer` at step size ``lr`` and ``hparams`` (defaults
         fill the rest). Values may be traced arrays (:mod:`samedge.theory` vmaps over them).
-        ``decay_mask``: which leaves ``weight_decay`` decays (:func:`decay_mask`)."""
+        ``decay_mask``: which leaves ``weight_decay`` decays (:func:`decay_mask_fn`)."""
         hp = self.defaults() | hparams
         unknown = sorted(set(hp) - set(self.hyper_names))
         if unknown:
@@ -153,7 +153,8 @@ class Entry:
                 return _no_step_no_edge(lr_at(state), lambda e: _f(e, norm(grad, state, **hp), **hp, **edge_kw))
         linear_step = None if self.linear_step is None else (
             lambda hvp, grad, state: self.linear_step(hvp, grad, state, eta(state), **hp))
-        if not closed and (self.linear_step is not None or self.ascent is None):
+        # decoupled decay in a linearised step: SAM over Adam's (any mask), or masked RMSProp and Adam's
+        if decays and self.decay == "decoupled" and (self.linear_step is not None or (not closed and self.ascent is None)):
             linear_step = self._masked_adamw_step(linear_step, eta, wd, mask, hp)
         extra = dict(
             preconditioner=None if self.preconditioner is None else (lambda state, grad: self.preconditioner(state, grad, **hp)),
