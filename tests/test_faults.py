@@ -64,8 +64,8 @@ CONFIG_FAULTS = [
     (["--rho", "-0.1"], "--rho must be >= 0"),
     (["--optimizer", "momentum", "--momentum", "1"], "--momentum must be in [0, 1)"),
     # A setting the optimizer does not have is refused, not recorded as if it meant something.
-    (["--optimizer", "gd", "--rho", "0.1"], "gd has no rho (its settings: lr)"),
-    (["--momentum", "0.9"], "sam has no momentum (its settings: lr, rho)"),
+    (["--optimizer", "gd", "--rho", "0.1"], "gd has no rho (its settings: lr, weight_decay)"),
+    (["--momentum", "0.9"], "sam has no momentum (its settings: lr, rho, weight_decay)"),
     (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
     (["--measure-every", "-3"], "--measure-every must be an integer >= 1"),
     (["--topk", "0"], "--topk must be an integer >= 1"),
