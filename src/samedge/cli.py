@@ -368,13 +368,14 @@ def _cmd_edge(args) -> int:
         edge = None
         if entry.edge is not None and (g is not None or not entry.edge_needs_grad_norm):
             edge = float(entry.edge(eta, 1.0 if g is None else g, **hp))
-        value = "(needs --grad-norm)" if edge is None else f"{edge:.6g}"
+        value = f"{edge:.6g}" if edge is not None else "(none)" if entry.edge is None else "(needs --grad-norm)"
         ratio = "" if edge is None else f"{edge / gd:.4f}"
         bound = ""
         if wd:
             bound = "" if edge is None else f"{edge - (wd if entry.decay == 'coupled' else 0.0):.6g}"
             bound = f" {bound:>12}"
-        settings = " ".join(f"{k}={v:g}" for k, v in hp.items()) or "-"
+        quiet = {h.name for h in entry.hypers if h.quiet and hp[h.name] == h.default}  # weight_decay=0: not shown
+        settings = " ".join(f"{k}={v:g}" for k, v in hp.items() if k not in quiet) or "-"
         print(f"{entry.name:<13} {value:>11} {ratio:>8}{bound}  {settings:<22} {entry.edge_formula}")
     return 0
 

@@ -90,8 +90,21 @@ def _rho(config: dict) -> float:
 
 
 def _settings(config: dict) -> str:
-    """The optimizer's own settings, e.g. ``rho=0.1`` (``-`` when it has none)."""
-    return " ".join(f"{k}={v:g}" for k, v in plots.hparams_of(config).items()) or "-"
+    """The optimizer's own settings, e.g. ``rho=0.1`` (``-`` when it has none), then a schedule and a
+    decay mask other than the defaults.
+
+    >>> _settings({"optimizer": "sam", "hparams": {"rho": 0.1, "weight_decay": 5e-4}, "decay_mask": "all",
+    ...            "schedule": "cosine", "warmup_steps": 10})
+    'rho=0.1 weight_decay=0.0005 decay_mask=all schedule=cosine warmup=10'
+    """
+    parts = [f"{k}={v:g}" for k, v in plots.hparams_of(config).items()]
+    if plots.hparams_of(config).get("weight_decay") and config.get("decay_mask", "weights") != "weights":
+        parts.append(f"decay_mask={config['decay_mask']}")
+    if config.get("schedule", "constant") != "constant":
+        parts.append(f"schedule={config['schedule']}")
+    if config.get("warmup_steps"):
+        parts.append(f"warmup={config['warmup_steps']}")
+    return " ".join(parts) or "-"
 
 
 def _column(config: dict) -> tuple:
@@ -485,7 +498,9 @@ def _stochastic_td(row, key) -> str:
 
 
 EDGE_NOTE = ("the edge is each optimizer's own (2/η for GD, the SAM-edge for SAM; `samedge edge` prints them); "
-             "run = the run folder under the reported one.")
+             "λmax is the optimizer's own sharpness (λmax(P⁻¹H) for an adaptive one, λmax(H + wd D) under "
+             "coupled weight decay); under a schedule η is the peak and the statistics use the rows where η_t is at "
+             "least half of it; run = the run folder under the reported one.")
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th{background:#eee}td.l{text-align:left}
 tr.failed td{background:#fdd}tr.diverged td{background:#ffe9c6}img{max-width:100%;margin:1em 0}
