@@ -98,7 +98,7 @@ def test_weight_decay_moves_the_threshold_the_harness_finds():
 
     eta, wd = 0.1, 5.0
     with jax.enable_x64(True):
-        grown = [float(theory._decay_run("gd", jnp.asarray(eta), 0.0, 0.0, jnp.asarray(w), jnp.asarray(lam), 1.0, 500))
+        grown = [float(theory._run("gd", jnp.asarray(eta), 0.0, 0.0, jnp.asarray(lam), 1.0, 500, jnp.asarray(w)))
                  for w, lam in ((wd, 0.98 * (2 / eta - wd)), (wd, 1.02 * (2 / eta - wd)), (wd, 2 / eta),
                                 (0.0, 0.98 * 2 / eta))]
     assert grown[0] <= 1 and grown[1] >= 1e3 and grown[2] >= 1e3 and grown[3] <= 1

@@ -69,29 +69,54 @@ def _hparams(name, rho, beta) -> dict:
     return {k: v for k, v in pairs if k in optimizers.get(name).hyper_names}
 
 
-def _run(name, eta, rho, beta, lam, grad_norm, num_steps):
-    """Growth of ``w_0`` for one optimizer on the two-dimensional quadratic (traceable)."""
+def _run(name, eta, rho, beta, lam, grad_norm, num_steps, wd=None):
+    """Growth of ``w_0`` for one optimizer on the two-dimensional quadratic (traceable); ``wd``: coupled
+    weight decay on ``w_0`` alone (the drift direction ``w_1`` undecayed, so ``||g||`` stays held)."""
     mu = DRIFT * (1.0 - beta) / (eta * num_steps)
     h = jnp.stack([lam, mu])  # (2,) diagonal Hessian
     w = jnp.stack([X0 * grad_norm / lam, grad_norm / mu])  # (2,)
-    opt = optimizers.build(name, eta, **_hparams(name, rho, beta))
+    if wd is None:
+        opt = optimizers.build(name, eta, **_hparams(name, rho, beta))
+    else:  # decay needs w_0 and w_1 as leaves of their own: a mask is per leaf
+        opt = optimizers.build(name, eta, decay_mask=lambda p: {"a": True, "b": False}, weight_decay=wd,
+                               **_hparams(name, rho, beta))
+        w = {"a": w[0], "b": w[1]}
+        h = {"a": lam, "b": mu}
 
     def loss_fn(w):
-        return 0.5 * jnp.sum(h * w**2)
+        return 0.5 * sum(jnp.sum(c * x**2) for c, x in zip(jax.tree.leaves(h), jax.tree.leaves(w)))
 
     grad_fn = jax.value_and_grad(loss_fn)
+    first = (lambda w: w[0]) if wd is None else (lambda w: w["a"])
 
     def body(carry, _):
         w, state = carry
         w, state, _ = opt.update(w, state, grad_fn)
-        return (w, state), jnp.abs(w[0])
+        return (w, state), jnp.abs(first(w))
 
     _, path = jax.lax.scan(body, (w, opt.init(w)), None, length=num_steps)  # path: (T,)
-    return jnp.max(path[num_steps // 2:]) / jnp.abs(w[0])
+    return jnp.max(path[num_steps // 2:]) / jnp.abs(first(w))
 
 
-def _edge(name, eta, rho, beta, grad_norm):
-    return optimizers.get(name).edge(eta, grad_norm, **_hparams(name, rho, beta)) + 0.0 * grad_norm
+def _edge(name, eta, rho, beta, grad_norm, wd=None):
+    """The predicted threshold on the loss's curvature ``lam``: the edge, less ``wd`` under decay (the
+    edge is then on ``H + wd D``, and ``D`` decays the test direction)."""
+    if wd is None:
+        return optimizers.get(name).edge(eta, grad_norm, **_hparams(name, rho, beta)) + 0.0 * grad_norm
+    return optimizers.get(name).edge(eta, grad_norm, weight_decay=wd, **_hparams(name, rho, beta)) - wd
+
+
+def _bisect(stable_at, lo, hi, iters: int):
+    """The factor in ``[lo, hi]`` where ``stable_at(factor)`` turns False, by ``iters`` halvings (traceable)."""
+
+    def halve(_, bracket):
+        a, c = bracket
+        m = 0.5 * (a + c)
+        stable = stable_at(m)
+        return jnp.where(stable, m, a), jnp.where(stable, c, m)
+
+    a, c = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+    return 0.5 * (a + c)
 
 
 def predicted_edge(name: str, grid: Grid, grad_norm: float = 1.0) -> np.ndarray:
@@ -114,15 +139,7 @@ def _growth_program(name: str, num_steps: int):
 def _bisect_program(name: str, num_steps: int, iters: int):
     def one(e, r, b, lo, hi, g):
         edge = _edge(name, e, r, b, g)
-
-        def halve(_, bracket):
-            a, c = bracket
-            m = 0.5 * (a + c)
-            stable = _run(name, e, r, b, m * edge, g, num_steps) <= 1.0
-            return jnp.where(stable, m, a), jnp.where(stable, c, m)
-
-        a, c = jax.lax.fori_loop(0, iters, halve, (lo, hi))
-        return 0.5 * (a + c) * edge
+        return _bisect(lambda m: _run(name, e, r, b, m * edge, g, num_steps) <= 1.0, lo, hi, iters) * edge
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None, None, None)))
 
@@ -231,42 +248,15 @@ def check(names=None, *, grad_norm: float = 1.0, num_steps: int = 1000, on_check
 DECAY_FRACTIONS = (0.1, 0.5)  # eta * wd at the checked points: the edge on lam moves by 5% and 25% for GD
 
 
-def _decay_run(name, eta, rho, beta, wd, lam, grad_norm, num_steps):
-    mu = DRIFT * (1.0 - beta) / (eta * num_steps)
-    w = {"a": X0 * grad_norm / lam, "b": grad_norm / mu}
-    opt = optimizers.build(name, eta, decay_mask=lambda p: {"a": True, "b": False}, weight_decay=wd,
-                           **_hparams(name, rho, beta))
-    grad_fn = jax.value_and_grad(lambda w: 0.5 * (lam * w["a"] ** 2 + mu * w["b"] ** 2))
-
-    def body(carry, _):
-        w, state = carry
-        w, state, _ = opt.update(w, state, grad_fn)
-        return (w, state), jnp.abs(w["a"])
-
-    _, path = jax.lax.scan(body, (w, opt.init(w)), None, length=num_steps)
-    return jnp.max(path[num_steps // 2:]) / jnp.abs(w["a"])
-
-
-def _decay_lam_edge(name, eta, rho, beta, wd, grad_norm):
-    """The predicted threshold on the loss's curvature: the edge on ``H + wd D`` less ``wd``."""
-    return optimizers.get(name).edge(eta, grad_norm, weight_decay=wd, **_hparams(name, rho, beta)) - wd
-
-
 @functools.lru_cache(maxsize=None)
 def _decay_program(name: str, num_steps: int, iters: int):
     def one(e, r, b, wd, g):
-        edge = _decay_lam_edge(name, e, r, b, wd, g)
-        below = _decay_run(name, e, r, b, wd, BELOW * edge, g, num_steps)
-        above = _decay_run(name, e, r, b, wd, ABOVE * edge, g, num_steps)
-
-        def halve(_, bracket):
-            lo, hi = bracket
-            m = 0.5 * (lo + hi)
-            stable = _decay_run(name, e, r, b, wd, m * edge, g, num_steps) <= 1.0
-            return jnp.where(stable, m, lo), jnp.where(stable, hi, m)
-
-        lo, hi = jax.lax.fori_loop(0, iters, halve, (jnp.asarray(0.5, e.dtype), jnp.asarray(1.5, e.dtype)))
-        return edge, 0.5 * (lo + hi) * edge, below, above
+        edge = _edge(name, e, r, b, g, wd)
+        below = _run(name, e, r, b, BELOW * edge, g, num_steps, wd)
+        above = _run(name, e, r, b, ABOVE * edge, g, num_steps, wd)
+        lo, hi = jnp.asarray(0.5, e.dtype), jnp.asarray(1.5, e.dtype)
+        factor = _bisect(lambda m: _run(name, e, r, b, m * edge, g, num_steps, wd) <= 1.0, lo, hi, iters)
+        return edge, factor * edge, below, above
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
@@ -444,14 +434,7 @@ def _radius_one(eta, rho, beta1, block, grad_norm, wd: float = 0.0) -> float:
 @functools.lru_cache(maxsize=None)
 def _adaptive_bisect(name: str, num_steps: int, iters: int):
     def one(e, r, b, t, c0, wd, lo, hi, g):
-        def halve(_, bracket):
-            a, c = bracket
-            m = 0.5 * (a + c)
-            stable = _adaptive_run(name, e, r, b, t, m * c0, g, num_steps, wd) <= 1.0
-            return jnp.where(stable, m, a), jnp.where(stable, c, m)
-
-        a, c = jax.lax.fori_loop(0, iters, halve, (lo, hi))
-        return 0.5 * (a + c) * c0
+        return _bisect(lambda m: _adaptive_run(name, e, r, b, t, m * c0, g, num_steps, wd) <= 1.0, lo, hi, iters) * c0
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, None, None, None)))
 
