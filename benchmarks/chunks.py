@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -82,19 +81,16 @@ def main() -> int:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--point", default=None, help=argparse.SUPPRESS)  # N,CHUNK: run one point here
     args = parser.parse_args()
+    import points  # beside this script: the fresh-process runner
     if args.point:
         n, chunk = map(int, args.point.split(","))
         print("POINT " + json.dumps(point(n, chunk, args.data_dir)))
         return 0
     results = {}
     for n, chunk in POINTS:
-        cmd = [sys.executable, __file__, "--point", f"{n},{chunk}"] + (["--data-dir", args.data_dir] if args.data_dir else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"SAMEDGE_JIT_CACHE": "off"})
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("POINT ")]
-        if proc.returncode or not lines:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        r = points.fresh_point(__file__, ["--point", f"{n},{chunk}"] + (["--data-dir", args.data_dir] if args.data_dir else []))
+        if r is None:
             return 1
-        r = json.loads(lines[-1][6:])
         results[(n, chunk)] = r
         print(f"N {n:6d} chunk {chunk:5d}: peak {r['peak_gib']:.2f} GiB (net of the data {r['net_gib']:.2f}, data "
               f"{r['data_gib']:.2f}), HVP {r['hvp_s'] * 1e3:.0f} ms, first measurement {r['measure_first_s']:.1f} s "

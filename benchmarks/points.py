@@ -137,3 +137,20 @@ def timed(fn, *args, repeats: int = 3):
         out = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return out, statistics.median(times)
+
+
+def fresh_point(script: str, args: list[str]) -> dict | None:
+    """Run ``python script *args`` in a fresh process (compilation cache off) and return the JSON of its
+    last ``POINT `` line; ``None`` (its stderr's tail printed) when it failed. Each point of a memory
+    benchmark runs alone, so that its peak RSS is its own."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                          env=os.environ | {"SAMEDGE_JIT_CACHE": "off"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("POINT ")]
+    if proc.returncode or not lines:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return None
+    return json.loads(lines[-1][len("POINT "):])

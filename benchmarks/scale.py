@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
@@ -133,22 +132,19 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="MODEL,SIZE,MAX_BASIS,EXAMPLES: one point in a fresh process")
     parser.add_argument("--point", default=None, help=argparse.SUPPRESS)  # run one point in this process
     args = parser.parse_args()
+    import points  # beside this script: the fresh-process runner
     if args.point:
         model, size, max_basis, examples = args.point.split(",")
         print("POINT " + json.dumps(point(model, int(float(size)), int(max_basis), int(examples), args.data_dir)))
         return 0
-    points = [tuple(args.only.split(","))] if args.only else [
+    todo = [tuple(args.only.split(","))] if args.only else [
         (mo, s, args.max_basis if mb else 0, ex) for mo, s, mb, ex in POINTS]
     results = []
-    for model, size, max_basis, examples in points:
-        cmd = [sys.executable, __file__, "--point", f"{model},{size},{max_basis},{examples}", "--data-dir",
-               args.data_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"SAMEDGE_JIT_CACHE": "off"})
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("POINT ")]
-        if proc.returncode or not lines:
-            print(proc.stderr[-3000:], file=sys.stderr)
+    for model, size, max_basis, examples in todo:
+        r = points.fresh_point(__file__, ["--point", f"{model},{size},{max_basis},{examples}", "--data-dir",
+                                          args.data_dir])
+        if r is None:
             return 1
-        r = json.loads(lines[-1][6:])
         results.append(r)
         print(f"{r['model']:11s} n {r['n']:11,d} basis {r['max_basis'] or 'unbounded':>9} ({r['basis_gib']:.2f} GiB) "
               f"on {r['examples']:4d}: random start {r['cold_hvps']:3d} HVPs ({r['cold_restarts']} restarts, "
