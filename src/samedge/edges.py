@@ -32,7 +32,7 @@ import numpy as np
 __all__ = [
     "gd_edge", "sam_edge", "sam_edge_paper_form",
     "momentum_edge", "nesterov_edge", "usam_edge", "sam_momentum_edge",
-    "rmsprop_edge", "adam_edge", "sam_adam_pre_edge",
+    "rmsprop_edge", "adam_edge", "sam_adam_pre_edge", "at_step_size",
 ]
 
 
@@ -57,6 +57,19 @@ def gd_edge(eta, weight_decay=0.0):
     (20.0, 20.0)
     """
     return 2.0 / eta + 0.0 * weight_decay
+
+
+def at_step_size(eta, edge_of):
+    """``edge_of(eta)`` where the step size ``eta > 0``; NaN (no edge) where it is 0 (a schedule's warmup
+    from 0, or its end): an edge of 2/0 would be infinite, not measured.
+
+    >>> import jax.numpy as jnp
+    >>> [float(x) for x in at_step_size(jnp.array([0.0, 0.5]), gd_edge)]
+    [nan, 4.0]
+    """
+    import jax.numpy as jnp
+
+    return jnp.where(eta > 0, edge_of(jnp.where(eta > 0, eta, 1.0)), jnp.nan)
 
 
 def _is_zero(value) -> bool:

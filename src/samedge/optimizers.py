@@ -150,7 +150,7 @@ class Entry:
             def edge(grad, state, _f=self.edge):
                 if lr_at is None:
                     return _f(lr, norm(grad, state, **hp), **hp, **edge_kw)
-                return _no_step_no_edge(lr_at(state), lambda e: _f(e, norm(grad, state, **hp), **hp, **edge_kw))
+                return edges.at_step_size(lr_at(state), lambda e: _f(e, norm(grad, state, **hp), **hp, **edge_kw))
         linear_step = None if self.linear_step is None else (
             lambda hvp, grad, state: self.linear_step(hvp, grad, state, eta(state), **hp))
         # decoupled decay in a linearised step: SAM over Adam's (any mask), or masked RMSProp and Adam's
@@ -245,14 +245,6 @@ def _lr_at(schedule) -> Callable:
         return schedule(counted.count)
 
     return lr_at
-
-
-def _no_step_no_edge(eta, edge_of):
-    """``edge_of(eta)`` where ``eta > 0``; NaN (an empty edge) where the step size is 0 (a warmup from 0)."""
-    import jax.numpy as jnp
-
-    safe = jnp.where(eta > 0, eta, 1.0)
-    return jnp.where(eta > 0, edge_of(safe), jnp.nan)
 
 
 def _decay_diagonal(wd, mask):

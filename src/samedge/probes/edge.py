@@ -40,7 +40,7 @@ def edge() -> Probe:
         if opt.lr_at is not None:  # a schedule: the step size of the step measured; no edge where it is 0
             eta = jnp.asarray(opt.lr_at(ctx.opt_state), dtype)
             columns["lr"] = eta
-            columns["gd_edge"] = jnp.where(eta > 0, 2.0 / jnp.where(eta > 0, eta, 1.0), jnp.nan)
+            columns["gd_edge"] = edges.at_step_size(eta, edges.gd_edge)
         elif opt.lr is not None:
             columns["gd_edge"] = jnp.asarray(edges.gd_edge(opt.lr), dtype)
         if opt.edge is None:
