@@ -1,7 +1,8 @@
 """Checkpoints: everything a run needs to continue exactly, in one file written atomically.
 
 A checkpoint is taken at a measurement point, after its row is stored, and holds the parameters,
-the optimizer state, the measurement's probe carries (the Lanczos warm-start vectors and the guard's
+the optimizer state, the model's state (a task with one: BatchNorm's running statistics), the
+measurement's probe carries (the Lanczos warm-start vectors and the guard's
 memory: the next measurement starts from them, so without them it would differ), the number of steps done, the metrics rows so far, the wall time
 spent and the seed. Nothing else is needed: every batch is ``Task.batch_fn(data, step)`` and every
 random draw of a measurement is ``fold_in(PRNGKey(seed), step)``, so the step is the whole
@@ -44,6 +45,7 @@ class Checkpoint(NamedTuple):
     elapsed_s: float  # wall time spent so far, so ``time_s`` keeps counting across resumes
     seed: int  # the run's seed (a cross-check: the config holds it too)
     vectors: Any = None  # format 1 only: its (rows, n) block of warm-start vectors
+    model_state: Any = None  # the model's state (BatchNorm's running statistics) for a task with one
 
 
 def path(folder) -> Path:
@@ -80,6 +82,8 @@ def save(folder, ckpt: Checkpoint) -> Path:
         "opt_state": serialization.to_state_dict(jax.device_get(ckpt.opt_state)),
         "measure": serialization.to_state_dict(jax.device_get(ckpt.measure)),
     }
+    if ckpt.model_state is not None:
+        payload["model_state"] = serialization.to_state_dict(jax.device_get(ckpt.model_state))
     target = path(folder)
     # ``_write`` is looked up now, so that replacing ``checkpoint._write`` reaches this write.
     store.write_bytes_atomic(target, serialization.msgpack_serialize(payload), write=_write)
@@ -105,7 +109,8 @@ def step_of(folder) -> int | None:
         return None
 
 
-def load(folder, params_template, opt_state_template, measure_template=None) -> Checkpoint | None:
+def load(folder, params_template, opt_state_template, measure_template=None,
+         model_state_template=None) -> Checkpoint | None:
     """Read the checkpoint of a run back onto the structure of the templates.
 
     Args:
@@ -114,6 +119,8 @@ def load(folder, params_template, opt_state_template, measure_template=None) -> 
         opt_state_template: an optimizer state of the run's optimizer, likewise.
         measure_template: the run's measurement carries (``MeasureState.carries`` from its ``init``);
             ``None``: they are not read (``measure`` is then ``None``).
+        model_state_template: the model's state at initialisation, for a task with state (``None``:
+            none is read; a checkpoint without one is refused when it is given).
 
     Returns:
         The :class:`Checkpoint` (arrays as ``jax`` arrays), or ``None`` when ``folder`` has no
@@ -145,6 +152,12 @@ def load(folder, params_template, opt_state_template, measure_template=None) -> 
                 raise RunDirError(f"{source}: checkpoint of a measurement with probes {', '.join(saved)}; this run "
                                   f"has {', '.join(wanted)} (the configuration changed)")
             measure = serialization.from_state_dict(measure_template, raw["measure"])
+        model_state = None
+        if model_state_template is not None:
+            if "model_state" not in raw:
+                raise RunDirError(f"{source}: checkpoint without a model state; this run's model has one "
+                                  f"(the configuration changed)")
+            model_state = serialization.from_state_dict(model_state_template, raw["model_state"])
     except RunDirError:
         raise
     except Exception as exc:
@@ -154,9 +167,12 @@ def load(folder, params_template, opt_state_template, measure_template=None) -> 
     _check_like(source, "optimizer state", opt_state, opt_state_template)
     if measure is not None:
         _check_like(source, "measurement carries", measure, measure_template)
+    if model_state is not None:
+        _check_like(source, "model state", model_state, model_state_template)
     as_jax = lambda tree: jax.tree.map(jax.numpy.asarray, tree)  # noqa: E731
     return Checkpoint(step, as_jax(params), as_jax(opt_state), None if measure is None else as_jax(measure),
-                      rows, elapsed, seed, None if vectors is None else jax.numpy.asarray(vectors))
+                      rows, elapsed, seed, None if vectors is None else jax.numpy.asarray(vectors),
+                      None if model_state is None else as_jax(model_state))
 
 
 def _check_like(source, what, restored, template) -> None:

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-__all__ = ["chunked_mean", "chunk_task", "for_run", "leading", "check_mean_loss"]
+__all__ = ["chunked_mean", "chunked_with_state", "chunk_task", "for_run", "leading", "check_mean_loss"]
 
 
 def leading(batch) -> int:
@@ -116,6 +116,69 @@ def chunked_mean(fn: Callable[[Any, Any], Any], chunk_size: int, *, groups: int 
     return wrapped
 
 
+def chunked_with_state(fn: Callable, chunk_size: int, *, groups: int = 1) -> Callable:
+    """A model-with-state step loss ``fn(params, state, batch, key) -> (loss, state)`` over chunks.
+
+    Each chunk ``j`` is a pass from the same ``state`` with the key ``fold_in(key, j)`` (its own
+    dropout draws): the loss is the chunks' mean weighted by their sizes, as in
+    :func:`chunked_mean`, and so is the state returned (its floating-point leaves; the others come
+    from the first chunk). For BatchNorm's running statistics ``s' = m s + (1 - m) b_j`` this is
+    ``m s + (1 - m) mean_j b_j``: each chunk normalises with its own statistics (ghost batch norm)
+    and the running statistics move toward their mean.
+
+    Args:
+      fn: ``(params, state, batch, key) -> (loss, state)``.
+      chunk_size: examples per pass (per group); 0 or at least the batch: ``fn`` itself.
+      groups: as in :func:`chunked_mean`.
+
+    Returns:
+      ``(params, state, batch, key) -> (loss, state)``, differentiable in ``params`` (``has_aux``).
+
+    >>> f = lambda w, s, b, k: (jnp.mean(w * b), s * 0.5 + 0.5 * jnp.mean(b))
+    >>> loss, state = chunked_with_state(f, 2)(1.0, 0.0, jnp.arange(6.0), jax.random.PRNGKey(0))
+    >>> float(loss), float(state)   # chunk means 0.5, 2.5, 4.5: the state moves to half their mean
+    (2.5, 1.25)
+    """
+    if chunk_size < 0:
+        raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
+
+    def wrapped(params, state, batch, key):
+        n = leading(batch)
+        if chunk_size == 0 or n % groups or n // groups <= chunk_size:
+            return fn(params, state, batch, key)
+        per = n // groups
+        blocks = jax.tree.map(lambda x: x.reshape(groups, per, *x.shape[1:]), batch)
+        m, r = divmod(per, chunk_size)
+
+        def piece(params, blocks, j, size):
+            return fn(params, state, _take(blocks, j * chunk_size, size, groups), jax.random.fold_in(key, j))
+
+        body = jax.checkpoint(lambda p, b, j: piece(p, b, j, chunk_size))
+
+        def weighted(out, w):
+            loss, st = out
+            return loss * w, jax.tree.map(lambda x: x * w if jnp.issubdtype(x.dtype, jnp.floating) else x, st)
+
+        def add(a, b):
+            return a[0] + b[0], jax.tree.map(lambda x, y: x + y if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                             a[1], b[1])
+
+        w = chunk_size / per
+        total = jax.lax.fori_loop(1, m, lambda j, acc: add(acc, weighted(body(params, blocks, j), w)),
+                                  weighted(body(params, blocks, 0), w))
+        if r:
+            total = add(total, weighted(piece(params, blocks, m, r), r / per))
+        return total
+
+    return wrapped
+
+
+def _take(blocks, start, size, groups):
+    """``(groups * size, ...)``: the run of ``size`` examples from ``start`` of every block."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=1).reshape(
+        groups * size, *x.shape[2:]), blocks)
+
+
 def check_mean_loss(loss_fn: Callable, params, batch, chunk_size: int, *, rtol: float = 1e-5) -> None:
     """Refuse a loss that is not a mean over the batch's examples, before a chunked run.
 
@@ -174,7 +237,9 @@ def chunk_task(task, chunk_size: int, *, groups: int = 1, check: bool = True, se
       seed: the parameters the check runs at (``task.init_params(PRNGKey(seed))``).
 
     Returns:
-      The chunked task (``info`` unchanged: the chunk size is a property of the machine).
+      The chunked task (``info`` unchanged: the chunk size is a property of the machine). A task
+      with model state has its ``train_loss_fn`` chunked by :func:`chunked_with_state` and its
+      ``eval_loss_fn`` by :func:`chunked_mean` too.
 
     >>> from samedge import tasks
     >>> t = tasks.make_task("line", lambda k: {"w": jnp.zeros(2)},
@@ -190,9 +255,19 @@ def chunk_task(task, chunk_size: int, *, groups: int = 1, check: bool = True, se
         params = task.init_params(jax.random.PRNGKey(seed))
         check_mean_loss(task.loss_fn, params, task.batch_fn(task.data, 0), chunk_size)
     accuracy = task.accuracy_fn
+    stateful = {}
+    if task.stateful:
+        evaluate3 = task.eval_loss_fn
+
+        def eval_loss(params, state, batch):
+            return chunked_mean(lambda p, b: evaluate3(p, state, b), chunk_size, groups=groups)(params, batch)
+
+        stateful = dict(train_loss_fn=chunked_with_state(task.train_loss_fn, chunk_size, groups=groups),
+                        eval_loss_fn=None if evaluate3 is None else eval_loss)
     return dataclasses.replace(
         task, loss_fn=chunked_mean(task.loss_fn, chunk_size, groups=groups),
-        accuracy_fn=None if accuracy is None else chunked_mean(accuracy, chunk_size, groups=groups, remat=False))
+        accuracy_fn=None if accuracy is None else chunked_mean(accuracy, chunk_size, groups=groups, remat=False),
+        **stateful)
 
 
 def for_run(task, chunk_size: int, devices: int | None = None, *, seed: int = 0):

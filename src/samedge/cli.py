@@ -61,6 +61,8 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("batch_sharpness", bool, "also measure batch sharpness over fresh minibatches (mean of q_B = "
                                           "g_B'H_B g_B/|g_B|^2, its ratio-of-means form, the per-batch edge) and "
                                           "lambda_max of the full batch (default: off)"),
+        Setting("measure_full_batch", bool, "also lambda_max of the task's full batch (cifar10-resnet: its fixed "
+                                             "measurement set) and ratio_full against the edge (default: off)"),
         Setting("batch_size", int, "minibatch size, a task setting (mnist, cifar10: default full batch; "
                                    "shakespeare: the preset's)", sweep=True),
         Setting("crosscheck_every", int, "a cold random-start Lanczos cross-check on a jump, and K measurements after the "
@@ -76,6 +78,9 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("schedule", str, "the step size over the run: constant, cosine (from --lr to 0 at the last step) or "
                                  "step (x 0.1 at half and three quarters of the run) (default constant)"),
         Setting("warmup_steps", int, "a linear warmup of the step size from 0 over these first steps (default 0)"),
+        Setting("measure_mode", str, "a model with BatchNorm: the Hessian measured with the statistics of the batch "
+                                     "measured, as the step sees them (train), or with the running statistics as "
+                                     "constants (eval); dropout off either way (default train)"),
         Setting("measure_dtype", str, "float32 or float64 (CPU: measure in float64; training stays float32) "
                                       "(default float32)"),
     )
@@ -525,7 +530,7 @@ def _cmd_reproduce(args) -> int:
     from samedge.sweep import FINISHED
 
     t0 = time.perf_counter()
-    names = args.tasks.split(",") if args.tasks else list(tasks.TASKS)
+    names = args.tasks.split(",") if args.tasks else list(tasks.PAPER_TASKS)
     out = Path(args.out)
     failed = []
     for name in names:
@@ -546,7 +551,7 @@ def _cmd_reproduce(args) -> int:
 
 def _add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="every task's grid (one sweep per task), then one report over all")
-    p.add_argument("--tasks", help="comma-separated tasks (default: all built-in)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: the paper's three, mnist, cifar10 and shakespeare)")
     _sweep_options(p)
     p.set_defaults(handler=_cmd_reproduce)
 

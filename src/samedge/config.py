@@ -15,6 +15,9 @@ from samedge import optimizers, tasks
 from samedge.errors import ConfigError
 
 
+MEASURE_MODES = ("train", "eval")  # RunConfig.measure_mode
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run; saved whole as the ``run`` part of its ``config.json``.
@@ -53,6 +56,9 @@ class RunConfig:
     measure_dtype: str = "float32"  # "float64": measure in float64 (CPU; training stays float32)
     # also batch sharpness over fresh minibatches and lambda_max of the full batch (samedge.batch_sharpness)
     batch_sharpness: bool = False
+    # also lambda_max of the task's full batch (its fixed measurement set, e.g. cifar10-resnet's), and
+    # ratio_full against the edge, without batch sharpness
+    measure_full_batch: bool = False
     # examples per pass when a batch is larger (0: one pass): the loss, every gradient and HVP are then
     # computed over chunks inside the compiled program, exactly (samedge.chunking). A property of the
     # machine, not of the experiment: a run may resume with another (config.json records each).
@@ -67,6 +73,9 @@ class RunConfig:
     # (x 0.1 at half and three quarters), after a linear warmup from 0 over warmup_steps
     schedule: str = "constant"
     warmup_steps: int = 0
+    # a task with model state (BatchNorm): the function measured. "train": the statistics of the batch
+    # measured, as the step sees them, dropout off; "eval": the running statistics as constants
+    measure_mode: str = "train"
     # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
     # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
     probes: tuple[str, ...] = ()
@@ -108,6 +117,8 @@ class RunConfig:
         _integer("warmup_steps", self.warmup_steps, 0)
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"--warmup-steps ({self.warmup_steps}) must be fewer than --steps ({self.steps})")
+        if self.measure_mode not in MEASURE_MODES:
+            raise ConfigError(f"--measure-mode must be one of {', '.join(MEASURE_MODES)}, got {self.measure_mode!r}")
         if self.decay_mask not in optimizers.DECAY_MASKS:
             raise ConfigError(f"--decay-mask must be one of {', '.join(optimizers.DECAY_MASKS)}, got {self.decay_mask!r}")
         if self.max_basis and self.max_basis < self.topk + 5:

@@ -98,6 +98,8 @@ class MeasureSettings:
       chunk_size: 0 = one pass; else the loss (and accuracy) over any batch larger than this is
         computed ``chunk_size`` examples at a time (:func:`samedge.chunking.chunked_mean`): every
         gradient and HVP of the measurement in the memory of one chunk, exactly for a mean loss.
+      full_batch: also ``lambda_max_full`` (the full-batch probe, given ``full_batch_fn``: the task's
+        measurement set) without batch sharpness.
       max_basis: 0 = unbounded (every Lanczos run keeps a basis of up to ``max_hvps + 1`` rows); else
         the most rows of the Krylov basis, the one workspace every Lanczos run of the measurement
         builds in: a full basis restarts thick (:func:`samedge.curvature.lanczos`), so memory is
@@ -123,6 +125,7 @@ class MeasureSettings:
     batch_sharpness_rel_se: float = 0.01
     chunk_size: int = 0
     max_basis: int = 0
+    full_batch: bool = False
 
     def validate(self) -> "MeasureSettings":
         from samedge.errors import ConfigError
@@ -172,7 +175,7 @@ class MeasureState(NamedTuple):
 
 class Measurement(NamedTuple):
     """``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state=None,
-    data=None) -> (row, MeasureState)``; ``settings``; ``probes``, the probes it runs, in order;
+    data=None, model_state=None) -> (row, MeasureState)``; ``settings``; ``probes``, the probes it runs, in order;
     ``lower``, with ``measure``'s arguments: the compiled program's ``jax.stages.Lowered``, whose
     ``.compile().memory_analysis()`` tells the memory a call needs before it runs (see
     :func:`measurement`)."""
@@ -231,8 +234,8 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
     """The built-in probes a measurement at ``settings`` runs for ``optimizer``, in their fixed order.
 
     ``topk`` always; ``precond`` for an optimizer with a preconditioner, ``step_radius`` for one with
-    a linearised step; ``batch_sharpness`` and ``full_batch`` (given ``full_batch_fn``) when
-    ``settings.batch_sharpness``; ``decay`` for coupled weight decay; ``edge`` (after the sharpness probes: ``ratio`` reads them);
+    a linearised step; ``batch_sharpness`` when ``settings.batch_sharpness``, ``full_batch`` (given
+    ``full_batch_fn``) then or when ``settings.full_batch``; ``decay`` for coupled weight decay; ``edge`` (after the sharpness probes: ``ratio`` reads them);
     ``alignment``; ``ascent_point`` when ``settings.ascent_point`` and the optimizer has one;
     ``outliers`` when ``settings.track_fraction > 0``.
 
@@ -260,8 +263,8 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
         chosen.append(adaptive.step_radius(settings))
     if settings.batch_sharpness:
         chosen.append(stochastic.batch_sharpness(settings, batch_fn))
-        if full_batch_fn is not None:
-            chosen.append(stochastic.full_batch(settings, full_batch_fn))
+    if (settings.batch_sharpness or settings.full_batch) and full_batch_fn is not None:
+        chosen.append(stochastic.full_batch(settings, full_batch_fn))
     if optimizer.decay is not None:
         chosen.append(decay.decay(settings))
     chosen += [edge.edge(), alignment.alignment()]
@@ -274,7 +277,7 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
 
 def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettings | None = None, *,
                 accuracy_fn: Callable | None = None, batch_fn: Callable | None = None,
-                full_batch_fn: Callable | None = None, probes=()) -> Measurement:
+                full_batch_fn: Callable | None = None, probes=(), stateful: bool = False) -> Measurement:
     """The measurement of ``optimizer``'s curvature and edge on ``loss_fn``.
 
     Args:
@@ -287,6 +290,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
       full_batch_fn: ``data -> batch``, the full batch (``lambda_max_full``).
       probes: your own :class:`samedge.probes.Probe` s, run after the built-in ones
         (:func:`builtin_probes`), in the order given.
+      stateful: ``loss_fn`` and ``accuracy_fn`` take ``(params, model_state, batch)``: a model with
+        state measured with its state as constants (BatchNorm's running statistics in eval mode);
+        ``measure`` then takes ``model_state=``, which it reads and never changes. The Hessian is
+        that of ``params -> loss_fn(params, model_state, batch)``.
 
     Returns:
       A :class:`Measurement`. ``init(params, key)`` draws the probes' random unit start vectors
@@ -315,16 +322,32 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
     # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
     # of the measurement's program (0.6 s -> 0.25 s on quick MNIST).
-    if settings.chunk_size:
+    if stateful:  # jitted with the state as an argument; closed over it (a traced value) per call
+        loss3 = jax.jit(loss_fn)
+        acc3 = None if accuracy_fn is None else jax.jit(accuracy_fn)
+    elif settings.chunk_size:
         loss_fn = chunking.chunked_mean(loss_fn, settings.chunk_size)
         accuracy_fn = None if accuracy_fn is None else chunking.chunked_mean(accuracy_fn, settings.chunk_size)
-    loss_fn = jax.jit(loss_fn)
-    accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
+    if not stateful:
+        loss_fn = jax.jit(loss_fn)
+        accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
     cast = _caster(settings.dtype)
 
-    def measure(params, batch, state, workspace, key, opt_state, data):
+    def at_state(model_state):
+        """The measured loss and accuracy, ``(params, batch)``, at the model state given."""
+        if not stateful:
+            return loss_fn, accuracy_fn
+        loss = lambda p, b: loss3(p, model_state, b)  # noqa: E731
+        acc = None if acc3 is None else (lambda p, b: acc3(p, model_state, b))
+        if settings.chunk_size:
+            loss = chunking.chunked_mean(loss, settings.chunk_size)
+            acc = None if acc is None else chunking.chunked_mean(acc, settings.chunk_size)
+        return loss, acc
+
+    def measure(params, batch, state, workspace, key, opt_state, data, model_state):
         with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
             params, batch = cast(params), cast(batch)
+            loss_fn, accuracy_fn = at_state(cast(model_state))
             ctx = probes_mod.context(loss_fn, params, batch, optimizer, settings, key, opt_state=opt_state,
                                      data=data, cast=cast, workspace=workspace, previous=state.carries)
             if accuracy_fn is not None:
@@ -336,22 +359,26 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     compiled = jax.jit(measure, donate_argnums=3)
     checked: set = set()
 
-    def measure_call(params, batch, state: MeasureState, key, opt_state=None, data=None):
+    def measure_call(params, batch, state: MeasureState, key, opt_state=None, data=None, model_state=None):
         signature = (jax.tree.structure(params), tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(params)))
+        if stateful and model_state is None:
+            from samedge.errors import ConfigError
+
+            raise ConfigError("this measurement reads a model state (stateful=True): pass model_state=")
         if signature not in checked:  # once per parameter structure: a trace, no compute
             checks.float_params(params)
-            checks.scalar_loss(loss_fn, params, batch)
+            checks.scalar_loss(at_state(model_state)[0], params, batch)
             checked.add(signature)
         rest, ws = split_workspace(state)
-        return compiled(params, batch, rest, ws, key, opt_state, data)
+        return compiled(params, batch, rest, ws, key, opt_state, data, model_state)
 
     def init(params, key) -> MeasureState:
         checks.float_params(params)
         return _init_state(builtin, extra, cast(params), key, settings.max_basis)
 
-    def lower(params, batch, state: MeasureState, key, opt_state=None, data=None):
+    def lower(params, batch, state: MeasureState, key, opt_state=None, data=None, model_state=None):
         rest, ws = split_workspace(state)
-        return compiled.lower(params, batch, rest, ws, key, opt_state, data)
+        return compiled.lower(params, batch, rest, ws, key, opt_state, data, model_state)
 
     return Measurement(init, measure_call, settings, everything, lower)
 

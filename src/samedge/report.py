@@ -104,6 +104,8 @@ def _settings(config: dict) -> str:
         parts.append(f"schedule={config['schedule']}")
     if config.get("warmup_steps"):
         parts.append(f"warmup={config['warmup_steps']}")
+    if config.get("measure_mode", "train") != "train":
+        parts.append(f"measured={config['measure_mode']}")
     return " ".join(parts) or "-"
 
 

@@ -47,6 +47,7 @@ def run_name(cfg: config_mod.RunConfig) -> str:
         tags += f"-decay{cfg.decay_mask}"
     tags += f"-{cfg.schedule}" if cfg.schedule != "constant" else ""
     tags += f"-w{cfg.warmup_steps}" if cfg.warmup_steps else ""
+    tags += "-evalmode" if cfg.measure_mode != "train" else ""
     return f"{tasks.safe_name(cfg.task)}-{opt}{lr}{tags}-s{cfg.seed}"
 
 

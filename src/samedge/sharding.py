@@ -322,6 +322,10 @@ def shard_task(task: Task, devices: Sequence, *, uneven: str = "pad") -> Task:
     for what, fn in fns.items():
         size = _batch_size(fn, task.data, what, task.name)
         pad = (-size) % n
+        if pad and task.stateful:
+            raise ConfigError(f"task {task.name!r} has model state (BatchNorm): its batch statistics would count "
+                              f"padded examples, so the {'measurement ' if what != 'batch_fn' else ''}batch of {size} "
+                              f"examples must divide over {n} devices; {_divisors_hint(size, n)}")
         if pad and uneven == "refuse":
             raise ConfigError(f"task {task.name!r}: the {'measurement ' if what != 'batch_fn' else ''}batch of "
                               f"{size} examples does not divide over {n} devices; {_divisors_hint(size, n)}")
@@ -368,8 +372,11 @@ def shard_task(task: Task, devices: Sequence, *, uneven: str = "pad") -> Task:
 
     local = mesh.local_devices[0]
 
-    def evaluate(params):
-        return task.evaluate(jax.tree.map(lambda x: _on_one_device(x, local), params))
+    def evaluate(params, *state):  # a task with model state passes it after the parameters
+        return task.evaluate(*jax.tree.map(lambda x: _on_one_device(x, local), (params, *state)))
+
+    def init_state(key):
+        return replicate(task.init_state(key), mesh)
 
     return dataclasses.replace(
         task,
@@ -380,6 +387,7 @@ def shard_task(task: Task, devices: Sequence, *, uneven: str = "pad") -> Task:
         batch_fn=wrapped["batch_fn"],
         measure_batch_fn=wrapped.get("measure_batch_fn", wrapped["batch_fn"]),
         evaluate=evaluate,
+        init_state=init_state if task.stateful else None,
     )
 
 

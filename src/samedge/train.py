@@ -31,11 +31,11 @@ import numpy as np
 
 from samedge import analysis, checkpoint, measure, optimizers, schedules, steps
 from samedge.config import RunConfig
-from samedge.errors import RunDirError
+from samedge.errors import ConfigError, RunDirError
 from samedge.store import RunStore
 from samedge.tasks import Task
 
-__all__ = ["schedule", "make_chunk", "Segment", "trajectory", "StopSignals", "measure_settings", "train",
+__all__ = ["schedule", "make_chunk", "step_key", "stateful_grad_fn", "evaluate", "Segment", "trajectory", "StopSignals", "measure_settings", "train",
            "spectra_along_run"]
 
 INIT_KEY = 0x5A3  # folded into the seed for the first measurement's random start vectors
@@ -52,12 +52,69 @@ def schedule(total: int, every: int) -> list[int]:
     return points + [total]
 
 
-def make_chunk(task: Task, optimizer: steps.Optimizer, length: int) -> Callable:
+# Folded into the run's seed for the per-step keys of a task with state (dropout): at or above 2**31,
+# so that it never equals a step index (see samedge.tasks.MINIBATCH_KEY).
+STEP_KEY = 0xD70F_0000
+
+
+def step_key(seed: int, step):
+    """The PRNG key a stateful task's step ``step`` draws its dropout from: a pure function of the
+    run's seed and the step (``fold_in(fold_in(PRNGKey(seed), STEP_KEY), step)``), so a resumed run
+    draws the same masks.
+
+    >>> bool((step_key(0, 3) == step_key(0, 3)).all()), bool((step_key(0, 3) == step_key(0, 4)).all())
+    (True, False)
+    """
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), STEP_KEY), step)
+
+
+def stateful_grad_fn(task: Task, params, model_state, batch, key):
+    """``(grad_fn, new_state)`` for one step of a task with model state.
+
+    ``grad_fn(p) -> (loss, grad)`` differentiates ``task.train_loss_fn(p, model_state, batch, key)``
+    (the state as it was before the step, the same dropout key for every gradient of the step);
+    ``new_state()`` is the state the call at ``params`` itself returned: the unperturbed pass (SAM's
+    ascent-point pass leaves the running statistics alone, as common SAM implementations do).
+    """
+    seen = []
+
+    def grad_fn(p):
+        (loss, state), grad = jax.value_and_grad(
+            lambda q: task.train_loss_fn(q, model_state, batch, key), has_aux=True)(p)
+        seen.append((p is params, state))
+        return loss, grad
+
+    def new_state():
+        return next((st for own, st in seen if own), seen[0][1] if seen else model_state)
+
+    return grad_fn, new_state
+
+
+def make_chunk(task: Task, optimizer: steps.Optimizer, length: int, *, seed: int = 0) -> Callable:
     """A jitted ``chunk(params, opt_state, data, start) -> (params, opt_state, losses)`` of ``length`` steps.
 
     Step ``start + i`` sees ``task.batch_fn(data, start + i)``; ``losses`` (``(length,)``) are the
-    losses before each step. ``params`` and ``opt_state`` are donated.
+    losses before each step. ``params`` and ``opt_state`` are donated. For a task with model state
+    (``task.stateful``) the chunk is ``chunk(params, opt_state, model_state, data, start) -> (params,
+    opt_state, model_state, losses)``: each step descends ``task.train_loss_fn`` with the key
+    :func:`step_key` ``(seed, step)`` and takes the state of its unperturbed pass
+    (:func:`stateful_grad_fn`); the model state is donated too.
     """
+    if task.stateful:
+        def stateful_chunk(params, opt_state, model_state, data, start):
+            def body(carry, i):
+                params, opt_state, model_state = carry
+                step = start + i
+                batch = task.batch_fn(data, step)
+                grad_fn, new_state = stateful_grad_fn(task, params, model_state, batch, step_key(seed, step))
+                params, opt_state, loss = optimizer.update(params, opt_state, grad_fn)
+                return (params, opt_state, new_state()), loss
+
+            (params, opt_state, model_state), losses = jax.lax.scan(
+                body, (params, opt_state, model_state), jnp.arange(length))
+            return params, opt_state, model_state, losses
+
+        return jax.jit(stateful_chunk, donate_argnums=(0, 1, 2))
 
     def chunk(params, opt_state, data, start):
         def body(carry, i):
@@ -80,10 +137,11 @@ class Segment(NamedTuple):
     params: Any
     opt_state: Any
     losses: np.ndarray  # (steps since the previous check point,) the loss before each of them
+    model_state: Any = None  # the model's state (a task with state), else None
 
 
-def trajectory(task: Task, optimizer: steps.Optimizer, params, opt_state, points, *, start: int = 0
-               ) -> Iterator[Segment]:
+def trajectory(task: Task, optimizer: steps.Optimizer, params, opt_state, points, *, start: int = 0,
+               model_state=None, seed: int = 0) -> Iterator[Segment]:
     """Train from step ``start`` and yield a :class:`Segment` at every check point of ``points``.
 
     Args:
@@ -93,6 +151,8 @@ def trajectory(task: Task, optimizer: steps.Optimizer, params, opt_state, points
       points: increasing check-point steps; those before ``start`` are skipped (``start`` itself is
         yielded, with no losses, when listed).
       start: steps already done.
+      model_state: the model's state after ``start`` steps (a task with state; else ``None``).
+      seed: the run's seed (a task with state: its steps' dropout keys, :func:`step_key`).
 
     Returns:
       An iterator; each chunk between two check points is one compiled ``lax.scan`` (compiled once
@@ -108,11 +168,15 @@ def trajectory(task: Task, optimizer: steps.Optimizer, params, opt_state, points
         if step > done:
             length = step - done
             if length not in chunks:
-                chunks[length] = make_chunk(task, optimizer, length)
-            params, opt_state, losses = chunks[length](params, opt_state, task.data, jnp.asarray(done))
+                chunks[length] = make_chunk(task, optimizer, length, seed=seed)
+            if task.stateful:
+                params, opt_state, model_state, losses = chunks[length](params, opt_state, model_state, task.data,
+                                                                        jnp.asarray(done))
+            else:
+                params, opt_state, losses = chunks[length](params, opt_state, task.data, jnp.asarray(done))
             losses = np.asarray(losses)
             done = step
-        yield Segment(step, params, opt_state, losses)
+        yield Segment(step, params, opt_state, losses, model_state)
 
 
 class StopSignals:
@@ -154,6 +218,7 @@ def measure_settings(cfg: RunConfig, optimizer: steps.Optimizer) -> measure.Meas
                                    track_fraction=cfg.track_fraction, track_max=cfg.track_max,
                                    ascent_point=cfg.measure_sam_point and ascends,
                                    crosscheck_every=cfg.crosscheck_every, max_basis=cfg.max_basis,
+                                   full_batch=cfg.measure_full_batch,
                                    batch_sharpness=BATCH_SHARPNESS_MAX if cfg.batch_sharpness else 0,
                                    dtype="float64" if cfg.measure_dtype == "float64" else None)
 
@@ -170,22 +235,32 @@ def build_optimizer(cfg: RunConfig) -> steps.Optimizer:
 def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer, probes=()):
     """The run's measurement and, as one jitted ``(params, data, step, state, opt_state) -> (row, state)``,
     its call on the task's measurement batch of that step."""
-    m = measure.measurement(task.loss_fn, optimizer, measure_settings(cfg, optimizer),
-                            accuracy_fn=task.accuracy_fn, batch_fn=task.batch_fn, full_batch_fn=task.full_batch_fn,
-                            probes=probes)
+    eval_mode = cfg.measure_mode == "eval"
+    if eval_mode:
+        if task.eval_loss_fn is None:
+            raise ConfigError(f"--measure-mode eval: task {task.name!r} has no eval_loss_fn (a model with state "
+                              f"measured with its running statistics)")
+        loss_fn, accuracy_fn = task.eval_loss_fn, None
+    else:
+        loss_fn, accuracy_fn = task.loss_fn, task.accuracy_fn
+    m = measure.measurement(loss_fn, optimizer, measure_settings(cfg, optimizer),
+                            accuracy_fn=accuracy_fn, batch_fn=task.batch_fn, full_batch_fn=task.full_batch_fn,
+                            probes=probes, stateful=eval_mode)
     seed_key = jax.random.PRNGKey(cfg.seed)
 
-    def at_step(params, data, step, state, workspace, opt_state):
+    def at_step(params, data, step, state, workspace, opt_state, model_state):
         return m.measure(params, task.measure_batch_fn(data, step), state._replace(workspace=workspace),
-                         jax.random.fold_in(seed_key, step), opt_state, data if cfg.batch_sharpness else None)
+                         jax.random.fold_in(seed_key, step), opt_state,
+                         data if cfg.batch_sharpness or cfg.measure_full_batch else None,
+                         model_state if eval_mode else None)
 
     # the state's Krylov workspace (96 MB on quick MNIST) is donated: reused in place instead of
     # mapped afresh from the operating system by every call
     jitted = jax.jit(at_step, donate_argnums=4)
 
-    def measure_at(params, data, step, state, opt_state):
+    def measure_at(params, data, step, state, opt_state, model_state=None):
         rest, workspace = measure.split_workspace(state)
-        return jitted(params, data, step, rest, workspace, opt_state)
+        return jitted(params, data, step, rest, workspace, opt_state, model_state)
 
     init = lambda params: m.init(params, jax.random.fold_in(seed_key, INIT_KEY))  # noqa: E731
     return m, init, measure_at
@@ -226,16 +301,18 @@ class _State(NamedTuple):
     done: int
     elapsed: float
     resumed_from: int | None
+    model_state: Any = None
 
 
 def _start(cfg, task, optimizer, m, init_measure, store, resume) -> _State:
     """The run's starting state: fresh from the seed, or the checkpoint in ``store`` when resuming."""
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    model_state = task.init_state(jax.random.PRNGKey(cfg.seed)) if task.stateful else None
     opt_state = optimizer.init(params)
     mstate = init_measure(params)
-    state = _State(params, opt_state, mstate, [], 0, 0.0, None)
+    state = _State(params, opt_state, mstate, [], 0, 0.0, None, model_state)
     if resume and store is not None:
-        ckpt = checkpoint.load(store.path, params, opt_state, mstate.carries)
+        ckpt = checkpoint.load(store.path, params, opt_state, mstate.carries, model_state)
         if ckpt is not None:
             if ckpt.seed != cfg.seed:
                 raise RunDirError(f"{store.path}: checkpoint seed {ckpt.seed} differs from the config's {cfg.seed}")
@@ -246,9 +323,23 @@ def _start(cfg, task, optimizer, m, init_measure, store, resume) -> _State:
                     mstate = measure.from_vectors(m, mstate, ckpt.vectors, ckpt.rows)
                 except RunDirError as exc:
                     raise RunDirError(f"{store.path}: {exc}") from None
-            state = _State(ckpt.params, ckpt.opt_state, mstate, list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step)
+            state = _State(ckpt.params, ckpt.opt_state, mstate, list(ckpt.rows), ckpt.step, ckpt.elapsed_s, ckpt.step,
+                           ckpt.model_state)
         store.rewrite(state.rows)
     return state
+
+
+def evaluate(task: Task, params, model_state=None) -> dict:
+    """The task's test metrics at ``params`` (and, for a task with state, its state: BatchNorm's
+    running statistics, as a model is tested).
+
+    >>> from samedge import tasks
+    >>> t = tasks.make_task("q", lambda k: {"w": jnp.ones(2)}, lambda p, b: jnp.sum(p["w"] ** 2), jnp.ones(1),
+    ...                     evaluate=lambda p: {"norm": float(jnp.sum(p["w"] ** 2))})
+    >>> evaluate(t, {"w": jnp.ones(2)})
+    {'norm': 2.0}
+    """
+    return task.evaluate(params, model_state) if task.stateful else task.evaluate(params)
 
 
 def _natural(key: str):
@@ -303,7 +394,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
     started = time.perf_counter() - state.elapsed
     try:
         with StopSignals() as stop:
-            for seg in trajectory(task, optimizer, params, opt_state, points, start=done):
+            for seg in trajectory(task, optimizer, params, opt_state, points, start=done,
+                                  model_state=state.model_state, seed=cfg.seed):
                 bar.update(len(seg.losses))
                 if len(seg.losses):
                     reason = _divergence(seg.losses, seg.params, rows, cfg.diverge_factor, done)
@@ -312,11 +404,12 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
                         break
                 done = seg.step
                 t0 = time.perf_counter()
-                values, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
+                values, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state,
+                                            seg.model_state)
                 values = jax.device_get(values)  # syncs
                 measure_s = time.perf_counter() - t0
                 row = _row(values, seg.step, measure_s, started, optimizer,
-                           task.evaluate(seg.params) if seg.step in evals else {})
+                           evaluate(task, seg.params, seg.model_state) if seg.step in evals else {})
                 if not math.isfinite(row["loss"]) or (rows and row["loss"] > cfg.diverge_factor * rows[0]["loss"]):
                     status, reason = "diverged", f"measured loss {row['loss']:.4g} at step {seg.step}"
                     break
@@ -328,7 +421,7 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
                     if not final and (due or stop.requested):
                         checkpoint.save(store.path, checkpoint.Checkpoint(
                             seg.step, seg.params, seg.opt_state, mstate.carries, rows,
-                            time.perf_counter() - started, cfg.seed))
+                            time.perf_counter() - started, cfg.seed, model_state=seg.model_state))
                         last_checkpoint = seg.step
                 if on_row is not None:
                     on_row(row)
@@ -423,6 +516,7 @@ def spectra_along_run(cfg: RunConfig, task: Task, at_steps, *, num_probes: int =
 
     optimizer = build_optimizer(cfg)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
+    model_state = task.init_state(jax.random.PRNGKey(cfg.seed)) if task.stateful else None
     opt_state = optimizer.init(params)
     n = ravel_pytree(params)[0].shape[0]
 
@@ -437,7 +531,7 @@ def spectra_along_run(cfg: RunConfig, task: Task, at_steps, *, num_probes: int =
         return nodes, weights, edge
 
     points = sorted(set(int(s) for s in at_steps))
-    for seg in trajectory(task, optimizer, params, opt_state, points):
+    for seg in trajectory(task, optimizer, params, opt_state, points, model_state=model_state, seed=cfg.seed):
         if len(seg.losses) and not np.all(np.isfinite(seg.losses)):
             return
         nodes, weights, edge = slq_at(seg.params, seg.opt_state, task.data, jnp.asarray(seg.step))

@@ -232,3 +232,18 @@ def preprocess(data: CIFAR10):
     mean = x.mean(axis=0, keepdims=True)  # (1, 32, 32, 3)
     eye = np.eye(NUM_CLASSES, dtype=np.float32)
     return (x - mean, eye[data.train.labels]), (x_test - mean, eye[data.test.labels])
+
+
+def standardize(data: CIFAR10):
+    """The ResNet recipe's preprocessing: pixels / 255, minus the training images' mean of each
+    channel, over its standard deviation (applied to the test images too); integer labels.
+
+    Returns:
+      ``(x, y), (x_test, y_test)``: float32 ``(N, 32, 32, 3)`` images, int32 ``(N,)`` labels.
+    """
+    x = data.train.images.astype(np.float32) / 255.0
+    x_test = data.test.images.astype(np.float32) / 255.0
+    mean = x.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)  # (3,)
+    std = x.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    return (((x - mean) / std, data.train.labels.astype(np.int32)),
+            ((x_test - mean) / std, data.test.labels.astype(np.int32)))

@@ -4,7 +4,8 @@ Columns: ``edge``, the optimizer's edge at the gradient ``g`` and its state (abs
 has no known edge); ``gd_edge`` = 2/eta (when eta is one number); ``ratio`` = the optimizer's own
 sharpness over its edge: ``precond_sharpness`` (from the :mod:`~samedge.probes.adaptive` probe) for an
 adaptive optimizer, ``lambda_max_reg`` (:mod:`~samedge.probes.decay`) under coupled weight decay, else
-``lambda_max`` (from :mod:`~samedge.probes.topk`); for an adaptive one also
+``lambda_max`` (from :mod:`~samedge.probes.topk`); ``ratio_full`` = ``lambda_max_full`` (the full
+batch's, :mod:`~samedge.probes.stochastic`) over the same edge, for a Euclidean one; for an adaptive one also
 ``precond_edge`` and ``precond_ratio`` (the same numbers under names that say so). Under a
 learning-rate schedule also ``lr`` = eta_t, the step size of the update from the point measured,
 and every edge at it (empty where eta_t = 0). No HVPs, no carry.
@@ -51,6 +52,8 @@ def edge() -> Probe:
         sharpness = ctx.columns.get("precond_sharpness",
                                     ctx.columns.get("lambda_max_reg", ctx.columns.get("lambda_max")))
         columns["edge"] = value
+        if "lambda_max_full" in ctx.columns and opt.preconditioner is None:  # the measurement set's
+            columns["ratio_full"] = ctx.columns["lambda_max_full"] / value
         if sharpness is not None:
             columns["ratio"] = sharpness / value
             if opt.preconditioner is not None:

@@ -2,7 +2,8 @@
 
 A task comes from one of three sources (:func:`task_source`):
 
-- a built-in module (``tasks/mnist.py``, ``tasks/cifar10.py``, ``tasks/shakespeare.py``), which
+- a built-in module (``tasks/mnist.py``, ``tasks/cifar10.py``, ``tasks/shakespeare.py``,
+  ``tasks/cifar10_resnet.py`` for the task ``cifar10-resnet``), which
   defines ``Config`` (a frozen dataclass of the task's own settings), ``PRESETS`` (``quick`` for 2
   CPU cores, ``paper`` for the paper) and ``build(config, *, data_dir, seed, allow_fallback)``;
 - ``"package.module:factory"``, a callable returning a :class:`Task` (built with :func:`make_task`);
@@ -26,7 +27,8 @@ from typing import Any, Callable, Mapping
 from samedge.errors import ConfigError
 from samedge.errors import one_line as errors_one_line
 
-TASKS = ("mnist", "cifar10", "shakespeare")
+TASKS = ("mnist", "cifar10", "shakespeare", "cifar10-resnet")
+PAPER_TASKS = TASKS[:3]  # Long & Bartlett's three, the ones `samedge reproduce` sweeps by default
 ENTRY_POINT_GROUP = "samedge.tasks"
 
 
@@ -117,6 +119,21 @@ class Task:
     # statistics are then per chunk, "ghost batch norm"); a chunked run then skips the check that the
     # loss is a mean, and the chunk size is part of the run's identity (samedge.chunking)
     chunk_dependent: bool = False
+    # Model state (BatchNorm's running statistics; None for a stateless task). With it:
+    # init_state(key) -> state, the state at initialisation (the key is the one init_params gets);
+    # train_loss_fn(params, state, batch, key) -> (loss, state), the step's loss (batch statistics,
+    # dropout drawn from ``key``) and the state after it; eval_loss_fn(params, state, batch) -> loss,
+    # the loss with the state as constants and dropout off (the measurement's eval mode), or None;
+    # ``loss_fn`` is then the measured function of the default (train) mode: batch statistics,
+    # dropout off; ``evaluate`` takes ``(params, state)``.
+    init_state: Callable[[Any], Any] | None = None
+    train_loss_fn: Callable[[Any, Any, Any, Any], Any] | None = None
+    eval_loss_fn: Callable[[Any, Any, Any], Any] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the task's model has state (``init_state`` is set)."""
+        return self.init_state is not None
 
 
 def whole_data(data, step):
@@ -127,7 +144,8 @@ def whole_data(data, step):
 def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batch_fn: Callable | None = None,
               measure_batch_fn: Callable | None = None, evaluate: Callable | None = None,
               accuracy_fn: Callable | None = None, config=None, info: Mapping | None = None,
-              chunk_dependent: bool = False) -> Task:
+              chunk_dependent: bool = False, init_state: Callable | None = None,
+              train_loss_fn: Callable | None = None, eval_loss_fn: Callable | None = None) -> Task:
     """A :class:`Task` from plain functions, checked before any training.
 
     Args:
@@ -144,6 +162,14 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
       info: facts to record in ``config.json`` (sizes, data source).
       chunk_dependent: the loss depends on how a batch is chunked on purpose (BatchNorm in train
         mode); a chunked run (``--chunk-size``) then skips its check that the loss is a mean.
+      init_state: for a model with state (BatchNorm's running statistics), ``key -> state``, a
+        pytree of arrays (called with the key ``init_params`` gets). Needs ``train_loss_fn``.
+      train_loss_fn: ``(params, state, batch, key) -> (loss, state)``: the loss a step descends
+        (BatchNorm on the batch's statistics, dropout drawn from ``key``, a pure function of the
+        run's seed and the step) and the state after it. ``loss_fn`` stays the function the
+        measurement differentiates by default: batch statistics, dropout off.
+      eval_loss_fn: ``(params, state, batch) -> loss`` with the state as constants and dropout off
+        (``--measure-mode eval``), or ``None``. With a state, ``evaluate`` takes ``(params, state)``.
 
     Returns:
       The :class:`Task`. Integer or non-array parameter leaves, a ``batch_fn`` JAX cannot trace and
@@ -188,15 +214,47 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
     checks.scalar_loss(loss_fn, shapes, batch)
     if accuracy_fn is not None:
         checks.scalar_loss(accuracy_fn, shapes, batch)
+    _check_state_fns(init_state, train_loss_fn, eval_loss_fn, shapes, batch)
 
-    def no_metrics(params):
+    def no_metrics(params, state=None):
         return {}
 
     n_params = sum(int(getattr(leaf, "size", 0)) for leaf in jax.tree.leaves(shapes))
     return Task(name=name, config=config, init_params=init_params, loss_fn=loss_fn, accuracy_fn=accuracy_fn,
                 data=data, batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
                 evaluate=evaluate or no_metrics, info={"n_params": n_params} | dict(info or {}),
-                chunk_dependent=bool(chunk_dependent))
+                chunk_dependent=bool(chunk_dependent), init_state=init_state, train_loss_fn=train_loss_fn,
+                eval_loss_fn=eval_loss_fn)
+
+
+def _check_state_fns(init_state, train_loss_fn, eval_loss_fn, shapes, batch) -> None:
+    """Refuse a model state given by halves, or functions whose outputs do not fit it (shapes only)."""
+    import jax
+
+    from samedge import checks
+
+    if init_state is None:
+        if train_loss_fn is not None or eval_loss_fn is not None:
+            raise ConfigError("train_loss_fn and eval_loss_fn belong to a model with state: give init_state too")
+        return
+    if not callable(init_state) or not callable(train_loss_fn):
+        raise ConfigError("a model with state needs init_state (key -> state) and train_loss_fn "
+                          "((params, state, batch, key) -> (loss, state)), both callable")
+    key = jax.random.PRNGKey(0)
+    try:
+        state = jax.eval_shape(init_state, key)
+        out = jax.eval_shape(train_loss_fn, shapes, state, batch, key)
+    except Exception as exc:
+        raise ConfigError(f"train_loss_fn {checks.callable_name(train_loss_fn)} fails on (params, state, batch, "
+                          f"key) ({type(exc).__name__}: {errors_one_line(exc)})") from None
+    if not (isinstance(out, tuple) and len(out) == 2 and getattr(out[0], "shape", None) == ()):
+        raise ConfigError(f"train_loss_fn {checks.callable_name(train_loss_fn)} must return (scalar loss, state)")
+    if jax.tree.structure(out[1]) != jax.tree.structure(state) or any(
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(out[1]), jax.tree.leaves(state))):
+        raise ConfigError(f"train_loss_fn {checks.callable_name(train_loss_fn)} returns a state unlike "
+                          f"init_state's (same structure and shapes needed)")
+    if eval_loss_fn is not None:
+        checks.scalar_loss(lambda p, b: eval_loss_fn(p, state, b), shapes, batch)
 
 
 @dataclass(frozen=True)
@@ -220,7 +278,7 @@ def task_source(name: str) -> TaskSource:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a task name must be a non-empty string, got {name!r}")
     if name in TASKS:
-        module = importlib.import_module(f"samedge.tasks.{name}")
+        module = task_module(name)
         return TaskSource(name, "builtin", module.Config, module.PRESETS, module.build)
     if ":" in name:
         from samedge import checks
@@ -288,7 +346,7 @@ def task_module(name: str):
     """The module of a built-in task (:class:`ConfigError` for another name)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
-    return importlib.import_module(f"samedge.tasks.{name}")
+    return importlib.import_module(f"samedge.tasks.{name.replace('-', '_')}")
 
 
 def get_preset(task: str, preset: str | None = None) -> Preset:
@@ -509,3 +567,130 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         info=info,
         full_batch_fn=lambda data: data,
     )
+
+
+# Folded into the run's seed for the augmentation keys (see MINIBATCH_KEY).
+AUGMENT_KEY = 0xA060_0000
+
+
+def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def stateful_classification(name: str, config, model, train, test, *, source: str, batch_size: int,
+                            seed: int = 0, augment: bool = False, measure_augmented: bool = False,
+                            measure_set: int = 0, info: Mapping | None = None) -> Task:
+    """A classification task with a model with state (BatchNorm) and dropout, cross-entropy loss.
+
+    ``model`` is a flax module called as ``model.apply(variables, x, use_running_average=...,
+    deterministic=...)`` (:class:`samedge.models.resnet.ResNet`), whose variables are ``params`` and
+    any state collections (``batch_stats``). The task's functions:
+
+    - a step (``train_loss_fn``) normalises with the statistics of its batch, updates the running
+      statistics (``s' = m s + (1 - m) b``) and draws dropout from the step's key;
+    - the measured function (``loss_fn``, ``accuracy_fn``) normalises with the statistics of the
+      batch measured, as a step on it would, with dropout off; it never touches the state;
+    - ``eval_loss_fn`` (``--measure-mode eval``) and ``evaluate`` (the test set) use the running
+      statistics as constants, dropout off.
+
+    Batches: minibatches of ``batch_size`` (:func:`minibatch_fn`, a pure function of ``(seed, step)``;
+    0: the whole training set), augmented when ``augment`` (:func:`samedge.augment.crop_flip`, keyed
+    by ``fold_in(fold_in(PRNGKey(seed), AUGMENT_KEY), step)``); the measurement at step ``t`` is on the
+    same minibatch without augmentation (with it when ``measure_augmented``). ``full_batch_fn`` is the
+    fixed measurement set, the first ``measure_set`` training images unaugmented (0: all of them).
+    With BatchNorm the task is ``chunk_dependent``: chunked, each chunk has its own statistics.
+
+    Args:
+      name, config: the task's name and Config.
+      model: the flax module.
+      train, test: ``(images, integer labels)`` NumPy pairs.
+      source: where the data came from (recorded).
+      batch_size, seed, augment, measure_augmented, measure_set: as above.
+      info: more facts to record.
+
+    Returns:
+      The :class:`Task`.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from samedge import augment as augment_mod
+
+    n_train = int(train[0].shape[0])
+    batch_size = check_batch_size(name, batch_size, n_train)
+    x0 = jnp.zeros((1, *train[0].shape[1:]), jnp.float32)
+    shapes = jax.eval_shape(lambda k: model.init(k, x0, use_running_average=True), jax.random.PRNGKey(0))
+    collections = tuple(sorted(k for k in shapes if k != "params"))
+
+    def init_params(key):
+        return model.init(key, x0, use_running_average=True)["params"]
+
+    def init_state(key):
+        variables = model.init(key, x0, use_running_average=True)
+        return {k: variables[k] for k in collections}
+
+    def train_loss_fn(params, state, batch, key):
+        x, y = batch
+        if collections:
+            logits, new = model.apply({"params": params, **state}, x, use_running_average=False,
+                                      deterministic=False, rngs={"dropout": key}, mutable=list(collections))
+            return cross_entropy(logits, y), {k: new[k] for k in collections}
+        logits = model.apply({"params": params}, x, use_running_average=False, deterministic=False,
+                             rngs={"dropout": key})
+        return cross_entropy(logits, y), state
+
+    def train_mode_logits(params, x):  # batch statistics, dropout off; the running statistics discarded
+        if collections:
+            return model.apply({"params": params}, x, use_running_average=False, deterministic=True,
+                               mutable=list(collections))[0]
+        return model.apply({"params": params}, x, use_running_average=False, deterministic=True)
+
+    def eval_logits(params, state, x):
+        return model.apply({"params": params, **state}, x, use_running_average=True, deterministic=True)
+
+    def loss_fn(params, batch):
+        return cross_entropy(train_mode_logits(params, batch[0]), batch[1])
+
+    def accuracy_fn(params, batch):
+        return jnp.mean(jnp.argmax(train_mode_logits(params, batch[0]), -1) == batch[1])
+
+    def eval_loss_fn(params, state, batch):
+        return cross_entropy(eval_logits(params, state, batch[0]), batch[1])
+
+    @jax.jit
+    def evaluate_jit(params, state, test):
+        logits = eval_logits(params, state, test[0])
+        return {"test_loss": cross_entropy(logits, test[1]), "test_acc": jnp.mean(jnp.argmax(logits, -1) == test[1])}
+
+    root = jax.random.PRNGKey(seed)
+    if 0 < batch_size < n_train:
+        measure_batch_fn = minibatch_fn(n_train, batch_size, jax.random.fold_in(root, MINIBATCH_KEY))
+    else:
+        batch_size, measure_batch_fn = n_train, whole_data
+    batch_fn = measure_batch_fn
+    if augment:
+        batch_fn = augment_mod.augmented_batch_fn(measure_batch_fn, jax.random.fold_in(root, AUGMENT_KEY))
+        if measure_augmented:
+            measure_batch_fn = batch_fn
+    m = int(measure_set) or n_train
+    if not 0 < m <= n_train:
+        raise ConfigError(f"{name} measure_set must be in [0, n_train = {n_train}], got {measure_set!r}")
+
+    def full_batch(data):
+        return jax.tree.map(lambda a: a[:m], data)
+
+    test_arrays = (jnp.asarray(test[0]), jnp.asarray(test[1]))
+    facts = {"data_source": source, "n_train": n_train, "n_test": int(test[0].shape[0]),
+             "n_params": count_params(init_params), "batch_size": batch_size, "measure_set": m,
+             "model_state": list(collections), "augment": "crop 4 + flip" if augment else "none",
+             "measured_on": "the step's minibatch, " + ("augmented" if augment and measure_augmented
+                                                        else "unaugmented") + "; dropout off"}
+    return Task(
+        name=name, config=config, init_params=init_params, loss_fn=loss_fn, accuracy_fn=accuracy_fn,
+        data=(jnp.asarray(train[0]), jnp.asarray(train[1])), batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
+        evaluate=lambda params, state: {k: float(v) for k, v in evaluate_jit(params, state, test_arrays).items()},
+        info=facts | dict(info or {}), full_batch_fn=full_batch, chunk_dependent=bool(collections),
+        init_state=init_state, train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn)
