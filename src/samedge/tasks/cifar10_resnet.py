@@ -36,7 +36,7 @@ class Config:
     batch_size: int = 128  # minibatch (0: full batch)
     augment: bool = True  # random crop (4-pixel padding) and horizontal flip of each training minibatch
     measure_augmented: bool = False  # measure the step's minibatch with its augmentation
-    measure_set: int = 5000  # the fixed measurement set (lambda_max_full): the first images; 0 = all
+    measure_set: int = 5000  # the fixed measurement set (lambda_max_full): the first images (0 or > n_train: all)
 
     def validate(self):
         for name in ("n_train", "width"):
@@ -54,9 +54,8 @@ class Config:
         for name in ("augment", "measure_augmented"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"cifar10-resnet {name} must be true or false, got {getattr(self, name)!r}")
-        if not (isinstance(self.measure_set, int) and 0 <= self.measure_set <= self.n_train):
-            raise ConfigError(f"cifar10-resnet measure_set must be an integer in [0, n_train = {self.n_train}], "
-                              f"got {self.measure_set!r}")
+        if not (isinstance(self.measure_set, int) and not isinstance(self.measure_set, bool) and self.measure_set >= 0):
+            raise ConfigError(f"cifar10-resnet measure_set must be an integer >= 0, got {self.measure_set!r}")
         check_batch_size("cifar10-resnet", self.batch_size, self.n_train)
 
 
@@ -110,4 +109,5 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
                    bn_momentum=config.bn_momentum, dropout=config.dropout)
     return stateful_classification("cifar10-resnet", config, model, train, test, source=raw.source,
                                    batch_size=config.batch_size, seed=seed, augment=config.augment,
-                                   measure_augmented=config.measure_augmented, measure_set=config.measure_set)
+                                   measure_augmented=config.measure_augmented,
+                                   measure_set=min(config.measure_set, config.n_train))
