@@ -229,6 +229,44 @@ for n, plain, c in ((2, base, 50), (4, odd, 30)):
     t = sharding.shard_task(chunking.chunk_task(plain, c, groups=n), sharding.devices_for(n))
     out["chunked"][n] = compare(quantities(plain, v, False)[0], quantities(t, v, False)[0])
 lap("chunked")
+
+# 7. A model with state (BatchNorm): 10 steps of SAM with momentum on 2 devices as on one (the
+# statistics of the whole batch, the running statistics replicated); a padded batch is refused.
+import flax.linen as nn
+
+
+class BN(nn.Module):
+    @nn.compact
+    def __call__(self, x, *, use_running_average, deterministic=True):
+        x = nn.Dense(16)(x.reshape(x.shape[0], -1))
+        x = nn.BatchNorm(use_running_average=use_running_average, momentum=0.9)(x)
+        return nn.Dense(10)(nn.relu(x))
+
+
+xs, ys = np.asarray(base.data[0]), np.asarray(base.data[1]).argmax(-1).astype(np.int32)
+opt_m = optimizers.build("sam_momentum", 0.1, rho=0.05, momentum=0.9)
+
+
+def bn_task(batch_size):
+    return tasks.stateful_classification("bn", None, BN(), (xs, ys), (xs[:64], ys[:64]), source="mnist",
+                                         batch_size=batch_size)
+
+
+def ten_steps(t):
+    p, s = t.init_params(jax.random.PRNGKey(0)), t.init_state(jax.random.PRNGKey(0))
+    p, _, s, losses = train.make_chunk(t, opt_m, 10)(p, opt_m.init(p), s, t.data, jnp.asarray(0))
+    return p, s, losses
+
+
+one, two = ten_steps(bn_task(64)), ten_steps(sharding.shard_task(bn_task(64), sharding.devices_for(2)))
+out["stateful"] = {"params": rel(flat(one[0]), flat(two[0])), "state": rel(flat(one[1]), flat(two[1])),
+                   "losses": rel(one[2], two[2]), "moved": rel(flat(one[1]), flat(bn_task(64).init_state(
+                       jax.random.PRNGKey(0)))), "replicated": replicated(two[1])}
+try:
+    sharding.shard_task(bn_task(62), sharding.devices_for(4))
+except ConfigError as exc:
+    out["stateful_refused"] = str(exc)
+lap("stateful")
 out["times"] = TIMES
 print("RESULT " + json.dumps(out))
 """
@@ -372,3 +410,10 @@ def test_gpu_check_tiny(data_dir, tmp_path):
     assert result["projection"]["mnist"]["points"] == 12 and result["projection"]["shakespeare"]["points"] == 24
     (scale,) = result["scale"]  # one tiny scale point: 10^5 parameters measured to the tolerance
     assert scale["n"] > 9e4 and scale["cold_resid"] <= 1e-3 and scale["warm_resid"] <= 1e-3
+
+
+def test_model_state_sharded_like_the_parameters(four_devices):
+    got = four_devices["stateful"]
+    assert got["replicated"] and got["moved"] > 1e-3, got
+    assert max(got["params"], got["state"], got["losses"]) <= 1e-5, got
+    assert "model state" in four_devices["stateful_refused"] and "62" in four_devices["stateful_refused"]
