@@ -28,6 +28,11 @@ JSON line:
 - tiny_shakespeare, the paper preset (6 layers, d = 128, 8 heads, sequence 64, batch 128):
   ``shakespeare_sam_step_ms`` and ``shakespeare_measure_s`` (``null`` with ``--tiny``, or when the
   time budget ran out: then the projection leaves shakespeare's measurements out);
+- cifar10-resnet's paper preset (ResNet-18, 11.2M parameters, BatchNorm, SAM with momentum, weight
+  decay, cosine, crop and flip) on the 10,000-image copy: ``resnet_sam_step_ms``, ``resnet_measure_s``
+  (the step's minibatch and the 5,000-image measurement set in chunks of 1,000; ``null`` with
+  ``--tiny`` or past the time budget), ``resnet_epoch_s`` (391 steps + one measurement: an epoch of
+  the full set) and ``resnet_paper_hours`` (200 epochs); ``resnet_error`` if it failed;
 - ``scale``: large models (issue 28; :func:`scale.point`, a bounded basis of 16 rows): the 4-layer
   tanh MLP on 64 MNIST images at 10^7 and 10^8 parameters (``--tiny``: 10^5), one measurement each
   from a random start then warm, with HVPs, restarts, residual, seconds per HVP and a bare HVP's, and
@@ -218,6 +223,9 @@ def main(argv=None) -> int:
     else:
         log("time budget spent: shakespeare's measurement skipped")
 
+    del task, params, opt_state
+    result |= _resnet(args, devices, started)
+
     result["scale"] = _scale_points(args, devices, started)
     result |= _memory(devices)
     result |= _projection(tasks, {"mnist": (result["mnist_sam_step_ms"] / 1e3, result["mnist_measure_s"]),
@@ -228,6 +236,76 @@ def main(argv=None) -> int:
     result["total_s"] = time.perf_counter() - started
     print(json.dumps(result))
     return 0
+
+
+RESNET_TINY = dict(n_train=256, n_test=64, width=2, measure_set=128)
+RESNET_EPOCH_STEPS = 391  # 50,000 images in minibatches of 128
+RESNET_BUDGET_S = 330  # skip the ResNet's measurement (a long compile) when the check has taken this long
+
+
+def _resnet(args, devices, started) -> dict:
+    """cifar10-resnet's paper preset (ResNet-18 width 64, SAM with momentum, weight decay, cosine, crop and
+    flip, BatchNorm's running statistics in the carry) on the 10,000-image copy (n_train 10,000; a step
+    costs the same on any size of set): steps in compiled chunks of CHUNK, then one measurement (the
+    step's minibatch and the 5,000-image measurement set in chunks of 1,000) when time allows.
+    ``resnet_epoch_s`` = 391 steps + one measurement (the preset's epoch of 50,000 images, measured once);
+    ``resnet_paper_hours`` = 200 of them. ``--tiny``: width 2 on 256 images, no measurement."""
+    import jax
+    import jax.numpy as jnp
+
+    from samedge import config, optimizers, sharding, tasks, train
+
+    out = {"resnet_sam_step_ms": None, "resnet_measure_s": None, "resnet_epoch_s": None}
+    try:
+        cfg = config.resolve("cifar10-resnet", "paper",
+                             task_overrides=RESNET_TINY if args.tiny else dict(n_train=10_000, n_test=2000))
+        task = tasks.build_task("cifar10-resnet", tasks.make_task_config("cifar10-resnet", cfg.task_config),
+                                data_dir=args.data_dir, seed=cfg.seed)
+        from samedge import chunking
+
+        task = chunking.chunk_task(task, cfg.chunk_size)
+        if len(devices) > 1:
+            task = sharding.shard_task(task, devices)
+        opt = train.build_optimizer(cfg)
+        log(f"cifar10-resnet paper preset: {task.info['n_params']} parameters, {task.info['n_train']} images")
+        params = task.init_params(jax.random.PRNGKey(cfg.seed))
+        state = task.init_state(jax.random.PRNGKey(cfg.seed))
+        opt_state = opt.init(params)
+        chunk = train.make_chunk(task, opt, CHUNK, seed=cfg.seed)
+        times = []
+        for i in range(4 if not args.tiny else 2):
+            t0 = time.perf_counter()
+            params, opt_state, state, losses = chunk(params, opt_state, state, task.data, jnp.asarray(i * CHUNK))
+            jax.block_until_ready(losses)
+            times.append(time.perf_counter() - t0)
+        step_s = statistics.median(times[1:]) / CHUNK
+        out |= {"resnet_chunk_compile_s": times[0], "resnet_sam_step_ms": 1e3 * step_s,
+                "resnet_loss": float(losses[-1]), "resnet_n_params": task.info["n_params"]}
+        if args.tiny:
+            log("--tiny: the ResNet's measurement skipped (same code as the MNIST run's)")
+        elif time.perf_counter() - started < RESNET_BUDGET_S:
+            _, init_measure, measure_fn = train._make_measure(cfg, task, opt)
+            mstate, at = init_measure(params), jnp.asarray(len(times) * CHUNK)
+            t0 = time.perf_counter()
+            row, mstate = measure_fn(params, task.data, at, mstate, opt_state, state)
+            row = jax.device_get(row)
+            first = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            row = jax.device_get(measure_fn(params, task.data, at, mstate, opt_state, state)[0])
+            out |= {"resnet_measure_compile_s": first, "resnet_measure_s": time.perf_counter() - t0,
+                    "resnet_row": {k: float(row[k]) for k in ("lambda_max", "lambda_max_full", "edge", "ratio",
+                                                              "ratio_full", "hvps", "hvps_full") if k in row}}
+        else:
+            log("time budget spent: the ResNet's measurement skipped")
+        out["resnet_epoch_s"] = RESNET_EPOCH_STEPS * step_s + (out["resnet_measure_s"] or 0.0)
+        out["resnet_paper_hours"] = 200 * out["resnet_epoch_s"] / 3600
+        out["resnet_note"] = ("n_train 10,000 (the offline copy); an epoch = 391 steps of 128 + one measurement"
+                              + ("" if out["resnet_measure_s"] is not None else " (not measured: left out)"))
+    except Exception as exc:  # report it and go on: the rest of the check still counts
+        out["resnet_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        log(f"the ResNet check failed: {out['resnet_error']}")
+    log(f"  {out}")
+    return out
 
 
 SCALE_SIZES = (10**7, 10**8)  # parameters of the scale points on an accelerator

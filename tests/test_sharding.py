@@ -410,6 +410,9 @@ def test_gpu_check_tiny(data_dir, tmp_path):
     assert result["projection"]["mnist"]["points"] == 12 and result["projection"]["shakespeare"]["points"] == 24
     (scale,) = result["scale"]  # one tiny scale point: 10^5 parameters measured to the tolerance
     assert scale["n"] > 9e4 and scale["cold_resid"] <= 1e-3 and scale["warm_resid"] <= 1e-3
+    # the ResNet's paper-preset steps ran (width 2 here), its measurement left out under --tiny
+    assert "resnet_error" not in result and result["resnet_sam_step_ms"] > 0 and result["resnet_measure_s"] is None
+    assert result["resnet_epoch_s"] == pytest.approx(391 * result["resnet_sam_step_ms"] / 1e3)
 
 
 def test_model_state_sharded_like_the_parameters(four_devices):
