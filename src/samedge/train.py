@@ -75,6 +75,25 @@ def stateful_grad_fn(task: Task, params, model_state, batch, key):
     (the state as it was before the step, the same dropout key for every gradient of the step);
     ``new_state()`` is the state the call at ``params`` itself returned: the unperturbed pass (SAM's
     ascent-point pass leaves the running statistics alone, as common SAM implementations do).
+
+    Args:
+      task: a task with model state.
+      params: the point of the step.
+      model_state: the state before the step.
+      batch: the step's batch.
+      key: the step's key (:func:`step_key`).
+
+    Returns:
+      ``(grad_fn, new_state)``; call ``new_state()`` after the optimizer's update has called ``grad_fn``.
+
+    >>> from samedge import tasks
+    >>> t = tasks.make_task("q", lambda k: jnp.ones(2), lambda p, b: jnp.sum(p ** 2), jnp.ones(1),
+    ...                     init_state=lambda k: jnp.zeros(()), train_loss_fn=lambda p, s, b, k: (jnp.sum(p ** 2), s + p[0]))
+    >>> p = jnp.ones(2)
+    >>> grad_fn, new_state = stateful_grad_fn(t, p, jnp.zeros(()), None, None)
+    >>> _ = grad_fn(p + 5.0), grad_fn(p)          # an ascent point first, then the point itself
+    >>> float(new_state())                          # the pass at p: 0 + p[0]
+    1.0
     """
     seen = []
 

@@ -240,6 +240,12 @@ def standardize(data: CIFAR10):
 
     Returns:
       ``(x, y), (x_test, y_test)``: float32 ``(N, 32, 32, 3)`` images, int32 ``(N,)`` labels.
+
+    >>> rng = np.random.default_rng(0)
+    >>> split = lambda n: Split(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), np.zeros(n, np.uint8))
+    >>> (x, y), _ = standardize(CIFAR10(split(4), split(2), "random"))
+    >>> bool(np.allclose(x.mean(axis=(0, 1, 2)), 0, atol=1e-5)), bool(np.allclose(x.std(axis=(0, 1, 2)), 1)), y.dtype
+    (True, True, dtype('int32'))
     """
     x = data.train.images.astype(np.float32) / 255.0
     x_test = data.test.images.astype(np.float32) / 255.0

@@ -574,7 +574,13 @@ AUGMENT_KEY = 0xA060_0000
 
 
 def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels."""
+    """Mean softmax cross-entropy of ``(N, C)`` logits against ``(N,)`` integer labels:
+    ``(1/N) sum_i [log sum_c exp z_ic - z_{i y_i}]``.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(cross_entropy(jnp.zeros((2, 4)), jnp.array([0, 3]))), 4)   # log 4
+    1.3863
+    """
     import optax
 
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -613,6 +619,17 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
 
     Returns:
       The :class:`Task`.
+
+    >>> import flax.linen as nn, jax, numpy as np
+    >>> class Net(nn.Module):
+    ...     @nn.compact
+    ...     def __call__(self, x, *, use_running_average, deterministic=True):
+    ...         x = nn.BatchNorm(use_running_average=use_running_average)(nn.Dense(4)(x))
+    ...         return nn.Dense(2)(nn.relu(x))
+    >>> x, y = np.linspace(-1, 1, 24, dtype=np.float32).reshape(8, 3), np.arange(8, dtype=np.int32) % 2
+    >>> t = stateful_classification("toy", None, Net(), (x, y), (x, y), source="toy", batch_size=4)
+    >>> t.stateful, t.chunk_dependent, list(t.init_state(jax.random.PRNGKey(0)))
+    (True, True, ['batch_stats'])
     """
     import jax
     import jax.numpy as jnp
