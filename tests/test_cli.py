@@ -159,8 +159,8 @@ def test_after_an_interrupt_the_message_matches_the_disk(tmp_path, data_dir, cap
     real = train.make_chunk
     calls = {"n": 0}
 
-    def make_chunk(task, optimizer, length):
-        chunk = real(task, optimizer, length)
+    def make_chunk(task, optimizer, length, **kw):
+        chunk = real(task, optimizer, length, **kw)
 
         def run(*args):
             calls["n"] += 1
