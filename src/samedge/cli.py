@@ -103,10 +103,33 @@ def _add_settings(p: argparse.ArgumentParser, *, lists: bool) -> None:
                         + ("; comma-separated values are a sweep axis" if lists else "") + " (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set n_train=500 (repeatable)")
-    p.add_argument("--probe", action="append", default=None, metavar="package.module:PROBE",
-                   help="also run your own measurement probe (a samedge.probes.Probe), after the built-in ones; "
-                        "its columns join metrics.csv (repeatable)" + ("; every run of the sweep" if lists else ""))
+    p.add_argument("--probe", action="append", default=None, metavar="NAME|package.module:PROBE",
+                   help="also run an opt-in probe, after the built-in ones: layers (per-layer lambda_max and the top "
+                        "vector's mass), gauss_newton (the Gauss-Newton part's lambda_max), trace (Hutchinson), or "
+                        "your own (a samedge.probes.Probe); its columns join metrics.csv (repeatable)"
+                        + ("; every run of the sweep" if lists else ""))
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
+
+
+LOG_HELP = ("watch the run live in a tracker: tensorboard (event files in <run folder>/tensorboard; "
+            "tensorboard=DIR: in DIR/<run name>), wandb (wandb=PROJECT; offline without an API key or network), "
+            "mlflow (a store in the run folder; mlflow=URI: a tracking server or store; default "
+            "$MLFLOW_TRACKING_URI); each an extra: pip install 'samedge[tensorboard]'. Every row, the training loss "
+            "of every step, the config and the figures; not part of the run's identity; a tracker that fails is "
+            "dropped with a warning (repeatable)")
+
+
+def _log_option(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER[=WHERE]",
+                   help=LOG_HELP + ("; every run of the sweep" if sweep else ""))
+
+
+def _trackers(args) -> list:
+    """The ``--log`` specs, checked (an unknown tracker is a one-line error before any work)."""
+    from samedge import trackers
+
+    trackers.make_all(args.log)
+    return list(args.log)
 
 
 def _run_options(p: argparse.ArgumentParser, *, with_out: bool = True) -> None:
@@ -153,9 +176,11 @@ def _parse_sets(items) -> dict:
 
 
 def _probe_paths(items) -> tuple:
-    bad = [p for p in items if ":" not in p]
+    from samedge.measure import OPT_IN
+
+    bad = [p for p in items if ":" not in p and p not in OPT_IN]
     if bad:
-        raise SamedgeError(f"--probe expects package.module:PROBE, got {bad[0]!r}")
+        raise SamedgeError(f"--probe expects package.module:PROBE or one of {', '.join(OPT_IN)}, got {bad[0]!r}")
     return tuple(items)
 
 
@@ -221,13 +246,14 @@ def _cmd_run(args) -> int:
     from samedge import run
 
     cfg = _resolve(args, args.task)
+    log = _trackers(args)
     out = Path(args.out) if args.out else run.default_out(cfg)
     if args.resume and args.overwrite:
         raise SamedgeError("--resume and --overwrite contradict each other; choose one")
     if args.resume and _finished(out, cfg.to_dict()):
         return 0
     summary = run.execute(cfg, out, data_dir=args.data_dir, overwrite=args.overwrite,
-                          progress=not args.no_progress, resume=args.resume, devices=args.devices)
+                          progress=not args.no_progress, resume=args.resume, devices=args.devices, log=log)
     return _report(out, summary)
 
 
@@ -260,6 +286,7 @@ def _cmd_resume(args) -> int:
     from samedge.store import read_run_config
 
     out = Path(args.dir)
+    log = _trackers(args)
     if not out.is_dir():
         raise SamedgeError(f"{out}: no such run folder")
     cfg = config.from_dict(read_run_config(out)["run"])
@@ -276,7 +303,7 @@ def _cmd_resume(args) -> int:
     print(f"{out}: resuming from the checkpoint at step {step} of {cfg.steps}" if step is not None
           else f"{out}: no checkpoint; running it again from step 0 of {cfg.steps}")
     summary = run.execute(cfg, out, data_dir=args.data_dir, progress=not args.no_progress, resume=True,
-                          devices=args.devices)
+                          devices=args.devices, log=log)
     return _report(out, summary)
 
 
@@ -288,6 +315,7 @@ def _add_resume(sub) -> None:
                    help="continue with another chunk size (examples per pass; 0: one pass); default: the run's")
     p.add_argument("--devices", type=int, default=None, help=DEVICES_HELP)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _log_option(p)
     p.set_defaults(handler=_cmd_resume)
 
 
@@ -344,6 +372,7 @@ def _add_run(sub) -> None:
     p = sub.add_parser("run", help="train one run and track its Hessian against its edge")
     p.add_argument("task", help=TASK_HELP)
     _run_options(p)
+    _log_option(p)
     p.set_defaults(handler=_cmd_run)
 
 
@@ -458,11 +487,13 @@ def _sweep_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-retries", type=int, default=3, help="ray backend: restarts of a run whose worker died "
                                                               "(default 3)")
     p.add_argument("--out", required=True, help="sweep folder: one run folder per grid point")
+    _log_option(p, sweep=True)
 
 
 def _sweep_task(args, task: str, out) -> dict:
     from samedge import sweep
 
+    log = _trackers(args)
     axes, single = {}, {}
     for s in settings_table():
         value = getattr(args, s.name, None)
@@ -483,7 +514,7 @@ def _sweep_task(args, task: str, out) -> dict:
         options = dict(address=args.address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
                        max_retries=args.max_retries)
     return sweep.run_sweep(configs, out, backend=args.backend, workers=args.workers, data_dir=args.data_dir,
-                           **options)
+                           trackers=log, **options)
 
 
 def _cmd_sweep(args) -> int:

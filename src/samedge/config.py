@@ -76,8 +76,9 @@ class RunConfig:
     # a task with model state (BatchNorm): the function measured. "train": the statistics of the batch
     # measured, as the step sees them, dropout off; "eval": the running statistics as constants
     measure_mode: str = "train"
-    # your own measurement probes, run after the built-in ones: package.module:PROBE import paths, or
-    # plain names of Probe objects passed to samedge.fit (resuming such a run needs them again)
+    # more measurement probes, run after the built-in ones: the opt-in ones by name (layers,
+    # gauss_newton, trace: samedge.measure.OPT_IN), package.module:PROBE import paths, or plain names of
+    # Probe objects passed to samedge.fit (resuming such a run needs them again; they win over an opt-in name)
     probes: tuple[str, ...] = ()
     task_config: Mapping[str, Any] = field(default_factory=dict)  # the task's Config, resolved
     # True when the optimizer was passed as a Python object (samedge.fit): ``optimizer`` is then only

@@ -53,13 +53,13 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from samedge import checks, chunking, curvature, probes as probes_mod
-from samedge.probes import adaptive, alignment, ascent, decay, edge, outliers, stochastic
+from samedge.probes import adaptive, alignment, ascent, decay, edge, gauss_newton, layers, outliers, stochastic, trace
 from samedge.probes import topk as topk_probe
 from samedge.probes.topk import calls_since_cold
 from samedge.steps import Optimizer
 
 __all__ = ["MeasureSettings", "MeasureState", "Measurement", "measurement", "builtin_probes", "initial_vectors",
-           "calls_since_cold", "split_workspace", "from_vectors"]
+           "calls_since_cold", "split_workspace", "from_vectors", "OPT_IN", "opt_in"]
 
 
 @dataclass(frozen=True)
@@ -273,6 +273,47 @@ def builtin_probes(settings: MeasureSettings, optimizer: Optimizer, *, batch_fn:
     if settings.track_fraction > 0:
         chosen.append(outliers.outliers(settings))
     return tuple(chosen)
+
+
+# The opt-in probes a plain name gives (``--probe layers``), each ``samedge.probes.<name>.<name>``.
+OPT_IN = ("layers", "gauss_newton", "trace")
+
+
+def opt_in(name: str, settings: MeasureSettings | None = None, task=None, *,
+           chunk_size: int = 0) -> probes_mod.Probe:
+    """The opt-in probe ``name`` (one of :data:`OPT_IN`) at its defaults, as ``--probe NAME`` runs it.
+
+    Args:
+      name: ``"layers"`` (:func:`samedge.probes.layers.layers`), ``"gauss_newton"``
+        (:func:`samedge.probes.gauss_newton.gauss_newton`) or ``"trace"`` (:func:`samedge.probes.trace.trace`).
+      settings: the measurement's :class:`~samedge.measure.MeasureSettings` (sizes the Krylov
+        workspace the Lanczos probes declare; ``None``: the defaults').
+      task: the :class:`~samedge.tasks.Task`; ``gauss_newton`` takes its ``output_fn`` and ``output_loss``.
+      chunk_size: ``gauss_newton``'s products over ``chunk_size`` examples at a time (the run's ``--chunk-size``).
+
+    Returns:
+      The :class:`~samedge.probes.Probe`; a one-line :class:`samedge.errors.ConfigError` for another name, or for
+      ``gauss_newton`` on a task without its outputs.
+
+    >>> [opt_in(n).name for n in OPT_IN]
+    ['layers', 'gauss_newton', 'trace']
+    """
+    from samedge.errors import ConfigError
+
+    if name not in OPT_IN:
+        raise ConfigError(f"unknown probe {name!r}: the opt-in ones are {', '.join(OPT_IN)}; give your own as "
+                          f"package.module:PROBE")
+    if name == "layers":
+        return layers.layers(settings)
+    if name == "trace":
+        return trace.trace()
+    if task is None:  # no task: the probe refuses at its first measurement, naming what to add
+        return gauss_newton.gauss_newton(None, None, settings)
+    if getattr(task, "output_fn", None) is None or getattr(task, "output_loss", None) is None:
+        raise ConfigError(f"--probe gauss_newton: task {getattr(task, 'name', '?')!r} does not give its loss as "
+                          f"outputs plus a loss on them; add output_fn=(params, batch) -> outputs and output_loss=(outputs, "
+                          f"batch) -> loss to make_task")
+    return gauss_newton.gauss_newton(task.output_fn, task.output_loss, settings, chunk_size=chunk_size)
 
 
 def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettings | None = None, *,

@@ -17,7 +17,11 @@ What every figure shows, and how it stays readable:
   ``lambda_max`` at the SAM point (dotted); a ``lambda_max`` whose Lanczos did not converge is
   marked with a red x (the statistics leave those rows out);
 - a panel may hold several runs (``[(label, rows), ...]`` instead of ``rows``): each run then has
-  its own colour and the line style tells the quantity, so no run is left out of a grid cell.
+  its own colour and the line style tells the quantity, so no run is left out of a grid cell;
+- a run with ``--probe layers`` also gets ``layers``: each block's ``lambda_max/<b>`` (a colour per
+  block, from the input to the read-out) against the whole Hessian's ``lambda_max``, the edge, 2/eta
+  and, with ``--probe gauss_newton``, the Gauss-Newton ``gn_lambda_max``; beside it the top
+  eigenvector's mass per block (``mass/<b>``, stacked to 1).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from samedge.store import read_json, read_metrics, CONFIG
 LOG_RATIO = 10.0  # a y axis whose values span at least this factor is drawn log, else linear
 MIN_WINDOW = 0.01  # a linear y axis spans at least +-1% around the middle of its values
 SAME = 1e-6  # relative difference under which two measured series are the same line (float32 rounding)
-YLABEL = {"sharpness": "eigenvalue of the Hessian", "alignment": "|cos| with top eigenvector", "loss": "loss"}
+YLABEL = {"sharpness": "eigenvalue of the Hessian", "alignment": "|cos| with top eigenvector", "loss": "loss",
+          "layers": "eigenvalue of the Hessian", "mass": "share of the top eigenvector"}
+LAYER, MASS = "lambda_max/", "mass/"  # the per-layer columns' families (samedge.probes.layers)
 
 
 def _pyplot():
@@ -339,6 +345,125 @@ def draw_loss(ax, data, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
 
 
+def layer_blocks(rows, family: str = LAYER) -> list[str]:
+    """The blocks ``b`` with a finite ``<family>b`` column (``lambda_max/b``) in some row, in column order.
+
+    >>> layer_blocks([{"step": 0, "lambda_max/Dense_0": 1.0, "lambda_max/Dense_1": None, "mass/Dense_1": 0.5}])
+    ['Dense_0']
+    """
+    out: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith(family) and _ok(v) and k[len(family):] not in out:
+                out.append(k[len(family):])
+    return out
+
+
+def _block_colours(blocks):
+    """A colour per block along viridis, the input's dark to the read-out's light."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return {b: cmap(0.9 * i / max(len(blocks) - 1, 1)) for i, b in enumerate(blocks)}
+
+
+RUN_STYLES = ("-", "--", ":", "-.")  # a run's line style in a panel of several (draw_layers)
+
+
+MAX_BLOCK_KEYS = 10  # more blocks than this: one legend entry for the colour scale instead of one each
+
+
+def draw_layers(ax, data, title: str = "", *, log: bool | None = None, block_legend: bool = True) -> None:
+    """Each block's ``lambda_max/<b>`` against ``lambda_max``, the edge and 2/eta (and ``gn_lambda_max``).
+
+    ``data`` is one run's rows or ``[(label, rows), ...]``; with several runs the colour tells the
+    block and the line style the run. Each line's ``gid``: ``lambda_max/<b>`` per block,
+    ``lambda_max``, ``gn_lambda_max``, ``edge``, ``gd_edge``. ``block_legend=False`` leaves the blocks
+    out of the legend (the run figure keys them beside, in the mass panel).
+
+    >>> rows = [{"step": s, "lambda_max": 2.0, "edge": 2.2, "gd_edge": 4.0, "lambda_max/Dense_0": 0.1,
+    ...          "lambda_max/Dense_1": 1.5} for s in (0, 10)]
+    >>> fig, ax = _pyplot().subplots()
+    >>> draw_layers(ax, rows)
+    >>> sorted({line.get_gid() for line in ax.lines})
+    ['edge', 'gd_edge', 'lambda_max', 'lambda_max/Dense_0', 'lambda_max/Dense_1']
+    >>> _pyplot().close(fig)
+    """
+    runs = _series(data)
+    many = len(runs) > 1
+    blocks: list[str] = []
+    for _, rows in runs:
+        blocks += [b for b in layer_blocks(rows) if b not in blocks]
+    colours = _block_colours(blocks)
+    keys, values = [], []
+    for i, (label, rows) in enumerate(runs):
+        if not rows:
+            keys.append(_key(f"{label} (no measurements)", ls="none"))
+            continue
+        ls = RUN_STYLES[i % len(RUN_STYLES)] if many else "-"
+        if many:
+            keys.append(_key(label, color="k", ls=ls))
+        for b in layer_blocks(rows):
+            steps, lam = _col(rows, LAYER + b)
+            values += lam
+            named = block_legend and len(blocks) <= MAX_BLOCK_KEYS
+            ax.plot(steps, lam, color=colours[b], lw=1.1, ls=ls, gid=LAYER + b, label=b if named else "_")
+        for key, style, name in (("lambda_max", dict(color="k", lw=1.8), r"$\lambda_{max}$ (whole)"),
+                                 ("gn_lambda_max", dict(color="0.45", lw=1.2, marker=".", ms=3),
+                                  r"Gauss-Newton $\lambda_{max}$"),
+                                 ("edge", dict(color="C3", lw=1.4), "edge"),
+                                 ("gd_edge", dict(color="k", lw=0.9), r"$2/\eta$")):
+            if key == "gd_edge" and _same(rows, "edge", "gd_edge"):
+                continue  # GD: the edge is 2/eta, drawn once
+            steps, vals = _col(rows, key)
+            if vals:
+                values += vals
+                dash = {"edge": "--", "gd_edge": ":"}.get(key, ls)
+                if key == "edge" and _same(rows, "edge", "gd_edge"):
+                    name = r"edge = $2/\eta$"
+                ax.plot(steps, vals, ls=dash if not many or key in ("edge", "gd_edge") else ls, gid=key,
+                        label=name, **style)
+    handles = keys + _quantity_handles(ax, False)
+    if block_legend and len(blocks) > MAX_BLOCK_KEYS:
+        handles.append(_key(f"{len(blocks)} blocks: {blocks[0]} (dark) .. {blocks[-1]} (light)",
+                            color=colours[blocks[len(blocks) // 2]]))
+    _legend(ax, handles, fontsize=6)
+    y_axis(ax, values, log=log)
+    _x_axis(ax)
+    ax.set_ylabel(YLABEL["layers"])
+    ax.set_title(title, fontsize=9)
+
+
+def draw_mass(ax, rows, title: str = "") -> None:
+    """The top eigenvector's mass per block (``mass/<b>``), stacked: where ``v_1`` lives (``gid`` ``mass``).
+
+    >>> rows = [{"step": s, "mass/Dense_0": 0.25, "mass/Dense_1": 0.75} for s in (0, 10)]
+    >>> fig, ax = _pyplot().subplots()
+    >>> draw_mass(ax, rows)
+    >>> [c.get_gid() for c in ax.collections], [float(y) for y in ax.get_ylim()]
+    (['mass', 'mass'], [0.0, 1.0])
+    >>> _pyplot().close(fig)
+    """
+    blocks = layer_blocks(rows, MASS)
+    colours = _block_colours(layer_blocks(rows) or blocks)
+    kept = [r for r in rows if all(_ok(r.get(MASS + b)) for b in blocks)]
+    if blocks and kept:
+        stack = ax.stackplot([r["step"] for r in kept], [[r[MASS + b] for r in kept] for b in blocks],
+                             labels=blocks, colors=[colours.get(b, "0.5") for b in blocks], alpha=0.85)
+        for poly in stack:
+            poly.set_gid("mass")
+        shown = list(stack)[::-1]  # the read-out on top, as stacked
+        if len(shown) > 2 * MAX_BLOCK_KEYS:
+            shown = shown[:: -(-len(shown) // (2 * MAX_BLOCK_KEYS))]
+        ax.legend(handles=shown, fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                  ncol=1 if len(shown) <= MAX_BLOCK_KEYS else 2)
+    ax.set_ylim(0, 1)
+    plain_axis(ax.yaxis)
+    _x_axis(ax)
+    ax.set_ylabel(YLABEL["mass"])
+    ax.set_title(title, fontsize=9)
+
+
 DRAW = {"sharpness": draw_sharpness, "alignment": draw_alignment, "loss": draw_loss}
 
 
@@ -366,11 +491,18 @@ def run_figures(run_dir) -> dict:
         draw(ax, rows, title)
         fig.tight_layout()
         out[name] = fig
+    if layer_blocks(rows):  # --probe layers: the per-layer panel against the edge, the mass beside it
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10.2, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+        draw_layers(left, rows, title, block_legend=not layer_blocks(rows, MASS))
+        draw_mass(right, rows, "mass of the top eigenvector per block")
+        fig.tight_layout()
+        out["layers"] = fig
     return out
 
 
 def plot_run(run_dir) -> list[Path]:
-    """``sharpness``, ``alignment`` and ``loss`` figures (PNG and PDF) inside the run folder."""
+    """``sharpness``, ``alignment`` and ``loss`` figures (PNG and PDF) inside the run folder, and
+    ``layers`` when the run measured ``lambda_max/<block>`` (``--probe layers``)."""
     plt = _pyplot()
     written = []
     for name, fig in run_figures(run_dir).items():

@@ -15,6 +15,13 @@ sharpness and lambda_max / edge are stationary (their third- and fourth-quarter 
 :data:`STATIONARY_TOL`);
 ``summary.csv`` then carries ``batch_size`` and those statistics too.
 
+Runs that measured where the sharpness lives (``--probe layers``, ``gauss_newton``, ``trace``;
+:func:`where_stats`) get a "Where the sharpness lives" table (:func:`where_rows`): the block holding
+most of the top eigenvector, with its second-half median mass, and the block with the largest
+median ``lambda_max/<b>`` over the whole lambda_max; the median ``gn_lambda_max / lambda_top`` and
+``gn_lambda_max / edge``; the median trace and trace / lambda_max. ``summary.csv`` carries them too
+(:data:`WHERE`), and the figure grids gain ``layers`` (:func:`samedge.plots.draw_layers`).
+
 Each median is shown with its support, the number of second-half measurements behind it
 (``ratio_count``; ``1.017 (n=6)``), and flagged when fewer than :data:`MIN_SUPPORT`.
 
@@ -55,6 +62,10 @@ STOCHASTIC = ("batch_sharpness_over_gd_edge_median", "batch_sharpness_rom_over_g
               "lambda_max_full_over_gd_edge_median", "sam_batch_ratio_median", "batch_sharpness_count",
               "batch_sharpness_q3_median", "batch_sharpness_q4_median", "batch_sharpness_quarters_reldiff",
               "ratio_q3_median", "ratio_q4_median", "ratio_quarters_reldiff")
+# Where the sharpness lives (analysis of the opt-in probes' columns, where_stats); in summary.csv when some run has them.
+WHERE = ("top_mass_block", "top_mass_median", "top_lambda_block", "top_lambda_over_lambda_max_median",
+         "gn_over_lambda_top_median", "gn_over_edge_median", "gn_count", "trace_median", "trace_over_lambda_max_median",
+         "trace_n_median")
 STATIONARY_TOL = 0.05  # q3 and q4 medians further apart than this (relative): not stationary
 STATIONARY_ABS = 1e-3  # ... unless within this absolute distance (a quantity at ~0, e.g. full-batch GD's q_B)
 MIN_SUPPORT = 3  # a median of fewer second-half measurements than this is flagged
@@ -160,7 +171,51 @@ def summary_row(run: Run, root: Path) -> dict:
         "measure_share": run.summary.get("measure_share"), "error": run.summary.get("error", ""),
         # an optimizer without a closed-form edge: lambda is measured, the ratio is left empty
         "no_edge": bool(run.rows) and all(r.get("edge") is None for r in run.rows),
-    } | {k: stats[k] for k in EXTRA + STOCHASTIC if k in stats}
+    } | {k: stats[k] for k in EXTRA + STOCHASTIC if k in stats} | where_stats(run.rows)
+
+
+def where_stats(rows) -> dict:
+    """Where the sharpness lives, from a run's rows: second-half medians (:func:`samedge.analysis.half_median`,
+    unconverged rows left out) of the opt-in probes' columns; only the keys whose columns the run has.
+
+    Args:
+      rows: ``metrics.csv`` rows.
+
+    Returns:
+      ``top_mass_block`` (the block with the largest median ``mass/<b>``, the share of the top
+      eigenvector in it) and ``top_mass_median``; ``top_lambda_block`` (the largest median
+      ``lambda_max/<b>``) and ``top_lambda_over_lambda_max_median`` (its ``lambda_max/<b> / lambda_max``);
+      ``gn_over_lambda_top_median``, ``gn_over_edge_median`` (``gn_lambda_max / edge``) and
+      ``gn_count``; ``trace_median``, ``trace_over_lambda_max_median`` and ``trace_n_median``.
+
+    >>> rows = [{"step": s, "lambda_max": 2.0, "edge": 2.0, "mass/a": m, "mass/b": 1 - m, "lambda_max/a": 1.5,
+    ...          "lambda_max/b": 0.5, "gn_lambda_max": 1.9, "gn_over_lambda_top": 0.95} for s, m in ((0, 0.2), (10, 0.9))]
+    >>> st = where_stats(rows)
+    >>> st["top_mass_block"], st["top_mass_median"], st["top_lambda_block"], st["top_lambda_over_lambda_max_median"]
+    ('a', 0.9, 'a', 0.75)
+    >>> st["gn_over_lambda_top_median"], st["gn_over_edge_median"], "trace_median" in st
+    (0.95, 0.95, False)
+    """
+    out: dict = {}
+    for family, name in ((plots.MASS, "top_mass"), (plots.LAYER, "top_lambda")):
+        medians = {b: analysis.half_median(rows, family + b)[0] for b in plots.layer_blocks(rows, family)}
+        medians = {b: v for b, v in medians.items() if v is not None}
+        if medians:
+            top = max(medians, key=medians.get)
+            out[f"{name}_block"] = top
+            out["top_mass_median" if family == plots.MASS else "top_lambda_over_lambda_max_median"] = (
+                medians[top] if family == plots.MASS else analysis.half_median(rows, family + top, "lambda_max")[0])
+    gn, count = analysis.half_median(rows, "gn_over_lambda_top")
+    if count:
+        out |= {"gn_over_lambda_top_median": gn, "gn_over_edge_median": analysis.half_median(rows, "gn_lambda_max",
+                                                                                            "edge")[0],
+                "gn_count": count}
+    trace, count = analysis.half_median(rows, "trace")
+    if count:
+        out |= {"trace_median": trace, "trace_over_lambda_max_median": analysis.half_median(rows, "trace",
+                                                                                            "lambda_max")[0],
+                "trace_n_median": analysis.half_median(rows, "trace_n")[0]}
+    return out
 
 
 def _sort_key(row):
@@ -181,8 +236,13 @@ def _stochastic_columns(rows) -> list[str]:
     return (["batch_size"] if minibatch or "batch_sharpness_count" in present else []) + present
 
 
+def _where_columns(rows) -> list[str]:
+    """The :data:`WHERE` statistics some run's summary has."""
+    return [k for k in WHERE if any(k in r for r in rows)]
+
+
 def write_csv(rows, path: Path) -> Path:
-    columns = list(COLUMNS) + _extras(rows) + _stochastic_columns(rows)
+    columns = list(COLUMNS) + _extras(rows) + _stochastic_columns(rows) + _where_columns(rows)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
@@ -260,8 +320,9 @@ def figure_grids(runs, fig_dir: Path, root: Path | None = None) -> list[Path]:
         root = Path(*_common(runs)) if runs else Path(".")
     fig_dir.mkdir(parents=True, exist_ok=True)
     pngs = []
+    grids = GRIDS + ((("layers", plots.draw_layers),) if any(plots.layer_blocks(r.rows) for r in runs) else ())
     for (task, preset, seed), panels in grid_panels(runs, root):
-        for name, draw in GRIDS:
+        for name, draw in grids:
             stem = fig_dir / f"{name}_{task}_{preset}_s{seed}"
             plots.plot_grid(panels, draw, stem, title=f"{task} ({preset}), seed {seed}: {name}")
             pngs.append(Path(f"{stem}.png"))
@@ -362,6 +423,12 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
                   "| " + " | ".join(h for _, h in STOCHASTIC_TABLE) + " |", "|" + "---|" * len(STOCHASTIC_TABLE)]
         lines += ["| " + " | ".join(_stochastic_cell(r, k).replace("|", "\\|") for k, _ in STOCHASTIC_TABLE) + " |"
                   for r in stochastic]
+    where = where_rows(rows)
+    if where:
+        lines += ["", "## Where the sharpness lives", "", WHERE_NOTE, "",
+                  "| " + " | ".join(h for _, h in WHERE_TABLE) + " |", "|" + "---|" * len(WHERE_TABLE)]
+        lines += ["| " + " | ".join(_where_cell(r, k).replace("|", "\\|") for k, _ in WHERE_TABLE) + " |"
+                  for r in where]
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
@@ -417,6 +484,39 @@ STOCHASTIC_NOTE = (
     "q3 / q4: the medians of batch sharpness/(2/η) and of λmax/edge over the third and fourth quarters of the run "
     f"(by step), marked {DRIFT_MARK} where they differ by more than {STATIONARY_TOL:.0%} and by more than {STATIONARY_ABS:g} (not stationary). Batch: the minibatch size "
     "(full last).")
+
+
+WHERE_TABLE = (
+    ("run", "run"), ("optimizer", "optimizer"), ("eta", "eta"), ("settings", "settings"), ("seed", "seed"),
+    ("top_mass_block", "top vector's block (mass)"), ("top_lambda_block", "sharpest block (λmax_b/λmax)"),
+    ("gn_over_lambda_top_median", "λmax(G)/λtop (n)"), ("gn_over_edge_median", "λmax(G)/edge"),
+    ("trace_median", "trace"), ("trace_over_lambda_max_median", "trace/λmax"))
+WHERE_NOTE = (
+    "Runs with --probe layers, gauss_newton or trace: second-half medians. The top vector's block: the block "
+    "holding the largest share of the Hessian's top eigenvector (its share); the sharpest block: the largest "
+    "λmax of a diagonal block of the Hessian, over λmax of the whole (at most 1); λmax(G)/λtop: the Gauss-Newton "
+    "part's top eigenvalue over the Hessian's largest (1: the top is all Gauss-Newton), and over the optimizer's "
+    "own edge; trace: Hutchinson's estimate of tr(H), and over λmax.")
+
+
+def where_rows(rows) -> list[dict]:
+    """The summary rows of the runs that measured a where-probe (some :data:`WHERE` statistic), in
+    the report's order.
+
+    >>> where_rows([{"run": "a"}, {"run": "b", "trace_median": 3.0}])
+    [{'run': 'b', 'trace_median': 3.0}]
+    """
+    return [r for r in rows if any(k in r for k in WHERE)]
+
+
+def _where_cell(row, key) -> str:
+    if key == "top_mass_block" and key in row:
+        return f"{row[key]} ({_fmt(row.get('top_mass_median'), 3)})"
+    if key == "top_lambda_block" and key in row:
+        return f"{row[key]} ({_fmt(row.get('top_lambda_over_lambda_max_median'), 3)})"
+    if key == "gn_over_lambda_top_median" and key in row:
+        return f"{_fmt(row[key])} (n={row.get('gn_count') or 0})"
+    return _fmt(row.get(key))
 
 
 def _batch_order(size) -> tuple:
@@ -544,6 +644,14 @@ def write_html(rows, pngs, root: Path, out: Path) -> Path:
                   + "</tr></thead><tbody>"]
         parts += ["<tr>" + "".join(f"<td{_stochastic_td(r, k)}>{e(_stochastic_cell(r, k))}</td>"
                                    for k, _ in STOCHASTIC_TABLE) + "</tr>" for r in stochastic]
+        parts.append("</tbody></table>")
+    where = where_rows(rows)
+    if where:
+        parts += ["<h2>Where the sharpness lives</h2>", f"<p>{e(WHERE_NOTE)}</p>",
+                  '<table id="where"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for _, h in WHERE_TABLE)
+                  + "</tr></thead><tbody>"]
+        parts += ["<tr>" + "".join(f"<td{' class=l' if k in ('run', 'optimizer', 'settings') else ''}>"
+                                   f"{e(_where_cell(r, k))}</td>" for k, _ in WHERE_TABLE) + "</tr>" for r in where]
         parts.append("</tbody></table>")
     for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")

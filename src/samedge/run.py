@@ -95,7 +95,7 @@ def _record_chunk_size(out, cfg: config_mod.RunConfig, task: tasks.Task) -> None
 
 def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = False, progress: bool = True,
             allow_fallback: bool = False, task: tasks.Task | None = None, resume: bool = False,
-            optimizer: Optimizer | None = None, devices: int | None = None, probes=()) -> dict:
+            optimizer: Optimizer | None = None, devices: int | None = None, probes=(), log=()) -> dict:
     """Run ``cfg`` in the folder ``out`` and return its summary.
 
     Args:
@@ -111,14 +111,18 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
       probes: the :class:`~samedge.probes.Probe` objects ``cfg.probes`` names without an import path.
       devices: split each batch over this many devices (:mod:`samedge.sharding`; default all local
         devices of the default backend; results do not depend on it, and a run resumes on another count).
+      log: trackers that watch the run (:mod:`samedge.trackers`): names (``"tensorboard"``,
+        ``"wandb"``, ``"mlflow"``, each optionally ``=WHERE``) or tracker objects. Not part of the
+        run's identity: a resume may add or drop one. A tracker that fails is dropped with one warning.
 
     Returns:
       The summary written to ``summary.json``. The folder is checked before any data is read;
       the figures are drawn even when the run fails.
     """
-    from samedge import plots, train
+    from samedge import plots, train, trackers
     from samedge.store import RunStore, check_out
 
+    log = trackers.make_all(log)  # an unknown name is refused before any work
     resuming = check_out(out, cfg.to_dict(), overwrite=overwrite, resume=resume, defaults=config_mod.defaults())
     if task is None:
         task = tasks.build_task(cfg.task, tasks.make_task_config(cfg.task, cfg.task_config),
@@ -132,16 +136,37 @@ def execute(cfg: config_mod.RunConfig, out, *, data_dir=None, overwrite: bool = 
         store = RunStore.reopen(out, task.info)
     else:
         store = RunStore.create(out, {"run": cfg.to_dict(), "task_info": task.info}, overwrite=overwrite)
+    watch = _start_trackers(log, out, cfg, resuming)
+    status = "failed"
     try:
         summary = train.train(cfg, task, store, progress=progress, resume=resuming, optimizer=optimizer,
-                              probes=probes)
+                              probes=probes, on_row=watch.log if watch else None,
+                              on_losses=watch.log_losses if watch else None)
+        status = summary["status"]
     finally:
-        plots.plot_run(out)
+        try:
+            figures = plots.plot_run(out)
+            watch.log_images([p for p in figures if p.suffix == ".png"])
+        finally:
+            watch.close(status)
     return summary
 
 
+def _start_trackers(log, out, cfg: config_mod.RunConfig, resuming: bool):
+    """The run's trackers (:func:`samedge.trackers.start`); a resumed run's continue from its checkpoint,
+    given the rows up to it (``metrics.csv`` before the run rewrites it)."""
+    from samedge import checkpoint, trackers
+    from samedge.store import read_metrics
+
+    if not log:
+        return trackers.Trackers()
+    step = (checkpoint.step_of(out) or 0) if resuming else None
+    history = [r for r in read_metrics(out) if r["step"] <= step] if step else []
+    return trackers.start(log, out, config=cfg.to_dict(), resume_step=step, history=history)
+
+
 def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, out=None, resume: bool = False,
-        overwrite: bool = False, progress: bool = True, devices: int | None = None, probes=(),
+        overwrite: bool = False, progress: bool = True, devices: int | None = None, probes=(), log=(),
         **settings: Any) -> dict:
     """Train your own task with the whole run machinery and return its summary.
 
@@ -159,6 +184,9 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
       probes: your own measurement probes (:class:`~samedge.probes.Probe` objects, or
         ``package.module:PROBE`` names), run after the built-in ones; their columns join
         ``metrics.csv``. Resuming a run with probe objects needs them passed again.
+      log: watch the run live (:mod:`samedge.trackers`): ``["tensorboard"]``, ``["wandb", "mlflow"]``,
+        ``"tensorboard=DIR"``, or tracker objects (:class:`samedge.trackers.Tracker`): every row, the
+        training loss of every step, the config and, at the end, the figures.
       **settings: any :class:`~samedge.config.RunConfig` field (``lr``, ``steps``,
         ``measure_every``, ``seed``, ``topk`` ...) and the optimizer's hyperparameters (``rho``).
 
@@ -208,4 +236,4 @@ def fit(task: tasks.Task, optimizer: str | Optimizer = optimizers.DEFAULT, *, ou
         optimizer = None
     cfg = cfg.validate()
     return execute(cfg, Path(out) if out is not None else default_out(cfg), overwrite=overwrite, progress=progress,
-                   task=task, resume=resume, optimizer=optimizer, devices=devices, probes=objects)
+                   task=task, resume=resume, optimizer=optimizer, devices=devices, probes=objects, log=log)

@@ -155,16 +155,18 @@ def run_state(path: Path, cfg: config_mod.RunConfig | None = None) -> str:
     return "finished" if status in FINISHED else "unfinished"
 
 
-def continue_run(cfg, path: Path, *, data_dir=None) -> dict:
-    """Carry on an unfinished run from its last checkpoint (from step 0 if it has none)."""
-    return execute(cfg, path, data_dir=data_dir, resume=True, progress=False)
+def continue_run(cfg, path: Path, *, data_dir=None, trackers=()) -> dict:
+    """Carry on an unfinished run from its last checkpoint (from step 0 if it has none); ``trackers``:
+    the ``--log`` specs that watch it (:mod:`samedge.trackers`)."""
+    return execute(cfg, path, data_dir=data_dir, resume=True, progress=False, log=trackers)
 
 
-def train_point(cfg, path: Path, *, data_dir=None) -> dict:
-    """The default runner: a new run, or :func:`continue_run` for an unfinished one."""
+def train_point(cfg, path: Path, *, data_dir=None, trackers=()) -> dict:
+    """The default runner: a new run, or :func:`continue_run` for an unfinished one; ``trackers``: the
+    ``--log`` specs that watch it."""
     if run_state(path, cfg) == "unfinished":
-        return continue_run(cfg, path, data_dir=data_dir)
-    return execute(cfg, path, data_dir=data_dir, overwrite=False, progress=False)
+        return continue_run(cfg, path, data_dir=data_dir, trackers=trackers)
+    return execute(cfg, path, data_dir=data_dir, overwrite=False, progress=False, log=trackers)
 
 
 def record_failure(path: Path, error: str) -> dict:
@@ -184,10 +186,11 @@ def record_failure(path: Path, error: str) -> dict:
     return write_summary(path, "failed", {"error": error} | analysis.summarize(rows))
 
 
-def run_job(cfg, path, *, data_dir=None, runner: Callable | None = None, cpus=None) -> dict:
+def run_job(cfg, path, *, data_dir=None, runner: Callable | None = None, cpus=None, trackers=()) -> dict:
     """Run one grid point in this process and return its summary; never raises for a failed run.
 
-    Writes ``worker.json`` (pid, host, CPUs) first, so a supervisor can find the process.
+    Writes ``worker.json`` (pid, host, CPUs) first, so a supervisor can find the process. ``trackers``
+    (``--log`` specs) reach the runner as its ``trackers`` keyword when there are any.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -199,7 +202,8 @@ def run_job(cfg, path, *, data_dir=None, runner: Callable | None = None, cpus=No
     if run_state(path, cfg) == "finished":  # e.g. a retried task whose first attempt got this far
         return read_json(path / SUMMARY)
     try:
-        return (runner or train_point)(cfg, path, data_dir=data_dir)
+        watch = {"trackers": list(trackers)} if trackers else {}  # a runner of one's own need not take them
+        return (runner or train_point)(cfg, path, data_dir=data_dir, **watch)
     except BaseException as exc:  # recorded, not raised: one bad grid point must not stop the sweep
         summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else {}
         if summary.get("status") != "failed":
@@ -242,11 +246,11 @@ def limit_threads(cpus: Sequence[int]) -> None:
         os.environ[var] = n
 
 
-def _local_main(cfg, path, cpus, data_dir, runner) -> None:
+def _local_main(cfg, path, cpus, data_dir, runner, trackers=()) -> None:
     # The first thing a spawned worker does, before anything imports JAX.
     limit_threads(cpus)
     jit_cache.enable()
-    summary = run_job(cfg, path, data_dir=data_dir, runner=runner, cpus=cpus)
+    summary = run_job(cfg, path, data_dir=data_dir, runner=runner, cpus=cpus, trackers=trackers)
     sys.exit(0 if summary.get("status") in FINISHED else 1)
 
 
@@ -259,8 +263,9 @@ def _finish_dead(job: Job, error: str) -> dict:
 
 
 def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=None,
-              on_done: Callable[[Job, dict], None] | None = None) -> dict[str, dict]:
-    """Run ``jobs`` in ``workers`` spawned processes (a fresh one per run), each on its CPU share."""
+              on_done: Callable[[Job, dict], None] | None = None, trackers=()) -> dict[str, dict]:
+    """Run ``jobs`` in ``workers`` spawned processes (a fresh one per run), each on its CPU share
+    (``trackers``: the ``--log`` specs that watch each run)."""
     import multiprocessing as mp
     from collections import deque
     from multiprocessing.connection import wait
@@ -272,7 +277,8 @@ def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=No
         while queue or running:
             while queue and free:
                 slot, job = free.pop(0), queue.popleft()
-                proc = ctx.Process(target=_local_main, args=(job.cfg, job.path, slots[slot], data_dir, runner),
+                proc = ctx.Process(target=_local_main, args=(job.cfg, job.path, slots[slot], data_dir, runner,
+                                                             tuple(trackers)),
                                    name=f"samedge-{job.name}")
                 proc.start()
                 running[proc.sentinel] = (proc, slot, job)
@@ -292,15 +298,16 @@ def run_local(jobs: Sequence[Job], *, workers: int = 1, data_dir=None, runner=No
     return results
 
 
-def _ray_main(cfg, path, data_dir, runner) -> dict:
+def _ray_main(cfg, path, data_dir, runner, trackers=()) -> dict:
     jit_cache.enable()  # per machine: the folder name carries the host and its CPU
-    return run_job(cfg, path, data_dir=data_dir, runner=runner)
+    return run_job(cfg, path, data_dir=data_dir, runner=runner, trackers=trackers)
 
 
 def run_ray(jobs: Sequence[Job], *, address=None, cpus_per_run: float = 1, gpus_per_run: float = 0,
             max_retries: int = 3, data_dir=None, runner=None, num_cpus: int | None = None,
-            on_done: Callable[[Job, dict], None] | None = None) -> dict[str, dict]:
-    """One Ray task per job (``num_cpus``/``num_gpus`` per run, ``max_retries`` on a dead worker).
+            on_done: Callable[[Job, dict], None] | None = None, trackers=()) -> dict[str, dict]:
+    """One Ray task per job (``num_cpus``/``num_gpus`` per run, ``max_retries`` on a dead worker;
+    ``trackers``: the ``--log`` specs that watch each run, started on the node that runs it).
 
     Attaches to the cluster at ``address``, to a Ray already initialised in this process, or starts
     a local one (with ``num_cpus``); a cluster started here is shut down at the end.
@@ -316,7 +323,8 @@ def run_ray(jobs: Sequence[Job], *, address=None, cpus_per_run: float = 1, gpus_
         started = True
     try:
         task = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_retries=max_retries)(_ray_main)
-        pending = {task.remote(job.cfg, str(job.path.resolve()), data_dir, runner): job for job in jobs}
+        pending = {task.remote(job.cfg, str(job.path.resolve()), data_dir, runner, tuple(trackers)): job
+                   for job in jobs}
         results = {}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -336,10 +344,13 @@ def run_ray(jobs: Sequence[Job], *, address=None, cpus_per_run: float = 1, gpus_
 
 
 def run_sweep(configs: Sequence[config_mod.RunConfig], out, *, backend: str = "local", workers: int = 1,
-              data_dir=None, runner=None, log: Callable[[str], None] = print, **backend_options) -> dict[str, dict]:
+              data_dir=None, runner=None, log: Callable[[str], None] = print, trackers=(),
+              **backend_options) -> dict[str, dict]:
     """Run every config not finished yet under ``out``; returns ``{run name: summary}`` for all.
 
-    Finished runs are skipped (their summaries are returned as they are).
+    Finished runs are skipped (their summaries are returned as they are). ``log`` prints the
+    progress lines; ``trackers`` are the ``--log`` specs (strings, :mod:`samedge.trackers`) that
+    watch every run.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,9 +384,11 @@ def run_sweep(configs: Sequence[config_mod.RunConfig], out, *, backend: str = "l
     elif backend == "local":
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {workers}")
-        results |= run_local(todo, workers=workers, data_dir=data_dir, runner=runner, on_done=on_done)
+        results |= run_local(todo, workers=workers, data_dir=data_dir, runner=runner, on_done=on_done,
+                             trackers=trackers)
     elif backend == "ray":
-        results |= run_ray(todo, data_dir=data_dir, runner=runner, on_done=on_done, **backend_options)
+        results |= run_ray(todo, data_dir=data_dir, runner=runner, on_done=on_done, trackers=trackers,
+                           **backend_options)
     else:
         raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
     return {job.name: results[job.name] for job in jobs}

@@ -285,17 +285,24 @@ def _make_measure(cfg: RunConfig, task: Task, optimizer: steps.Optimizer, probes
     return m, init, measure_at
 
 
-def resolve_probes(cfg: RunConfig, given=()) -> tuple:
+def resolve_probes(cfg: RunConfig, given=(), *, task: Task | None = None,
+                   settings: measure.MeasureSettings | None = None) -> tuple:
     """The run's own probes: ``cfg.probes`` in order, each ``package.module:PROBE`` loaded, or, for a
     plain name, the :class:`~samedge.probes.Probe` of that name in ``given`` (objects passed to
-    ``samedge.fit``).
+    ``samedge.fit``), else the opt-in probe of that name (``layers``, ``gauss_newton``, ``trace``:
+    :func:`samedge.measure.opt_in`).
 
     Args:
       cfg: the run's settings.
       given: probe objects passed from Python.
+      task: the run's task (``gauss_newton`` takes its outputs).
+      settings: the measurement's settings (the opt-in probes' workspace).
 
     Returns:
       The probes; a one-line :class:`~samedge.errors.ConfigError` for one that cannot be had.
+
+    >>> [p.name for p in resolve_probes(RunConfig(task="mine", preset=None, probes=("layers", "trace")))]
+    ['layers', 'trace']
     """
     from samedge import probes as probes_mod
 
@@ -306,10 +313,27 @@ def resolve_probes(cfg: RunConfig, given=()) -> tuple:
             out.append(probes_mod.load(name))
         elif name in by_name:
             out.append(probes_mod.check_probe(by_name[name]))
+        elif name in measure.OPT_IN:
+            if name == "gauss_newton":
+                _check_gauss_newton(cfg, task)
+            out.append(measure.opt_in(name, settings, task, chunk_size=cfg.chunk_size))
         else:
             raise RunDirError(f"this run's probe {name!r} was passed as a Python object; pass it again "
                               f"(samedge.fit(..., probes=[...], resume=True))")
     return tuple(out)
+
+
+def _check_gauss_newton(cfg: RunConfig, task: Task | None) -> None:
+    """Refuse the Gauss-Newton probe where the task's outputs are not those of the measured loss."""
+    if cfg.measure_mode == "eval":
+        raise ConfigError("--probe gauss_newton measures the loss the task's output_fn gives (train mode); "
+                          "it does not take --measure-mode eval")
+    if task is not None and task.chunk_dependent and cfg.chunk_size:
+        from samedge import sharding
+
+        if sharding.is_sharded(task):
+            raise ConfigError("--probe gauss_newton: this task's loss depends on the chunking and its batch is "
+                              "split over devices; run it on one device (--devices 1) or with --chunk-size 0")
 
 
 class _State(NamedTuple):
@@ -379,7 +403,8 @@ def _row(values, step, measure_s, started, optimizer, evaluation) -> dict:
 
 def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress: bool = True,
           on_row: Callable[[dict], None] | None = None, resume: bool = False,
-          optimizer: steps.Optimizer | None = None, probes=()) -> dict:
+          optimizer: steps.Optimizer | None = None, probes=(),
+          on_losses: Callable[[int, np.ndarray], None] | None = None) -> dict:
     """Run ``cfg`` on ``task``, writing rows to ``store``; returns the summary (with ``status``).
 
     Args:
@@ -393,6 +418,9 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
       optimizer: the optimizer object, when ``cfg.custom_optimizer`` (else built from the registry).
       probes: the :class:`~samedge.probes.Probe` objects that ``cfg.probes`` names without an import
         path (see :func:`resolve_probes`).
+      on_losses: called as ``on_losses(first_step, losses)`` after each compiled chunk of steps, with
+        the training loss before each step of it (``losses[i]`` at step ``first_step + i``), those of
+        a chunk that diverged included.
 
     Returns:
       The summary: ``status`` (``completed``, ``diverged`` or ``interrupted``), the final figures
@@ -400,7 +428,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
       ``wall_time_s``, ``measure_time_s`` and ``measure_share``.
     """
     optimizer = optimizer if optimizer is not None else build_optimizer(cfg)
-    m, init_measure, measure_fn = _make_measure(cfg, task, optimizer, resolve_probes(cfg, probes))
+    m, init_measure, measure_fn = _make_measure(cfg, task, optimizer, resolve_probes(
+        cfg, probes, task=task, settings=measure_settings(cfg, optimizer)))
     state = _start(cfg, task, optimizer, m, init_measure, store, resume)
     params, opt_state, mstate, rows, done = state.params, state.opt_state, state.mstate, state.rows, state.done
     points = schedule(cfg.steps, cfg.measure_every)
@@ -416,6 +445,8 @@ def train(cfg: RunConfig, task: Task, store: RunStore | None = None, *, progress
             for seg in trajectory(task, optimizer, params, opt_state, points, start=done,
                                   model_state=state.model_state, seed=cfg.seed):
                 bar.update(len(seg.losses))
+                if len(seg.losses) and on_losses is not None:
+                    on_losses(done, seg.losses)
                 if len(seg.losses):
                     reason = _divergence(seg.losses, seg.params, rows, cfg.diverge_factor, done)
                     if reason is not None:

@@ -24,6 +24,15 @@ ones, each in a module of its own with its cost in HVPs in its docstring:
 (preconditioned sharpness, the step's radius), :mod:`~samedge.probes.stochastic` (batch sharpness,
 the full batch), :mod:`~samedge.probes.edge` (edge and ratio), :mod:`~samedge.probes.alignment`,
 :mod:`~samedge.probes.ascent` (lambda_max at the ascent point), :mod:`~samedge.probes.outliers`.
+Three more are opt-in (:data:`samedge.measure.OPT_IN`, :func:`samedge.measure.opt_in`; ``--probe layers``
+and so on): where the sharpness
+lives, :mod:`~samedge.probes.layers` (the Hessian's diagonal blocks per layer and the top vector's mass
+in each), :mod:`~samedge.probes.gauss_newton` (the Gauss-Newton part's top eigenvalue) and
+:mod:`~samedge.probes.trace` (Hutchinson's trace).
+
+Column names are letters, digits, ``_``, ``.`` and ``-``, in ``/``-separated parts
+(``lambda_max/Dense_0``): the part before the first ``/`` names a family of columns, which trackers
+group (TensorBoard's and W&B's sections); a probe's name has no ``/``.
 
 Your own probe, the curvature along the gradient ``g^T H g / g^T g`` (one HVP, no carry):
 
@@ -121,6 +130,7 @@ class Context(NamedTuple):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_COLUMN = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")  # /-separated parts: a family, then its member
 
 
 def context(loss_fn: Callable, params, batch, optimizer, settings, key, *, opt_state=None, data=None,
@@ -250,8 +260,9 @@ def check_columns(name: str, columns: Mapping, taken: Mapping) -> None:
     if not isinstance(columns, Mapping):
         raise ConfigError(f"probe {name!r} returned {type(columns).__name__} for its columns; expected a dict")
     for col, value in columns.items():
-        if not isinstance(col, str) or not _NAME.match(col):
-            raise ConfigError(f"probe {name!r}: column name {col!r} must be letters, digits, _, . or -")
+        if not isinstance(col, str) or not _COLUMN.match(col):
+            raise ConfigError(f"probe {name!r}: column name {col!r} must be letters, digits, _, . or -, in parts "
+                              f"joined by /")
         if col in taken:
             raise ConfigError(f"probe {name!r}: column {col!r} is written by an earlier probe; rename it")
         if jnp.ndim(value) != 0:
@@ -290,3 +301,4 @@ def load(name: str) -> Probe:
     if not isinstance(obj, Probe):
         raise ConfigError(f"probe {name!r}: {name.replace(':', '.')} is not a samedge.probes.Probe")
     return check_probe(obj)
+

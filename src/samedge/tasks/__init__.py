@@ -129,6 +129,12 @@ class Task:
     init_state: Callable[[Any], Any] | None = None
     train_loss_fn: Callable[[Any, Any, Any, Any], Any] | None = None
     eval_loss_fn: Callable[[Any, Any, Any], Any] | None = None
+    # The measured loss as outputs plus a loss on them, for the Gauss-Newton probe (--probe
+    # gauss_newton): output_fn(params, batch) -> outputs (the logits; with model state, as loss_fn
+    # computes them: batch statistics, dropout off) and output_loss(outputs, batch) -> scalar, with
+    # output_loss(output_fn(p, b), b) == loss_fn(p, b); None when the task does not give them
+    output_fn: Callable[[Any, Any], Any] | None = None
+    output_loss: Callable[[Any, Any], Any] | None = None
 
     @property
     def stateful(self) -> bool:
@@ -145,7 +151,8 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
               measure_batch_fn: Callable | None = None, evaluate: Callable | None = None,
               accuracy_fn: Callable | None = None, config=None, info: Mapping | None = None,
               chunk_dependent: bool = False, init_state: Callable | None = None,
-              train_loss_fn: Callable | None = None, eval_loss_fn: Callable | None = None) -> Task:
+              train_loss_fn: Callable | None = None, eval_loss_fn: Callable | None = None,
+              output_fn: Callable | None = None, output_loss: Callable | None = None) -> Task:
     """A :class:`Task` from plain functions, checked before any training.
 
     Args:
@@ -170,6 +177,10 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
         measurement differentiates by default: batch statistics, dropout off.
       eval_loss_fn: ``(params, state, batch) -> loss`` with the state as constants and dropout off
         (``--measure-mode eval``), or ``None``. With a state, ``evaluate`` takes ``(params, state)``.
+      output_fn: ``(params, batch) -> outputs`` (a pytree of arrays: the logits), and
+      output_loss: ``(outputs, batch) -> scalar``, the loss on them, so that ``output_loss(output_fn(p, b),
+        b)`` is ``loss_fn(p, b)``: the Gauss-Newton probe (``--probe gauss_newton``) needs both, and
+        they are given together or not at all.
 
     Returns:
       The :class:`Task`. Integer or non-array parameter leaves, a ``batch_fn`` JAX cannot trace and
@@ -215,6 +226,7 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
     if accuracy_fn is not None:
         checks.scalar_loss(accuracy_fn, shapes, batch)
     _check_state_fns(init_state, train_loss_fn, eval_loss_fn, shapes, batch)
+    _check_output_fns(output_fn, output_loss, shapes, batch)
 
     def no_metrics(params, state=None):
         return {}
@@ -224,7 +236,23 @@ def make_task(name: str, init_params: Callable, loss_fn: Callable, data, *, batc
                 data=data, batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
                 evaluate=evaluate or no_metrics, info={"n_params": n_params} | dict(info or {}),
                 chunk_dependent=bool(chunk_dependent), init_state=init_state, train_loss_fn=train_loss_fn,
-                eval_loss_fn=eval_loss_fn)
+                eval_loss_fn=eval_loss_fn, output_fn=output_fn, output_loss=output_loss)
+
+
+def _check_output_fns(output_fn, output_loss, shapes, batch) -> None:
+    """Refuse outputs given without their loss (or the reverse), or a pair whose composition is not a
+    float scalar (shapes only)."""
+    from samedge import checks
+
+    if output_fn is None and output_loss is None:
+        return
+    if not (callable(output_fn) and callable(output_loss)):
+        raise ConfigError("output_fn ((params, batch) -> outputs) and output_loss ((outputs, batch) -> loss) "
+                          "go together: give both, callable")
+    try:
+        checks.scalar_loss(lambda p, b: output_loss(output_fn(p, b), b), shapes, batch)
+    except ConfigError as exc:
+        raise ConfigError(f"output_loss(output_fn(params, batch), batch): {exc}") from None
 
 
 def _check_state_fns(init_state, train_loss_fn, eval_loss_fn, shapes, batch) -> None:
@@ -526,6 +554,12 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         x, y = batch
         return square_loss(model.apply(params, x), y)
 
+    def output_fn(params, batch):  # (N, C) outputs; loss_fn is output_loss on them
+        return model.apply(params, batch[0])
+
+    def output_loss(outputs, batch):
+        return square_loss(outputs, batch[1])
+
     def accuracy_fn(params, batch):
         x, y = batch
         return jnp.mean(jnp.argmax(model.apply(params, x), -1) == jnp.argmax(y, -1))
@@ -566,6 +600,8 @@ def full_batch_classification(name: str, config, model, train, test, *, source: 
         evaluate=lambda params: {k: float(v) for k, v in evaluate_jit(params, test_arrays).items()},
         info=info,
         full_batch_fn=lambda data: data,
+        output_fn=output_fn,
+        output_loss=output_loss,
     )
 
 
@@ -675,6 +711,12 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
     def loss_fn(params, batch):
         return cross_entropy(train_mode_logits(params, batch[0]), batch[1])
 
+    def output_fn(params, batch):  # the measured loss's logits: batch statistics, dropout off
+        return train_mode_logits(params, batch[0])
+
+    def output_loss(logits, batch):
+        return cross_entropy(logits, batch[1])
+
     def accuracy_fn(params, batch):
         return jnp.mean(jnp.argmax(train_mode_logits(params, batch[0]), -1) == batch[1])
 
@@ -714,4 +756,5 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
         data=(jnp.asarray(train[0]), jnp.asarray(train[1])), batch_fn=batch_fn, measure_batch_fn=measure_batch_fn,
         evaluate=lambda params, state: {k: float(v) for k, v in evaluate_jit(params, state, test_arrays).items()},
         info=facts | dict(info or {}), full_batch_fn=full_batch, chunk_dependent=bool(collections),
-        init_state=init_state, train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn)
+        init_state=init_state, train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, output_fn=output_fn,
+        output_loss=output_loss)

@@ -155,6 +155,12 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
     def loss_fn(params, batch):  # batch: (B, T + 1) windows
         return cross_entropy(model.apply(params, batch[:, :-1]), batch[:, 1:])[0]
 
+    def output_fn(params, batch):  # (B, T, V) logits; loss_fn is output_loss on them
+        return model.apply(params, batch[:, :-1])
+
+    def output_loss(logits, batch):
+        return cross_entropy(logits, batch[:, 1:])[0]
+
     def accuracy_fn(params, batch):
         y = batch[:, 1:]  # (B, T)
         hit = (jnp.argmax(model.apply(params, batch[:, :-1]), -1) == y) & (y != sh.PAD)
@@ -234,4 +240,6 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
             "n_params": n_params,
         },
         full_batch_fn=lambda data: data["full"],
+        output_fn=output_fn,
+        output_loss=output_loss,
     )
