@@ -30,7 +30,7 @@ JSON line:
   time budget ran out: then the projection leaves shakespeare's measurements out);
 - cifar10-resnet's paper preset (ResNet-18, 11.2M parameters, BatchNorm, SAM with momentum, weight
   decay, cosine, crop and flip) on the 10,000-image copy: ``resnet_sam_step_ms``, ``resnet_measure_s``
-  (the step's minibatch and the 5,000-image measurement set in chunks of 1,000; ``null`` with
+  (the step's minibatch and the 5,000-image measurement set in chunks of 250; ``null`` with
   ``--tiny`` or past the time budget), ``resnet_epoch_s`` (391 steps + one measurement: an epoch of
   the full set) and ``resnet_paper_hours`` (200 epochs); ``resnet_error`` if it failed;
 - ``scale``: large models (issue 28; :func:`scale.point`, a bounded basis of 16 rows): the 4-layer
@@ -247,7 +247,7 @@ def _resnet(args, devices, started) -> dict:
     """cifar10-resnet's paper preset (ResNet-18 width 64, SAM with momentum, weight decay, cosine, crop and
     flip, BatchNorm's running statistics in the carry) on the 10,000-image copy (n_train 10,000; a step
     costs the same on any size of set): steps in compiled chunks of CHUNK, then one measurement (the
-    step's minibatch and the 5,000-image measurement set in chunks of 1,000) when time allows.
+    step's minibatch and the 5,000-image measurement set in chunks of 250) when time allows.
     ``resnet_epoch_s`` = 391 steps + one measurement (the preset's epoch of 50,000 images, measured once);
     ``resnet_paper_hours`` = 200 of them. ``--tiny``: width 2 on 256 images, no measurement."""
     import jax
