@@ -670,8 +670,6 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
     import jax
     import jax.numpy as jnp
 
-    from samedge import augment as augment_mod
-
     n_train = int(train[0].shape[0])
     batch_size = check_batch_size(name, batch_size, n_train)
     x0 = jnp.zeros((1, *train[0].shape[1:]), jnp.float32)
@@ -708,17 +706,17 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
     def eval_logits(params, state, x):
         return model.apply({"params": params, **state}, x, use_running_average=True, deterministic=True)
 
-    def loss_fn(params, batch):
-        return cross_entropy(train_mode_logits(params, batch[0]), batch[1])
-
     def output_fn(params, batch):  # the measured loss's logits: batch statistics, dropout off
         return train_mode_logits(params, batch[0])
 
     def output_loss(logits, batch):
         return cross_entropy(logits, batch[1])
 
+    def loss_fn(params, batch):
+        return output_loss(output_fn(params, batch), batch)
+
     def accuracy_fn(params, batch):
-        return jnp.mean(jnp.argmax(train_mode_logits(params, batch[0]), -1) == batch[1])
+        return jnp.mean(jnp.argmax(output_fn(params, batch), -1) == batch[1])
 
     def eval_loss_fn(params, state, batch):
         return cross_entropy(eval_logits(params, state, batch[0]), batch[1])
@@ -728,16 +726,8 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
         logits = eval_logits(params, state, test[0])
         return {"test_loss": cross_entropy(logits, test[1]), "test_acc": jnp.mean(jnp.argmax(logits, -1) == test[1])}
 
-    root = jax.random.PRNGKey(seed)
-    if 0 < batch_size < n_train:
-        measure_batch_fn = minibatch_fn(n_train, batch_size, jax.random.fold_in(root, MINIBATCH_KEY))
-    else:
-        batch_size, measure_batch_fn = n_train, whole_data
-    batch_fn = measure_batch_fn
-    if augment:
-        batch_fn = augment_mod.augmented_batch_fn(measure_batch_fn, jax.random.fold_in(root, AUGMENT_KEY))
-        if measure_augmented:
-            measure_batch_fn = batch_fn
+    batch_size, batch_fn, measure_batch_fn = _augmented_minibatches(n_train, batch_size, seed, augment,
+                                                                    measure_augmented)
     m = int(measure_set) or n_train
     if not 0 < m <= n_train:
         raise ConfigError(f"{name} measure_set must be in [0, n_train = {n_train}], got {measure_set!r}")
@@ -758,3 +748,25 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
         info=facts | dict(info or {}), full_batch_fn=full_batch, chunk_dependent=bool(collections),
         init_state=init_state, train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, output_fn=output_fn,
         output_loss=output_loss)
+
+
+def _augmented_minibatches(n_train: int, batch_size: int, seed: int, augment: bool, measure_augmented: bool):
+    """``(batch_size, batch_fn, measure_batch_fn)`` of :func:`stateful_classification`: minibatches keyed by
+    ``(seed, MINIBATCH_KEY)`` (0 or ``n_train``: the whole set), the step's cropped and flipped when
+    ``augment`` (keyed by ``(seed, AUGMENT_KEY)``), the measurement's the same minibatch unaugmented
+    unless ``measure_augmented``."""
+    import jax
+
+    from samedge import augment as augment_mod
+
+    root = jax.random.PRNGKey(seed)
+    if 0 < batch_size < n_train:
+        measure_batch_fn = minibatch_fn(n_train, batch_size, jax.random.fold_in(root, MINIBATCH_KEY))
+    else:
+        batch_size, measure_batch_fn = n_train, whole_data
+    batch_fn = measure_batch_fn
+    if augment:
+        batch_fn = augment_mod.augmented_batch_fn(measure_batch_fn, jax.random.fold_in(root, AUGMENT_KEY))
+        if measure_augmented:
+            measure_batch_fn = batch_fn
+    return batch_size, batch_fn, measure_batch_fn
