@@ -1,79 +1,101 @@
-"""Batch sharpness: the curvature of each minibatch's loss along its own gradient, and its SAM analogue.
+r"""Batch sharpness: the curvature of each minibatch's loss along its own gradient, and its SAM analogue.
 
-For a minibatch ``B`` of the training set, with ``L_B`` its mean loss, ``g_B = grad L_B(w)`` and
-``H_B = grad^2 L_B(w)``, the directional curvature of the minibatch loss along its gradient is
+For a minibatch :math:`B` of the training set, with :math:`L_B` its mean loss,
+:math:`g_B = \nabla L_B(w)` and :math:`H_B = \nabla^2 L_B(w)`, the directional curvature of the
+minibatch loss along its gradient is
 
-    q_B = g_B^T H_B g_B / ||g_B||^2
+.. math::
 
-(a Rayleigh quotient of ``H_B``: ``lambda_min(H_B) <= q_B <= lambda_max(H_B)``). Over the
-minibatches of the sampling scheme (``B`` uniform over the subsets of size ``b``, as the training
-steps draw them) this module estimates
+    q_B = \frac{g_B^\top H_B\, g_B}{\|g_B\|^2}
 
-- ``batch_sharpness`` = ``E_B[q_B]`` (the mean of ratios), with its standard error;
-- ``batch_sharpness_rom`` = ``E_B[g_B^T H_B g_B] / E_B[||g_B||^2]`` (the ratio of means);
+(a Rayleigh quotient of :math:`H_B`: :math:`\lambda_{\min}(H_B) \le q_B \le \lambda_{\max}(H_B)`).
+Over the minibatches of the sampling scheme (:math:`B` uniform over the subsets of size :math:`b`, as
+the training steps draw them) this module estimates
+
+- ``batch_sharpness`` :math:`= \mathbb{E}_B[q_B]` (the mean of ratios), with its standard error;
+- ``batch_sharpness_rom`` :math:`= \mathbb{E}_B[g_B^\top H_B g_B] / \mathbb{E}_B[\|g_B\|^2]` (the
+  ratio of means);
 - with an edge (SAM's, or any optimizer's :attr:`~samedge.steps.Optimizer.edge`):
-  ``sam_batch_edge`` = ``E_B[edge(g_B)]`` and ``sam_batch_ratio`` = ``E_B[q_B / edge(g_B)]``.
+  ``sam_batch_edge`` :math:`= \mathbb{E}_B[\mathrm{edge}(g_B)]` and ``sam_batch_ratio``
+  :math:`= \mathbb{E}_B[q_B / \mathrm{edge}(g_B)]`.
 
-Why ``q_B`` (SGD). Andreyev & Beneventano (2024, "Edge of Stochastic Stability: Revisiting the
-Edge of Stability for SGD", arXiv:2412.20553) show that minibatch SGD with step size ``eta`` trains
-where *batch sharpness* rises to ``2/eta`` and hovers there (the Edge of Stochastic Stability),
-while the full-batch ``lambda_max`` stays below ``2/eta`` (lower for smaller batches and larger
-steps). The one-dimensional reason: restricted to the line through ``w`` along ``u = g_B/||g_B||``,
-the minibatch loss's quadratic model is ``f(s) = L_B + ||g_B|| s + q_B s^2 / 2``, and the SGD step
-``w - eta g_B`` is gradient descent on ``f`` from ``s = 0``: the distance to the line's minimiser
-``s* = -||g_B||/q_B`` is multiplied by ``1 - eta q_B``, which leaves ``[-1, 1]`` when
-``q_B > 2/eta``. Equivalently ``L_B(w - eta g_B) - L_B(w) = -eta ||g_B||^2 (1 - eta q_B / 2)`` to
-second order: the step overshoots its own batch exactly when ``q_B > 2/eta``. Versions of that
-paper differ on the average: v1 (Dec 2024) tracked the mean of ``lambda_max(H_B)`` ("MiniBS");
-later versions define Batch Sharpness as ``E_B[g_B^T H_B g_B / ||g_B||^2]`` (the expected
-directional curvature of minibatch Hessians along their stochastic gradients); the authors' code
-has computed both that mean of ratios and the ratio of means ``E[g^T H g] / E[||g||^2]``. Both are
-recorded here. The ratio of means is the one the expected one-step change of the batch loss reads:
-``E[L_B(w - eta g_B) - L_B(w)] = -eta E||g_B||^2 (1 - eta rom / 2)`` to second order, negative iff
-``rom < 2/eta``; the mean of ratios weights every batch equally, the ratio of means weights each by
-``||g_B||^2``.
+Why :math:`q_B` (SGD). Andreyev & Beneventano (2024, "Edge of Stochastic Stability: Revisiting the
+Edge of Stability for SGD", arXiv:2412.20553) show that minibatch SGD with step size :math:`\eta`
+trains where *batch sharpness* rises to :math:`2/\eta` and hovers there (the Edge of Stochastic
+Stability), while the full-batch :math:`\lambda_{\max}` stays below :math:`2/\eta` (lower for smaller
+batches and larger steps). The one-dimensional reason: restricted to the line through :math:`w`
+along :math:`u = g_B/\|g_B\|`, the minibatch loss's quadratic model is
 
-The SAM analogue. Normalised SAM on a minibatch, ``w' = w - eta grad L_B(w + rho g_B/||g_B||)``
-(ascent and descent on the same minibatch, as :mod:`samedge.steps` does), ascends along ``u``, the
-very line along which the minibatch quadratic has curvature ``q_B``. On that line the ascent point
-is ``s = rho`` and the gradient there is ``f'(rho) = ||g_B|| + rho q_B``, so the step moves ``s``
-from 0 to ``-eta ||g_B|| (1 + rho q_B/||g_B||)`` and the distance to ``s*`` is multiplied by
+.. math::
 
-    1 - eta q_B (1 + rho q_B / ||g_B||),
+    f(s) = L_B + \|g_B\|\, s + \tfrac{1}{2} q_B s^2 ,
 
-the factor :func:`samedge.edges.sam_edge` is built on, with ``lambda`` replaced by ``q_B`` and
-``||g||`` by the batch's own ``||g_B||``. It reaches -1 exactly when ``q_B`` equals
-``sam_edge(eta, rho, ||g_B||)``. So each batch has its own threshold, set by its own gradient norm
-(SAM normalises by ``||g_B||``, not by the full gradient's norm): the natural comparison for
-``q_B`` is the SAM-edge of ``||g_B||``, batch by batch, and the SAM counterpart of "batch sharpness
-at ``2/eta``" is ``sam_batch_ratio = E_B[q_B / sam_edge(eta, rho, ||g_B||)]`` near 1.
-``sam_batch_edge = E_B[sam_edge(eta, rho, ||g_B||)]`` is the level to plot ``batch_sharpness``
-against (it is not ``sam_edge`` of ``E||g_B||``: the edge is concave in ``||g||``, so it is below
-that by Jensen). Minibatch gradients are longer than the full gradient (``E||g_B||^2 = ||g||^2`` plus
-the sampling variance), so this edge sits above the full-batch SAM-edge Long & Bartlett (2024)
-compare ``lambda_max`` with. At ``rho = 0`` it is ``2/eta`` and ``sam_batch_ratio`` is
-``eta batch_sharpness / 2``: SGD's prediction. This is the same heuristic as the paper's (and as
-the full-batch SAM-edge): one direction, a quadratic model, ``H_B`` the same at ``w`` and at the
-ascent point, ``||g_B||`` held fixed; that SAM settles at it is an empirical claim to test.
+and the SGD step :math:`w - \eta g_B` is gradient descent on :math:`f` from :math:`s = 0`: the
+distance to the line's minimiser :math:`s^* = -\|g_B\|/q_B` is multiplied by :math:`1 - \eta q_B`,
+which leaves :math:`[-1, 1]` when :math:`q_B > 2/\eta`. Equivalently
+:math:`L_B(w - \eta g_B) - L_B(w) = -\eta \|g_B\|^2 (1 - \eta q_B / 2)` to second order: the step
+overshoots its own batch exactly when :math:`q_B > 2/\eta`. Versions of that paper differ on the
+average: v1 (Dec 2024) tracked the mean of :math:`\lambda_{\max}(H_B)` ("MiniBS"); later versions
+define Batch Sharpness as :math:`\mathbb{E}_B[g_B^\top H_B g_B / \|g_B\|^2]` (the expected directional
+curvature of minibatch Hessians along their stochastic gradients); the authors' code has computed
+both that mean of ratios and the ratio of means :math:`\mathbb{E}[g^\top H g] / \mathbb{E}[\|g\|^2]`.
+Both are recorded here. The ratio of means is the one the expected one-step change of the batch loss
+reads: :math:`\mathbb{E}[L_B(w - \eta g_B) - L_B(w)] = -\eta\, \mathbb{E}\|g_B\|^2 (1 - \eta\,
+\mathrm{rom} / 2)` to second order, negative iff :math:`\mathrm{rom} < 2/\eta`; the mean of ratios
+weights every batch equally, the ratio of means weights each by :math:`\|g_B\|^2`.
 
-Momentum. For heavy ball ``v' = beta v + g``, ``w' = w - eta v'`` on a fixed quadratic the same
-one-dimensional argument gives the recursion ``x' = (1 + beta - eta q) x - beta x_prev``, unstable
-from ``q = (2 + 2 beta)/eta`` on (:func:`samedge.edges.momentum_edge`; the full-batch threshold of
-Cohen et al. 2021, Appendix, after Goh 2017). It assumes the direction and its curvature persist
-over steps, which fresh minibatches break: Andreyev, Ananthkumar, Walden, Poggio & Beneventano
-(2026, "Momentum Further Constrains Sharpness at the Edge of Stochastic Stability",
-arXiv:2604.14108) report batch sharpness of SGD with momentum plateauing at ``2(1 + beta)/eta`` at
-large batches but at ``2(1 - beta)/eta`` at small ones, so no single momentum edge holds. Pass the
-optimizer's own edge as ``edge_fn`` (``lambda g: optimizer.edge(g, opt_state)``) to get the ratio
-to ``(2 + 2 beta)/eta`` (or :func:`samedge.edges.sam_momentum_edge` for SAM with momentum), and
-read it with that caveat; this module measures along ``g_B``, not along the momentum step.
+The SAM analogue. Normalised SAM on a minibatch, :math:`w' = w - \eta \nabla L_B(w + \rho\,
+g_B/\|g_B\|)` (ascent and descent on the same minibatch, as :mod:`samedge.steps` does), ascends along
+:math:`u`, the very line along which the minibatch quadratic has curvature :math:`q_B`. On that line
+the ascent point is :math:`s = \rho` and the gradient there is :math:`f'(\rho) = \|g_B\| + \rho q_B`,
+so the step moves :math:`s` from 0 to :math:`-\eta \|g_B\| (1 + \rho q_B/\|g_B\|)` and the distance to
+:math:`s^*` is multiplied by
 
-Cost: per minibatch one gradient and one Hessian-vector product (forward-over-reverse,
-``jax.jvp`` of ``jax.grad``; about 2-3 gradients), all on ``b`` examples: 3-4 gradient-equivalents
-a batch, ``n`` batches in all. The relative standard error falls as ``cv / sqrt(n)`` with ``cv``
-the coefficient of variation of ``q_B``: reaching ``rel_se = 0.01`` takes ``n = (cv / 0.01)^2``
-batches (400 at ``cv = 0.2``), so with the default ``max_batches = 200`` the stop at ``rel_se``
-happens only when the ``q_B`` vary by less than about 14%; ``batch_sharpness_n`` says which.
+.. math::
+
+    1 - \eta\, q_B \Bigl(1 + \frac{\rho\, q_B}{\|g_B\|}\Bigr),
+
+the factor :func:`samedge.edges.sam_edge` is built on, with :math:`\lambda` replaced by :math:`q_B`
+and :math:`\|g\|` by the batch's own :math:`\|g_B\|`. It reaches :math:`-1` exactly when :math:`q_B`
+equals ``sam_edge(eta, rho, ||g_B||)``. So each batch has its own threshold, set by its own gradient
+norm (SAM normalises by :math:`\|g_B\|`, not by the full gradient's norm): the natural comparison for
+:math:`q_B` is the SAM-edge of :math:`\|g_B\|`, batch by batch, and the SAM counterpart of "batch
+sharpness at :math:`2/\eta`" is
+
+.. math::
+
+    \mathtt{sam\_batch\_ratio} = \mathbb{E}_B\Bigl[\frac{q_B}{\lambda_{\mathrm{SAM}}(\eta, \rho, \|g_B\|)}\Bigr] \approx 1 .
+
+``sam_batch_edge`` :math:`= \mathbb{E}_B[\lambda_{\mathrm{SAM}}(\eta, \rho, \|g_B\|)]` is the level to
+plot ``batch_sharpness`` against (it is not the SAM-edge of :math:`\mathbb{E}\|g_B\|`: the edge is
+concave in :math:`\|g\|`, so it is below that by Jensen). Minibatch gradients are longer than the
+full gradient (:math:`\mathbb{E}\|g_B\|^2 = \|g\|^2` plus the sampling variance), so this edge sits
+above the full-batch SAM-edge Long & Bartlett (2024) compare :math:`\lambda_{\max}` with. At
+:math:`\rho = 0` it is :math:`2/\eta` and ``sam_batch_ratio`` is :math:`\eta\,
+\mathtt{batch\_sharpness} / 2`: SGD's prediction. This is the same heuristic as the paper's (and as
+the full-batch SAM-edge): one direction, a quadratic model, :math:`H_B` the same at :math:`w` and at
+the ascent point, :math:`\|g_B\|` held fixed; that SAM settles at it is an empirical claim to test.
+
+Momentum. For heavy ball :math:`v' = \beta v + g`, :math:`w' = w - \eta v'` on a fixed quadratic the
+same one-dimensional argument gives the recursion :math:`x' = (1 + \beta - \eta q)\, x - \beta
+x_{\mathrm{prev}}`, unstable from :math:`q = (2 + 2\beta)/\eta` on
+(:func:`samedge.edges.momentum_edge`; the full-batch threshold of Cohen et al. 2021, Appendix, after
+Goh 2017). It assumes the direction and its curvature persist over steps, which fresh minibatches
+break: Andreyev, Ananthkumar, Walden, Poggio & Beneventano (2026, "Momentum Further Constrains
+Sharpness at the Edge of Stochastic Stability", arXiv:2604.14108) report batch sharpness of SGD with
+momentum plateauing at :math:`2(1 + \beta)/\eta` at large batches but at :math:`2(1 - \beta)/\eta` at
+small ones, so no single momentum edge holds. Pass the optimizer's own edge as ``edge_fn``
+(``lambda g: optimizer.edge(g, opt_state)``) to get the ratio to :math:`(2 + 2\beta)/\eta` (or
+:func:`samedge.edges.sam_momentum_edge` for SAM with momentum), and read it with that caveat; this
+module measures along :math:`g_B`, not along the momentum step.
+
+Cost: per minibatch one gradient and one Hessian-vector product (forward-over-reverse, ``jax.jvp``
+of ``jax.grad``; about 2-3 gradients), all on :math:`b` examples: 3-4 gradient-equivalents a batch,
+:math:`n` batches in all. The relative standard error falls as :math:`\mathrm{cv}/\sqrt{n}` with
+:math:`\mathrm{cv}` the coefficient of variation of :math:`q_B`: reaching ``rel_se = 0.01`` takes
+:math:`n = (\mathrm{cv}/0.01)^2` batches (400 at :math:`\mathrm{cv} = 0.2`), so with the default
+``max_batches = 200`` the stop at ``rel_se`` happens only when the :math:`q_B` vary by less than
+about 14%; ``batch_sharpness_n`` says which.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def settings_table() -> tuple[Setting, ...]:
         Setting("track_fraction", float, "also track every Hessian eigenvalue above this fraction of the edge; 0 = off (default 0)"),
         Setting("measure_sam_point", bool, "also measure lambda_max at the optimizer's ascent point (default: the preset's)"),
         Setting("batch_sharpness", bool, "also measure batch sharpness over fresh minibatches (mean of q_B = "
-                                          "g_B'H_B g_B/|g_B|^2, its ratio-of-means form, the per-batch edge) and "
+                                          "g_B'H_B g_B / g_B'g_B, its ratio-of-means form, the per-batch edge) and "
                                           "lambda_max of the full batch (default: off)"),
         Setting("measure_full_batch", bool, "also lambda_max of the task's full batch (cifar10-resnet: its fixed "
                                              "measurement set) and ratio_full against the edge (default: off)"),
@@ -423,7 +423,7 @@ def _add_edge(sub) -> None:
     for h in optimizers.all_hypers().values():
         p.add_argument(f"--{h.name.replace('_', '-')}", type=float, default=None,
                        help=f"{h.help} (default: each optimizer's own)")
-    p.add_argument("--grad-norm", type=float, default=None, help="|g|, which the SAM edges depend on (default: none; "
+    p.add_argument("--grad-norm", type=float, default=None, help="the gradient norm, on which the SAM edges depend (default: none; "
                                                                  "those edges are then not printed)")
     p.set_defaults(handler=_cmd_edge)
 

@@ -37,15 +37,16 @@ Matvec = Callable[[jax.Array], jax.Array]
 class Eigen(NamedTuple):
     """Eigenpairs found by an iterative solver.
 
-    values: (k,) eigenvalue estimates, sorted by decreasing ``|value|`` (``which="LM"``) or value.
-    vectors: (k, n) unit eigenvector estimates.
-    residuals: (k,) relative residuals ``||A v - value v|| / |value|``.
-    num_matvecs: () int, matrix-vector products spent.
-    top_value: () the largest algebraic Ritz value of the same Krylov space (:func:`lanczos` only).
-    top_residual: () its relative residual (converged only when <= the tolerance).
-    workspace: the basis buffer after the run, when one was passed in (:func:`krylov_workspace`): hand it
-      to the next run.
-    restarts: () int, thick restarts of a bounded basis (:func:`lanczos` only).
+    Attributes:
+        values: (k,) eigenvalue estimates, sorted by decreasing ``|value|`` (``which="LM"``) or value.
+        vectors: (k, n) unit eigenvector estimates.
+        residuals: (k,) relative residuals ``||A v - value v|| / |value|``.
+        num_matvecs: () int, matrix-vector products spent.
+        top_value: () the largest algebraic Ritz value of the same Krylov space (:func:`lanczos` only).
+        top_residual: () its relative residual (converged only when <= the tolerance).
+        workspace: the basis buffer after the run, when one was passed in (:func:`krylov_workspace`): hand it
+          to the next run.
+        restarts: () int, thick restarts of a bounded basis (:func:`lanczos` only).
     """
 
     values: jax.Array

@@ -1,28 +1,33 @@
-"""Edges of stability: the largest Hessian eigenvalue an optimizer tolerates on a quadratic.
+r"""Edges of stability: the largest Hessian eigenvalue an optimizer tolerates on a quadratic.
 
-Every edge here comes from the same model.
-For the adaptive optimizers (RMSProp, Adam, SAM over Adam) the model has a *frozen* diagonal
-preconditioner ``P`` (the one the next step uses) and the edge bounds the largest eigenvalue of the
-preconditioned Hessian ``P^{-1} H`` (computed as ``P^{-1/2} H P^{-1/2}``, which is symmetric), as in
-Cohen et al. 2022, "Adaptive gradient methods at the edge of stability". On a quadratic with Hessian eigenvalue ``lam`` along a
-unit vector ``u``, one step of the optimizer multiplies the component along ``u`` by a factor (or, with
-momentum, a 2x2 matrix) that depends on ``lam``; the iteration is stable while that factor stays
-within [-1, 1]. The edge is the ``lam`` at which it reaches -1. All functions are pure, accept
-Python floats or JAX/NumPy arrays, and never divide by zero for valid inputs.
+Every edge here comes from the same model. On a quadratic with Hessian eigenvalue :math:`\lambda`
+along a unit vector :math:`u`, one step of the optimizer multiplies the component along :math:`u` by
+a factor (or, with momentum, a 2x2 matrix) that depends on :math:`\lambda`; the iteration is stable
+while that factor stays within :math:`[-1, 1]`. The edge is the :math:`\lambda` at which it reaches
+:math:`-1`. For the adaptive optimizers (RMSProp, Adam, SAM over Adam) the model has a *frozen*
+diagonal preconditioner :math:`P` (the one the next step uses) and the edge bounds the largest
+eigenvalue of the preconditioned Hessian :math:`P^{-1} H` (computed as :math:`P^{-1/2} H P^{-1/2}`,
+which is symmetric), as in Cohen et al. 2022, "Adaptive gradient methods at the edge of stability".
+All functions are pure, accept Python floats or JAX/NumPy arrays, and never divide by zero for valid
+inputs.
 
-Weight decay (``weight_decay = wd``, the optimizer's decay mask ``D``, a 0/1 diagonal). *Coupled*
-(GD, momentum, Nesterov and the SAM family: ``wd D w`` added to the gradient the base steps with; SAM's
-ascent uses the loss gradient alone): the step descends ``L(w) + (wd/2) ||D w||**2``, and its edge is
-given on the eigenvalue ``mu`` of ``H + wd D``, the operator the step sees. For GD and momentum it does
-not move (``2/eta`` on ``H + wd D``, so ``lambda_max(H) <= 2/eta - wd``: exact when ``D = I``, a
-sufficient condition otherwise). The SAM steps add the ascent's ``rho lam**2 / ||g||`` to the
-*loss* curvature ``lam = mu - wd`` along an eigenvector of ``H`` that ``D`` decays (``D = I``, or an
-eigenvector wholly in the decayed parameters): with ``c`` the decay-free edge's curvature bound
-(``2/eta``; ``(2 + 2 beta)/eta`` with momentum) the edge is ``mu = wd + lam*`` with ``lam*`` the SAM root
-at ``c - wd``. *Decoupled* (RMSProp, Adam and SAM over Adam: AdamW's ``w' = w - eta (step + wd w)``):
-the step multiplies by ``r = 1 - eta wd`` besides its own update, and the edge on ``lambda_max(P^-1 H)``
-replaces ``2 + 2 beta1`` by ``(1 + r)(1 + beta1)`` (``D = I``; with a mask no closed form is reported).
-At ``weight_decay = 0`` every function returns exactly what it did without it.
+Weight decay (``weight_decay`` :math:`= \mathrm{wd}`, the optimizer's decay mask :math:`D`, a 0/1
+diagonal). *Coupled* (GD, momentum, Nesterov and the SAM family: :math:`\mathrm{wd}\, D w` added to
+the gradient the base steps with; SAM's ascent uses the loss gradient alone): the step descends
+:math:`L(w) + \tfrac{\mathrm{wd}}{2} \|D w\|^2`, and its edge is given on the eigenvalue :math:`\mu`
+of :math:`H + \mathrm{wd}\, D`, the operator the step sees. For GD and momentum it does not move
+(:math:`2/\eta` on :math:`H + \mathrm{wd}\, D`, so :math:`\lambda_{\max}(H) \le 2/\eta - \mathrm{wd}`:
+exact when :math:`D = I`, a sufficient condition otherwise). The SAM steps add the ascent's
+:math:`\rho \lambda^2 / \|g\|` to the *loss* curvature :math:`\lambda = \mu - \mathrm{wd}` along an
+eigenvector of :math:`H` that :math:`D` decays (:math:`D = I`, or an eigenvector wholly in the
+decayed parameters): with :math:`c` the decay-free edge's curvature bound (:math:`2/\eta`;
+:math:`(2 + 2\beta)/\eta` with momentum) the edge is :math:`\mu = \mathrm{wd} + \lambda^*` with
+:math:`\lambda^*` the SAM root at :math:`c - \mathrm{wd}`. *Decoupled* (RMSProp, Adam and SAM over
+Adam: AdamW's :math:`w' = w - \eta\,(\text{step} + \mathrm{wd}\, w)`): the step multiplies by
+:math:`r = 1 - \eta\,\mathrm{wd}` besides its own update, and the edge on
+:math:`\lambda_{\max}(P^{-1} H)` replaces :math:`2 + 2\beta_1` by :math:`(1 + r)(1 + \beta_1)`
+(:math:`D = I`; with a mask no closed form is reported). At ``weight_decay = 0`` every function
+returns exactly what it did without it.
 """
 
 from __future__ import annotations
@@ -47,11 +52,12 @@ def _xp(*values):
 
 
 def gd_edge(eta, weight_decay=0.0):
-    """Edge of gradient descent: ``2 / eta``, with coupled decay on ``H + wd D``.
+    r"""Edge of gradient descent: :math:`2/\eta`, with coupled decay on :math:`H + \mathrm{wd}\, D`.
 
-    GD multiplies the component along an eigenvector of eigenvalue ``lam`` by ``1 - eta*lam``;
-    that factor reaches -1 at ``lam = 2/eta``. With decay the step is GD on ``H + wd D``: the same
-    edge on its eigenvalue, so ``lambda_max(H) <= 2/eta - wd`` when ``D = I``.
+    GD multiplies the component along an eigenvector of eigenvalue :math:`\lambda` by
+    :math:`1 - \eta\lambda`; that factor reaches :math:`-1` at :math:`\lambda = 2/\eta`. With decay the
+    step is GD on :math:`H + \mathrm{wd}\, D`: the same edge on its eigenvalue, so
+    :math:`\lambda_{\max}(H) \le 2/\eta - \mathrm{wd}` when :math:`D = I`.
 
     >>> gd_edge(0.1), gd_edge(0.1, weight_decay=0.01)
     (20.0, 20.0)
@@ -82,24 +88,29 @@ def _sam_root(xp, c, ratio):
 
 
 def sam_edge(eta, rho, grad_norm, weight_decay=0.0):
-    """Edge of normalised SAM, ``w' = w - eta * grad L(w + rho g/||g||)``, in its stable form.
+    r"""Edge of normalised SAM, :math:`w' = w - \eta \nabla L(w + \rho\, g/\|g\|)`, in its stable form.
 
-    On the quadratic the factor along the top eigenvector is ``1 - eta*lam*(1 + rho*lam/||g||)``.
-    Setting it to -1 gives ``rho*lam**2/||g|| + lam - 2/eta = 0`` whose positive root is
-    ``(||g||/(2 rho)) (sqrt(1 + 8 rho/(eta ||g||)) - 1)``; multiplying by the conjugate gives
+    On the quadratic the factor along the top eigenvector is
+    :math:`1 - \eta\lambda\,(1 + \rho\lambda/\|g\|)`. Setting it to :math:`-1` gives
+    :math:`\rho\lambda^2/\|g\| + \lambda - 2/\eta = 0`, whose positive root is
+    :math:`\frac{\|g\|}{2\rho}\bigl(\sqrt{1 + 8\rho/(\eta\|g\|)} - 1\bigr)`; multiplying by the
+    conjugate gives
 
-        sam_edge = 4 / (eta * (1 + sqrt(1 + 8 rho / (eta ||g||))))
+    .. math::
 
-    which equals ``2/eta`` at ``rho = 0``, tends to 0 as ``||g|| -> 0`` (for ``rho > 0``) and never
-    divides by zero: ``grad_norm = 0`` with ``rho > 0`` gives exactly 0.
+        \lambda_{\mathrm{SAM}} = \frac{4}{\eta\,\bigl(1 + \sqrt{1 + 8\rho/(\eta\,\|g\|)}\bigr)},
+
+    which equals :math:`2/\eta` at :math:`\rho = 0`, tends to 0 as :math:`\|g\| \to 0` (for
+    :math:`\rho > 0`) and never divides by zero: ``grad_norm = 0`` with ``rho > 0`` gives exactly 0.
 
     >>> round(float(sam_edge(0.1, 0.0, 1.0)), 12)
     20.0
     >>> round(float(sam_edge(0.1, 0.1, 0.0)), 12)
     0.0
 
-    With coupled decay (the ascent on the loss gradient): ``wd + 2c/(1 + sqrt(1 + 4 c rho/||g||))``,
-    ``c = 2/eta - wd``, on ``H + wd D`` (module docstring).
+    With coupled decay (the ascent on the loss gradient):
+    :math:`\mathrm{wd} + 2c/\bigl(1 + \sqrt{1 + 4c\rho/\|g\|}\bigr)`, :math:`c = 2/\eta - \mathrm{wd}`,
+    on :math:`H + \mathrm{wd}\, D` (module docstring).
 
     >>> round(float(sam_edge(0.1, 0.0, 1.0, weight_decay=0.5)), 12)
     20.0
@@ -122,70 +133,85 @@ def _safe_ratio(xp, rho, grad_norm):
 
 
 def sam_edge_paper_form(eta, rho, grad_norm):
-    """The paper's form ``(||g||/(2 rho)) (sqrt(1 + 8 rho/(eta ||g||)) - 1)``.
+    r"""The paper's form :math:`\frac{\|g\|}{2\rho}\bigl(\sqrt{1 + 8\rho/(\eta\|g\|)} - 1\bigr)`.
 
     Kept for tests and for readers comparing with Long & Bartlett (2024); it cancels
-    catastrophically when ``rho/(eta ||g||)`` is small and is undefined at ``rho = 0``.
+    catastrophically when :math:`\rho/(\eta\|g\|)` is small and is undefined at :math:`\rho = 0`.
     """
     return (grad_norm / (2.0 * rho)) * (np.sqrt(1.0 + 8.0 * rho / (eta * grad_norm)) - 1.0)
 
 
 def momentum_edge(eta, beta, weight_decay=0.0):
-    """Edge of heavy-ball momentum, ``v' = beta v + g; w' = w - eta v'``: ``(2 + 2 beta) / eta``.
+    r"""Edge of heavy-ball momentum, :math:`v' = \beta v + g,\ w' = w - \eta v'`: :math:`(2 + 2\beta)/\eta`.
 
-    Along an eigenvector of eigenvalue ``lam`` the coordinate obeys
-    ``x_{t+1} = (1 + beta - eta lam) x_t - beta x_{t-1}`` (use ``eta v_{t+1} = x_t - x_{t+1}``), with
-    characteristic polynomial ``z**2 - (1 + beta - eta lam) z + beta``. Its roots have product
-    ``beta < 1`` and never cross ``+1`` for ``lam > 0``; a root reaches ``-1`` when
-    ``1 + (1 + beta - eta lam) + beta = 0``, i.e. at ``lam = (2 + 2 beta) / eta``.
+    Along an eigenvector of eigenvalue :math:`\lambda` the coordinate obeys
+    :math:`x_{t+1} = (1 + \beta - \eta\lambda)\, x_t - \beta x_{t-1}` (use
+    :math:`\eta v_{t+1} = x_t - x_{t+1}`), with characteristic polynomial
+    :math:`z^2 - (1 + \beta - \eta\lambda)\, z + \beta`. Its roots have product :math:`\beta < 1` and
+    never cross :math:`+1` for :math:`\lambda > 0`; a root reaches :math:`-1` when
+    :math:`1 + (1 + \beta - \eta\lambda) + \beta = 0`, i.e. at
+
+    .. math::
+
+        \lambda_{\mathrm{HB}} = \frac{2 + 2\beta}{\eta}.
 
     >>> round(float(momentum_edge(0.1, 0.9)), 12)
     38.0
     >>> momentum_edge(0.1, 0.0) == gd_edge(0.1)
     True
 
-    Coupled decay: the same edge on ``H + wd D``.
+    Coupled decay: the same edge on :math:`H + \mathrm{wd}\, D`.
     """
     return (2.0 + 2.0 * beta) / eta + 0.0 * weight_decay
 
 
 def nesterov_edge(eta, beta, weight_decay=0.0):
-    """Edge of Nesterov momentum in optax's form: ``(2 + 2 beta) / (eta (1 + 2 beta))``.
+    r"""Edge of Nesterov momentum in optax's form: :math:`(2 + 2\beta) / (\eta\,(1 + 2\beta))`.
 
-    The step (``optax.sgd(eta, momentum=beta, nesterov=True)``) is ``v' = g + beta v``,
-    ``w' = w - eta (g + beta v')`` with ``g`` the gradient at ``w``. Along an eigenvector the state
-    ``(x, v)`` is multiplied by ``[[1 - eta lam (1 + beta), -eta beta**2], [lam, beta]]``, whose
-    trace is ``1 + beta - eta lam (1 + beta)`` and determinant ``beta (1 - eta lam)``. An eigenvalue
-    reaches ``-1`` when ``1 + trace + det = 2 + 2 beta - eta lam (1 + 2 beta) = 0``; the other Jury
-    conditions (``1 - trace + det = eta lam > 0``, ``|det| < 1``) hold there.
+    The step (``optax.sgd(eta, momentum=beta, nesterov=True)``) is :math:`v' = g + \beta v`,
+    :math:`w' = w - \eta\,(g + \beta v')` with :math:`g` the gradient at :math:`w`. Along an eigenvector
+    the state :math:`(x, v)` is multiplied by
+
+    .. math::
+
+        \begin{pmatrix} 1 - \eta\lambda(1 + \beta) & -\eta\beta^2 \\ \lambda & \beta \end{pmatrix},
+
+    whose trace is :math:`1 + \beta - \eta\lambda(1 + \beta)` and determinant
+    :math:`\beta(1 - \eta\lambda)`. An eigenvalue reaches :math:`-1` when
+    :math:`1 + \mathrm{tr} + \det = 2 + 2\beta - \eta\lambda(1 + 2\beta) = 0`; the other Jury conditions
+    (:math:`1 - \mathrm{tr} + \det = \eta\lambda > 0`, :math:`|\det| < 1`) hold there.
 
     >>> round(float(nesterov_edge(0.1, 0.5)), 12)
     15.0
     >>> nesterov_edge(0.1, 0.0) == gd_edge(0.1)
     True
 
-    Coupled decay: the same edge on ``H + wd D``.
+    Coupled decay: the same edge on :math:`H + \mathrm{wd}\, D`.
     """
     return (2.0 + 2.0 * beta) / (eta * (1.0 + 2.0 * beta)) + 0.0 * weight_decay
 
 
 def usam_edge(eta, rho, weight_decay=0.0):
-    """Edge of unnormalised SAM, ``w' = w - eta grad L(w + rho grad L(w))``, in its stable form.
+    r"""Edge of unnormalised SAM, :math:`w' = w - \eta \nabla L(w + \rho \nabla L(w))`, in its stable form.
 
-    On the quadratic the ascent point's gradient along an eigenvector is ``lam (1 + rho lam) x``,
-    so the factor is ``1 - eta lam (1 + rho lam)``. It reaches -1 at ``eta lam (1 + rho lam) = 2``,
-    i.e. ``rho lam**2 + lam - 2/eta = 0``, whose positive root times its conjugate gives
+    On the quadratic the ascent point's gradient along an eigenvector is
+    :math:`\lambda(1 + \rho\lambda)\, x`, so the factor is :math:`1 - \eta\lambda(1 + \rho\lambda)`. It
+    reaches :math:`-1` at :math:`\eta\lambda(1 + \rho\lambda) = 2`, i.e.
+    :math:`\rho\lambda^2 + \lambda - 2/\eta = 0`, whose positive root times its conjugate gives
 
-        usam_edge = 4 / (eta * (1 + sqrt(1 + 8 rho / eta)))
+    .. math::
 
-    a constant (no gradient norm), equal to ``2/eta`` at ``rho = 0``.
+        \lambda_{\mathrm{USAM}} = \frac{4}{\eta\,\bigl(1 + \sqrt{1 + 8\rho/\eta}\bigr)},
+
+    a constant (no gradient norm), equal to :math:`2/\eta` at :math:`\rho = 0`.
 
     >>> round(float(usam_edge(0.1, 0.1)), 12)
     10.0
     >>> round(float(usam_edge(0.1, 0.0)), 12)
     20.0
 
-    Coupled decay (the ascent on the loss gradient): ``wd + 2c/(1 + sqrt(1 + 4 c rho))``, ``c = 2/eta - wd``.
+    Coupled decay (the ascent on the loss gradient):
+    :math:`\mathrm{wd} + 2c/\bigl(1 + \sqrt{1 + 4c\rho}\bigr)`, :math:`c = 2/\eta - \mathrm{wd}`.
     """
     xp = _xp(eta, rho, weight_decay)
     if _is_zero(weight_decay):
@@ -194,17 +220,20 @@ def usam_edge(eta, rho, weight_decay=0.0):
 
 
 def sam_momentum_edge(eta, rho, beta, grad_norm, weight_decay=0.0):
-    """Edge of SAM feeding heavy-ball momentum, in its stable form.
+    r"""Edge of SAM feeding heavy-ball momentum, in its stable form.
 
-    The step is ``v' = beta v + grad L(w + rho g/||g||)``, ``w' = w - eta v'``. On the quadratic
-    (``||g||`` held fixed) the SAM gradient along an eigenvector is ``lam (1 + rho lam/||g||) x``:
-    heavy ball on the effective curvature ``lam (1 + rho lam/||g||)``, so by :func:`momentum_edge`
-    the edge solves ``eta lam (1 + rho lam/||g||) = 2 (1 + beta)``. The positive root of
-    ``(rho/||g||) lam**2 + lam - 2 (1 + beta)/eta = 0`` times its conjugate gives
+    The step is :math:`v' = \beta v + \nabla L(w + \rho\, g/\|g\|)`, :math:`w' = w - \eta v'`. On the
+    quadratic (:math:`\|g\|` held fixed) the SAM gradient along an eigenvector is
+    :math:`\lambda(1 + \rho\lambda/\|g\|)\, x`: heavy ball on the effective curvature
+    :math:`\lambda(1 + \rho\lambda/\|g\|)`, so by :func:`momentum_edge` the edge solves
+    :math:`\eta\lambda(1 + \rho\lambda/\|g\|) = 2(1 + \beta)`. The positive root of
+    :math:`(\rho/\|g\|)\lambda^2 + \lambda - 2(1 + \beta)/\eta = 0` times its conjugate gives
 
-        sam_momentum_edge = 4 (1 + beta) / (eta (1 + sqrt(1 + 8 rho (1 + beta) / (eta ||g||))))
+    .. math::
 
-    which is :func:`sam_edge` at ``beta = 0`` and :func:`momentum_edge` at ``rho = 0``;
+        \lambda = \frac{4(1 + \beta)}{\eta\,\bigl(1 + \sqrt{1 + 8\rho(1 + \beta)/(\eta\|g\|)}\bigr)},
+
+    which is :func:`sam_edge` at :math:`\beta = 0` and :func:`momentum_edge` at :math:`\rho = 0`;
     ``grad_norm = 0`` with ``rho > 0`` gives 0.
 
     >>> round(float(sam_momentum_edge(0.1, 0.0, 0.9, 1.0)), 12)
@@ -222,41 +251,53 @@ def sam_momentum_edge(eta, rho, beta, grad_norm, weight_decay=0.0):
 
 
 def rmsprop_edge(eta, weight_decay=0.0):
-    """Edge of RMSProp in the preconditioned sharpness: ``lambda_max(P^{-1} H) = 2 / eta``.
+    r"""Edge of RMSProp in the preconditioned sharpness: :math:`\lambda_{\max}(P^{-1} H) = 2/\eta`.
 
-    The step (``optax.rmsprop``: ``nu' = beta2 nu + (1 - beta2) g**2``, no bias correction, eps inside
-    the square root) is ``w' = w - eta g / P`` with ``P = sqrt(nu' + eps)``. With ``P`` frozen, in the
-    coordinates ``u = P^{1/2} w`` it is gradient descent on ``P^{-1/2} H P^{-1/2}``, which has the
-    eigenvalues of ``P^{-1} H``; GD's factor ``1 - eta mu`` reaches -1 at ``mu = 2/eta``.
+    The step (``optax.rmsprop``: :math:`\nu' = \beta_2 \nu + (1 - \beta_2)\, g^2`, no bias correction,
+    :math:`\epsilon` inside the square root) is :math:`w' = w - \eta\, g / P` with
+    :math:`P = \sqrt{\nu' + \epsilon}`. With :math:`P` frozen, in the coordinates
+    :math:`u = P^{1/2} w` it is gradient descent on :math:`P^{-1/2} H P^{-1/2}`, which has the
+    eigenvalues of :math:`P^{-1} H`; GD's factor :math:`1 - \eta\mu` reaches :math:`-1` at
+    :math:`\mu = 2/\eta`.
 
     >>> rmsprop_edge(0.01)
     200.0
 
-    Decoupled decay (``D = I``): ``(2 - eta wd) / eta`` (the step multiplies by ``1 - eta wd - eta mu``).
+    Decoupled decay (:math:`D = I`): :math:`(2 - \eta\,\mathrm{wd})/\eta` (the step multiplies by
+    :math:`1 - \eta\,\mathrm{wd} - \eta\mu`).
     """
     return (2.0 - eta * weight_decay) / eta if not _is_zero(weight_decay) else 2.0 / eta
 
 
 def adam_edge(eta, beta1, weight_decay=0.0):
-    """Edge of Adam in the preconditioned sharpness: ``(2 + 2 beta1) / (eta (1 - beta1))``.
+    r"""Edge of Adam in the preconditioned sharpness: :math:`(2 + 2\beta_1) / (\eta\,(1 - \beta_1))`.
 
-    Adam as optax has it: ``m' = beta1 m + (1 - beta1) g`` (an exponential average), bias-corrected
-    by ``1 - beta1**t`` (which tends to 1, so the steady state ignores it), ``w' = w - eta m_hat / P``
-    with ``P = sqrt(v_hat) + eps`` (eps outside the square root). With ``P`` frozen, along an
-    eigenvector of ``P^{-1/2} H P^{-1/2}`` with eigenvalue ``mu`` (``u = P^{1/2} w`` coordinates)
-    ``x_{t+1} = x_t - eta m_{t+1}``, ``m_{t+1} = beta1 m_t + (1 - beta1) mu x_t``, whose
-    characteristic polynomial is ``z**2 - (1 + beta1 - eta (1 - beta1) mu) z + beta1``. A root
-    reaches -1 when ``2 + 2 beta1 = eta (1 - beta1) mu``. At ``beta1 = 0.9`` this is the ``38/eta`` of
-    Cohen et al. (2022); at ``beta1 = 0`` it is RMSProp's ``2/eta``.
+    Adam as optax has it: :math:`m' = \beta_1 m + (1 - \beta_1)\, g` (an exponential average),
+    bias-corrected by :math:`1 - \beta_1^t` (which tends to 1, so the steady state ignores it),
+    :math:`w' = w - \eta\, \hat m / P` with :math:`P = \sqrt{\hat v} + \epsilon` (:math:`\epsilon`
+    outside the square root). With :math:`P` frozen, along an eigenvector of
+    :math:`P^{-1/2} H P^{-1/2}` with eigenvalue :math:`\mu` (:math:`u = P^{1/2} w` coordinates)
+    :math:`x_{t+1} = x_t - \eta m_{t+1}`, :math:`m_{t+1} = \beta_1 m_t + (1 - \beta_1)\mu x_t`, whose
+    characteristic polynomial is :math:`z^2 - (1 + \beta_1 - \eta(1 - \beta_1)\mu)\, z + \beta_1`. A
+    root reaches :math:`-1` when
+
+    .. math::
+
+        2 + 2\beta_1 = \eta\,(1 - \beta_1)\,\mu .
+
+    At :math:`\beta_1 = 0.9` this is the :math:`38/\eta` of Cohen et al. (2022); at
+    :math:`\beta_1 = 0` it is RMSProp's :math:`2/\eta`.
 
     >>> round(float(adam_edge(0.01, 0.9)), 9)
     3800.0
     >>> adam_edge(0.1, 0.0) == rmsprop_edge(0.1)
     True
 
-    Decoupled decay (AdamW, ``D = I``): ``x_{t+1} = r x_t - eta m_{t+1}`` with ``r = 1 - eta wd``, whose
-    characteristic polynomial ``z**2 - (r + beta1 - eta (1 - beta1) mu) z + r beta1`` has a root at -1
-    when ``eta (1 - beta1) mu = (1 + r)(1 + beta1)``: the edge ``(2 - eta wd)(1 + beta1)/(eta (1 - beta1))``.
+    Decoupled decay (AdamW, :math:`D = I`): :math:`x_{t+1} = r x_t - \eta m_{t+1}` with
+    :math:`r = 1 - \eta\,\mathrm{wd}`, whose characteristic polynomial
+    :math:`z^2 - (r + \beta_1 - \eta(1 - \beta_1)\mu)\, z + r\beta_1` has a root at :math:`-1` when
+    :math:`\eta(1 - \beta_1)\mu = (1 + r)(1 + \beta_1)`: the edge
+    :math:`(2 - \eta\,\mathrm{wd})(1 + \beta_1)/(\eta(1 - \beta_1))`.
 
     >>> round(float(adam_edge(0.01, 0.9, weight_decay=10.0)), 9)
     3610.0
@@ -271,18 +312,24 @@ def _adam_a(eta, beta1, weight_decay):
 
 
 def sam_adam_pre_edge(eta, rho, beta1, pre_grad_norm, weight_decay=0.0):
-    """Edge of SAM over Adam with the ascent in the preconditioner's geometry, in ``lambda_max(P^{-1} H)``.
+    r"""Edge of SAM over Adam with the ascent in the preconditioner's geometry, in :math:`\lambda_{\max}(P^{-1} H)`.
 
-    The step ascends to ``w + rho P^{-1} g / ||P^{-1/2} g||`` and takes Adam's step with the gradient
-    there. In ``u = P^{1/2} w`` (``P`` frozen) the gradient is ``P^{-1/2} g``, the Hessian
-    ``H_u = P^{-1/2} H P^{-1/2}``, the ascent ``u + rho g_u / ||g_u||`` and Adam's step plain
-    EMA-momentum descent: SAM with momentum on ``H_u`` with gradient norm
-    ``G = ||g_u|| = ||P^{-1/2} g||`` (the norm that enters). Along an eigenvector of ``H_u`` with
-    eigenvalue ``mu`` the SAM gradient is ``mu (1 + rho mu / G) x``: Adam on the effective curvature
-    ``mu (1 + rho mu / G)``, so by :func:`adam_edge` the edge solves
-    ``(rho / G) mu**2 + mu - a = 0`` with ``a = (2 + 2 beta1) / (eta (1 - beta1))``, whose positive
-    root is ``2 a / (1 + sqrt(1 + 4 rho a / G))`` (the stable form). At ``beta1 = 0`` it is
-    :func:`sam_edge` on ``H_u``; at ``rho = 0`` it is :func:`adam_edge`.
+    The step ascends to :math:`w + \rho P^{-1} g / \|P^{-1/2} g\|` and takes Adam's step with the
+    gradient there. In :math:`u = P^{1/2} w` (:math:`P` frozen) the gradient is :math:`P^{-1/2} g`, the
+    Hessian :math:`H_u = P^{-1/2} H P^{-1/2}`, the ascent :math:`u + \rho\, g_u / \|g_u\|` and Adam's
+    step plain EMA-momentum descent: SAM with momentum on :math:`H_u` with gradient norm
+    :math:`G = \|g_u\| = \|P^{-1/2} g\|` (the norm that enters). Along an eigenvector of :math:`H_u` with
+    eigenvalue :math:`\mu` the SAM gradient is :math:`\mu(1 + \rho\mu/G)\, x`: Adam on the effective
+    curvature :math:`\mu(1 + \rho\mu/G)`, so by :func:`adam_edge` the edge solves
+    :math:`(\rho/G)\mu^2 + \mu - a = 0` with :math:`a = (2 + 2\beta_1)/(\eta(1 - \beta_1))`, whose
+    positive root is, in the stable form,
+
+    .. math::
+
+        \mu = \frac{2a}{1 + \sqrt{1 + 4\rho a / G}} .
+
+    At :math:`\beta_1 = 0` it is :func:`sam_edge` on :math:`H_u`; at :math:`\rho = 0` it is
+    :func:`adam_edge`.
 
     >>> round(float(sam_adam_pre_edge(0.1, 0.0, 0.9, 1.0)), 9) == round(float(adam_edge(0.1, 0.9)), 9)
     True

@@ -2,20 +2,20 @@
 
 :func:`measurement` returns, in the manner of optax, a pair of pure functions with a NamedTuple
 state: ``init(params, key) -> MeasureState`` and ``measure(params, batch, state, key, opt_state,
-data) -> (row, state)``. At a point ``w`` and a batch it computes ``loss``, ``grad_norm`` = ||g||
+data) -> (row, state)``. At a point ``w`` and a batch it computes ``loss``, ``grad_norm`` = ``||g||``
 (``g = grad L(w)``) and ``acc`` when an accuracy function is given, then runs its **probes**
 (:mod:`samedge.probes`), each a room of its own with its columns, its carry and its tests, in this
 order (:func:`builtin_probes` chooses them from the settings and the optimizer):
 
 - :mod:`~samedge.probes.topk`: the top-k eigenpairs of ``H = grad^2 L(w)`` by Lanczos on exact
   (forward-over-reverse) HVPs, warm-started: ``lambda_1..k``, ``resid_1..k``, ``hvps``,
-  ``lambda_max`` = ||H||_2 (the paper's quantity), ``lambda_top`` (the largest algebraic eigenvalue),
+  ``lambda_max`` = ``||H||_2`` (the paper's quantity), ``lambda_top`` (the largest algebraic eigenvalue),
   and the guard: ``converged``, ``crosscheck_lambda``, ``hvps_crosscheck``, ``certified``;
 - :mod:`~samedge.probes.adaptive` (an optimizer with a preconditioner, or a linearised step):
   ``precond_sharpness`` = lambda_max(P^-1 H), ``step_radius``;
 - :mod:`~samedge.probes.stochastic` (``batch_sharpness``): batch sharpness over fresh minibatches and
   ``lambda_max_full``;
-- :mod:`~samedge.probes.decay` (coupled weight decay): ``lambda_max_reg`` = ||H + wd D||, the curvature
+- :mod:`~samedge.probes.decay` (coupled weight decay): ``lambda_max_reg`` = ``||H + wd D||``, the curvature
   the step sees (the edge refers to it);
 - :mod:`~samedge.probes.edge`: ``edge`` (absent when the optimizer has no known edge), ``gd_edge`` =
   2/eta, ``ratio`` = the optimizer's own sharpness / edge;
@@ -81,7 +81,7 @@ class MeasureSettings:
         warm start's own accuracy costs about one HVP more at 0.1 than at 0.01.
       crosscheck_every: a cold random-start Lanczos run once this many calls have passed since the
         last cold run (0: never), so that a miss lasts at most that many calls; also whenever
-        lambda_max changes by more than ``jump`` relative, or the new top vector's |cos| with the
+        lambda_max changes by more than ``jump`` relative, or the new top vector's ``|cos|`` with the
         previous one falls below ``align_jump`` (such a run restarts the count).
       crosscheck_tol: the residual at which the cold run stops. Its top Ritz value is a lower bound
         of the largest eigenvalue, so a value above ``lambda_max * (1 + 2 tol)`` proves a miss at

@@ -287,7 +287,7 @@ def _quantity_handles(ax, many: bool, fixed=()):
 
 
 def draw_alignment(ax, data, title: str = "") -> None:
-    """|cos| of the gradient and of the step direction with the top eigenvector; one line
+    """``|cos|`` of the gradient and of the step direction with the top eigenvector; one line
     ``gradient = step direction`` where they coincide (GD; ``gid`` ``align_grad=align_sam_grad``)."""
     runs = _series(data)
     many = len(runs) > 1

@@ -5,7 +5,7 @@ Every number is recomputed from each run's ``metrics.csv`` with :func:`samedge.a
 (so an interrupted or failed run is reported on what it measured); the status and step count come
 from ``summary.json`` (``unfinished`` when there is none). The edge statistics are those of the
 second half of the run: the median and 10th/90th percentiles of lambda_max / edge, the share of
-measurements with |lambda_max / edge - 1| <= 0.1, and the median of lambda_max / (2/eta).
+measurements with ``|lambda_max / edge - 1| <= 0.1``, and the median of lambda_max / (2/eta).
 
 Runs that measured batch sharpness (``--batch-sharpness``; :func:`samedge.analysis.stochastic_stats`)
 also get a "Stochastic edges" table (:func:`stochastic_rows`): by batch size, the second-half

@@ -1,4 +1,4 @@
-"""The paper's character-level language model: a pre-LayerNorm causal Transformer.
+"""The paper's character-level language model: a pre-LayerNorm causal Transformer::
 
     x = tok_emb[tokens] + pos_emb[:T]                               (B, T, d)
     repeat L times:
@@ -6,7 +6,7 @@
         x = x + W2 . gelu(W1 . LN(x))                                (B, T, d), hidden 4d
     logits = W_out . LN(x) + b_out                                   (B, T, V), read-out untied
 
-Every dense layer has a bias; LayerNorms have a scale and a bias. Parameters (``P = H k``):
+Every dense layer has a bias; LayerNorms have a scale and a bias. Parameters (``P = H k``)::
 
     V d + T d                                  embeddings
     + L (2d + 3(d P + P) + (P d + d)           LN, q/k/v, attention output

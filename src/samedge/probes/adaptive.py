@@ -7,7 +7,7 @@ and ``hvps_precond``: Lanczos on ``v -> s * H (s * v)``, ``s = P^{-1/2}``.
 
 ``step_radius``: for an optimizer whose step has no closed-form edge (SAM's Euclidean ascent over
 Adam), the top eigenvalue ``mu`` of its linearised step's operator (``Optimizer.linear_step``) and
-``step_radius`` = |1 - eta_eff mu|, 1 at the edge (``step_mu``, ``resid_step``, ``hvps_step``).
+``step_radius`` = ``|1 - eta_eff mu|``, 1 at the edge (``step_mu``, ``resid_step``, ``hvps_step``).
 
 Each carries its own eigenvector estimate (one start row) and warm-starts from it (plus a random part
 of weight ``start_noise``). Cost: one Lanczos run each (about as many HVPs as the top-k probe's warm

@@ -1,6 +1,6 @@
 """How the gradients line up with the top eigenvector.
 
-Columns: ``align_grad`` = |cos(g, v_1)|, ``g`` the gradient, and ``align_sam_grad`` = |cos(d, v_1)|,
+Columns: ``align_grad`` = ``|cos(g, v_1)|``, ``g`` the gradient, and ``align_sam_grad`` = ``|cos(d, v_1)|``,
 ``d`` the gradient the optimizer's step descends along (the ascent point's gradient for SAM;
 ``g`` itself for GD), ``v_1`` the top eigenvector from :mod:`~samedge.probes.topk`. Cost: one
 gradient at the ascent point (none for GD). No carry.

@@ -1,6 +1,6 @@
 """lambda_max at the optimizer's ascent point (SAM's ``w + rho g/||g||``): the curvature its step feels.
 
-Columns: ``lambda_max_sam`` = |lambda_1| of the Hessian at the ascent point, ``resid_sam``,
+Columns: ``lambda_max_sam`` = ``|lambda_1|`` of the Hessian at the ascent point, ``resid_sam``,
 ``hvps_sam``. Warm-started from the top eigenvector at ``w`` (``ctx.carries["topk"]``), without a
 random part: the two points are close. Cost: one Lanczos run at the ascent point (about as many HVPs
 as the top-k probe's warm run). No carry.

@@ -2,7 +2,7 @@
 
 With coupled decay (GD, momentum, Nesterov and the SAM family with ``weight_decay > 0``) the step
 descends ``L(w) + (1/2) w' (wd D) w`` (``D`` the 0/1 decay mask), whose Hessian is ``H + wd D``.
-Columns: ``lambda_max_reg`` = ||H + wd D||_2, ``resid_reg``, ``hvps_reg``; the optimizer's ``edge`` refers to
+Columns: ``lambda_max_reg`` = ``||H + wd D||_2``, ``resid_reg``, ``hvps_reg``; the optimizer's ``edge`` refers to
 it and the :mod:`~samedge.probes.edge` probe's ``ratio`` is ``lambda_max_reg / edge``. ``lambda_max``
 stays the loss's own. With ``D = I`` it is ``lambda_max(H) + wd`` when the top eigenvalue is positive;
 with a mask it is not, which is why it is measured.

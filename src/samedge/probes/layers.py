@@ -5,7 +5,7 @@ name, with Flax's top-level ``params`` dropped, so ``params/Dense_0/kernel`` and
 the block ``Dense_0``; or a grouping of your own, :func:`block_names`). For each block, with ``P_b``
 the projection on its coordinates and ``H_bb = P_b H P_b`` the diagonal block of the Hessian:
 
-- ``lambda_max/<b>`` = ||H_bb||_2, the largest-magnitude eigenvalue of the block (Lanczos on
+- ``lambda_max/<b>`` = ``||H_bb||_2``, the largest-magnitude eigenvalue of the block (Lanczos on
   ``v -> P_b H P_b v`` from a start inside the block, so its Krylov space stays there): the
   sharpness the layer would have if every other layer were frozen. Cauchy's interlacing bounds
   it by the whole Hessian's: ``lambda_max/<b> <= lambda_max``;

@@ -1,7 +1,7 @@
 """The top-k eigenpairs of the Hessian, warm-started, with the guard: the measurement's main probe.
 
-Columns: ``lambda_1..k`` (signed, by decreasing magnitude), ``resid_1..k`` = ||H v - lambda v|| /
-|lambda|, ``hvps``, ``lambda_max`` = |lambda_1| = ||H||_2 (the paper's quantity), ``lambda_top``
+Columns: ``lambda_1..k`` (signed, by decreasing magnitude), ``resid_1..k`` =
+``||H v - lambda v|| / |lambda|``, ``hvps``, ``lambda_max`` = ``|lambda_1| = ||H||_2`` (the paper's quantity), ``lambda_top``
 and ``resid_top`` (the largest algebraic eigenvalue of the same Krylov space), the guard's
 ``converged``, ``crosscheck_lambda``, ``hvps_crosscheck``, ``certified``, and with a bounded basis
 (``max_basis``) ``restarts``, the thick restarts of both runs.
