@@ -70,4 +70,4 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 html_static_path = []
-mathjax_path = "mathjax/tex-svg.js"  # the SVG output needs no web fonts (so nothing to fetch)
+
