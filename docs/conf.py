@@ -70,4 +70,5 @@ html_theme_options = {
     "navigation_with_keys": False,
 }
 html_static_path = []
+smartquotes = False  # "--lr" stays two hyphens in the CLI help and the README sections
 
