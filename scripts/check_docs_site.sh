@@ -8,11 +8,7 @@
 set -euo pipefail
 site=$(realpath "${1:-docs/_build/html}")
 shots=${2:-}
-browser=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
-if [[ -z "$browser" ]]; then
-    echo "check_docs_site: no chromium on PATH" >&2
-    exit 2
-fi
+. "$(dirname "$0")/chromium.sh"  # sets $browser, or exits 2
 tmp=$(mktemp -d)
 cleanup() { rm -rf "$tmp"; rm -f "$site"/*.__probe__.html "$site"/api/generated/*.__probe__.html; }
 trap cleanup EXIT

@@ -7,11 +7,7 @@
 set -euo pipefail
 page=$(realpath "$1")
 expected_rows=${2:-}
-browser=$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)
-if [[ -z "$browser" ]]; then
-    echo "check_report_html: no chromium on PATH" >&2
-    exit 2
-fi
+. "$(dirname "$0")/chromium.sh"  # sets $browser, or exits 2
 # A copy of the page plus a script that writes what the browser sees into the DOM once every image
 # has loaded; --dump-dom prints the DOM after the load event.
 tmp=$(mktemp -d)

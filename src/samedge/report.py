@@ -339,6 +339,16 @@ def _common(runs) -> tuple:
     return tuple(common)
 
 
+def _md_table(title: str, note: str, table, cell, rows) -> list[str]:
+    """A ``## title`` section of report.md: the note, then one row per run of ``(key, heading)`` columns
+    ``table`` whose cells ``cell(row, key)`` gives; nothing when ``rows`` is empty."""
+    if not rows:
+        return []
+    lines = ["", f"## {title}", "", note, "",
+             "| " + " | ".join(h for _, h in table) + " |", "|" + "---|" * len(table)]
+    return lines + ["| " + " | ".join(cell(r, k).replace("|", "\\|") for k, _ in table) + " |" for r in rows]
+
+
 def _cell(row, key) -> str:
     if key == "ratio_median":
         if row.get("no_edge"):
@@ -417,18 +427,8 @@ def write_markdown(rows, pngs, root: Path, out: Path) -> Path:
                   "| task | preset | optimizer | eta | settings | seeds | mean | std |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {s['task']} | {s['preset']} | {s['optimizer']} | {_fmt(s['eta'])} | {s['settings']} | "
                   f"{s['seeds']} | {_fmt(s['mean'])} | {_fmt(s['std'])} |" for s in spread]
-    stochastic = stochastic_rows(rows)
-    if stochastic:
-        lines += ["", "## Stochastic edges", "", STOCHASTIC_NOTE, "",
-                  "| " + " | ".join(h for _, h in STOCHASTIC_TABLE) + " |", "|" + "---|" * len(STOCHASTIC_TABLE)]
-        lines += ["| " + " | ".join(_stochastic_cell(r, k).replace("|", "\\|") for k, _ in STOCHASTIC_TABLE) + " |"
-                  for r in stochastic]
-    where = where_rows(rows)
-    if where:
-        lines += ["", "## Where the sharpness lives", "", WHERE_NOTE, "",
-                  "| " + " | ".join(h for _, h in WHERE_TABLE) + " |", "|" + "---|" * len(WHERE_TABLE)]
-        lines += ["| " + " | ".join(_where_cell(r, k).replace("|", "\\|") for k, _ in WHERE_TABLE) + " |"
-                  for r in where]
+    lines += _md_table("Stochastic edges", STOCHASTIC_NOTE, STOCHASTIC_TABLE, _stochastic_cell, stochastic_rows(rows))
+    lines += _md_table("Where the sharpness lives", WHERE_NOTE, WHERE_TABLE, _where_cell, where_rows(rows))
     failed = [r for r in rows if r["error"]]
     if failed:
         lines += ["", "## Errors", ""] + [f"- `{r['run']}`: {r['error']}" for r in failed]
