@@ -12,8 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's package, installed or not
-sys.path.insert(0, str(ROOT))  # ``examples`` (the how-to pages include its scripts)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the notebook's kernel inherits it: the same figures everywhere
 
 project = "samedge"
 author = "the samedge developers"
