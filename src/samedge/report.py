@@ -589,6 +589,23 @@ def _stochastic_cell(row, key) -> str:
     return _fmt(row.get(key))
 
 
+def _where_td(row, key) -> str:
+    return " class=l" if key in ("run", "optimizer", "settings") else ""
+
+
+def _html_table(title: str, note: str, table_id: str, table, cell, td, rows) -> list[str]:
+    """report.html's counterpart of :func:`_md_table`: a heading, the note and a table of ``(key,
+    heading)`` columns whose cells ``cell(row, key)`` gives and ``td(row, key)`` classes; nothing when
+    ``rows`` is empty."""
+    if not rows:
+        return []
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for _, h in table)
+    body = ["<tr>" + "".join(f"<td{td(r, k)}>{e(cell(r, k))}</td>" for k, _ in table) + "</tr>" for r in rows]
+    return [f"<h2>{e(title)}</h2>", f"<p>{e(note)}</p>",
+            f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>', *body, "</tbody></table>"]
+
+
 def _stochastic_td(row, key) -> str:
     if key in ("task", "optimizer", "settings"):
         return " class=l"
@@ -637,22 +654,10 @@ def write_html(rows, pngs, root: Path, out: Path) -> Path:
         parts.append(f"<p>{e(FEW_NOTE)}</p>")
     if _extras(rows):
         parts.append(f"<p>{e(EXTRA_NOTE)}</p>")
-    stochastic = stochastic_rows(rows)
-    if stochastic:
-        parts += ["<h2>Stochastic edges</h2>", f"<p>{e(STOCHASTIC_NOTE)}</p>",
-                  '<table id="stochastic"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for _, h in STOCHASTIC_TABLE)
-                  + "</tr></thead><tbody>"]
-        parts += ["<tr>" + "".join(f"<td{_stochastic_td(r, k)}>{e(_stochastic_cell(r, k))}</td>"
-                                   for k, _ in STOCHASTIC_TABLE) + "</tr>" for r in stochastic]
-        parts.append("</tbody></table>")
-    where = where_rows(rows)
-    if where:
-        parts += ["<h2>Where the sharpness lives</h2>", f"<p>{e(WHERE_NOTE)}</p>",
-                  '<table id="where"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for _, h in WHERE_TABLE)
-                  + "</tr></thead><tbody>"]
-        parts += ["<tr>" + "".join(f"<td{' class=l' if k in ('run', 'optimizer', 'settings') else ''}>"
-                                   f"{e(_where_cell(r, k))}</td>" for k, _ in WHERE_TABLE) + "</tr>" for r in where]
-        parts.append("</tbody></table>")
+    parts += _html_table("Stochastic edges", STOCHASTIC_NOTE, "stochastic", STOCHASTIC_TABLE, _stochastic_cell,
+                         _stochastic_td, stochastic_rows(rows))
+    parts += _html_table("Where the sharpness lives", WHERE_NOTE, "where", WHERE_TABLE, _where_cell,
+                         _where_td, where_rows(rows))
     for png in pngs:
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>{e(png.stem)}</h2>")

@@ -673,38 +673,7 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
     n_train = int(train[0].shape[0])
     batch_size = check_batch_size(name, batch_size, n_train)
     x0 = jnp.zeros((1, *train[0].shape[1:]), jnp.float32)
-    shapes = jax.eval_shape(lambda k: model.init(k, x0, use_running_average=True), jax.random.PRNGKey(0))
-    collections = tuple(sorted(k for k in shapes if k != "params"))
-
-    # one compiled program (eager initialisation compiles each random draw apart: ~20 s for ResNet-18
-    # on a CPU), shared by the parameters and the state
-    init_jit = jax.jit(lambda key: model.init(key, x0, use_running_average=True))
-
-    def init_params(key):
-        return init_jit(key)["params"]
-
-    def init_state(key):
-        variables = init_jit(key)
-        return {k: variables[k] for k in collections}
-
-    def train_loss_fn(params, state, batch, key):
-        x, y = batch
-        if collections:
-            logits, new = model.apply({"params": params, **state}, x, use_running_average=False,
-                                      deterministic=False, rngs={"dropout": key}, mutable=list(collections))
-            return cross_entropy(logits, y), {k: new[k] for k in collections}
-        logits = model.apply({"params": params}, x, use_running_average=False, deterministic=False,
-                             rngs={"dropout": key})
-        return cross_entropy(logits, y), state
-
-    def train_mode_logits(params, x):  # batch statistics, dropout off; the running statistics discarded
-        if collections:
-            return model.apply({"params": params}, x, use_running_average=False, deterministic=True,
-                               mutable=list(collections))[0]
-        return model.apply({"params": params}, x, use_running_average=False, deterministic=True)
-
-    def eval_logits(params, state, x):
-        return model.apply({"params": params, **state}, x, use_running_average=True, deterministic=True)
+    collections, init_params, init_state, train_loss_fn, train_mode_logits, eval_logits = _flax_model_fns(model, x0)
 
     def output_fn(params, batch):  # the measured loss's logits: batch statistics, dropout off
         return train_mode_logits(params, batch[0])
@@ -748,6 +717,49 @@ def stateful_classification(name: str, config, model, train, test, *, source: st
         info=facts | dict(info or {}), full_batch_fn=full_batch, chunk_dependent=bool(collections),
         init_state=init_state, train_loss_fn=train_loss_fn, eval_loss_fn=eval_loss_fn, output_fn=output_fn,
         output_loss=output_loss)
+
+
+def _flax_model_fns(model, x0):
+    """The model functions of :func:`stateful_classification` from a flax ``model`` and a one-example
+    input ``x0``: ``(collections, init_params, init_state, train_loss_fn, train_mode_logits,
+    eval_logits)``, ``collections`` the state's variable collections (``batch_stats``; none for a
+    model without state)."""
+    import jax
+
+    shapes = jax.eval_shape(lambda k: model.init(k, x0, use_running_average=True), jax.random.PRNGKey(0))
+    collections = tuple(sorted(k for k in shapes if k != "params"))
+
+    # one compiled program (eager initialisation compiles each random draw apart: ~20 s for ResNet-18
+    # on a CPU), shared by the parameters and the state
+    init_jit = jax.jit(lambda key: model.init(key, x0, use_running_average=True))
+
+    def init_params(key):
+        return init_jit(key)["params"]
+
+    def init_state(key):
+        variables = init_jit(key)
+        return {k: variables[k] for k in collections}
+
+    def train_loss_fn(params, state, batch, key):
+        x, y = batch
+        if collections:
+            logits, new = model.apply({"params": params, **state}, x, use_running_average=False,
+                                      deterministic=False, rngs={"dropout": key}, mutable=list(collections))
+            return cross_entropy(logits, y), {k: new[k] for k in collections}
+        logits = model.apply({"params": params}, x, use_running_average=False, deterministic=False,
+                             rngs={"dropout": key})
+        return cross_entropy(logits, y), state
+
+    def train_mode_logits(params, x):  # batch statistics, dropout off; the running statistics discarded
+        if collections:
+            return model.apply({"params": params}, x, use_running_average=False, deterministic=True,
+                               mutable=list(collections))[0]
+        return model.apply({"params": params}, x, use_running_average=False, deterministic=True)
+
+    def eval_logits(params, state, x):
+        return model.apply({"params": params, **state}, x, use_running_average=True, deterministic=True)
+
+    return collections, init_params, init_state, train_loss_fn, train_mode_logits, eval_logits
 
 
 def _augmented_minibatches(n_train: int, batch_size: int, seed: int, augment: bool, measure_augmented: bool):
