@@ -109,23 +109,29 @@ def hvp_seconds(loop, length: int, params, data, reps: int = 5) -> float:
     return best / length
 
 
-def measured_run(cfg, task):
+def measured_run(cfg, task, repeats: int = 1):
     """The trajectory of run ``cfg`` on ``task`` (e.g. :func:`quick_task`'s pinned quick-MNIST SAM run)
     with its own measurement at every check point.
 
     Yields ``(segment, row, seconds)``: the :class:`samedge.train.Segment`, the measurement's row
     (``train._make_measure``, the program ``train.train`` calls, warm-started along the run) and the
-    seconds that call took. Use the segment's arrays before asking for the next one.
+    seconds that call took; with ``repeats`` > 1, ``seconds`` is the list of ``repeats`` timed calls,
+    each from a copy (made untimed) of the same incoming state: the same work, the same HVPs. Use the
+    segment's arrays before asking for the next one.
     """
     optimizer = train.build_optimizer(cfg)
     _, init_measure, measure_fn = train._make_measure(cfg, task, optimizer)
     params = task.init_params(jax.random.PRNGKey(cfg.seed))
     opt_state, mstate = optimizer.init(params), init_measure(params)
     for seg in train.trajectory(task, optimizer, params, opt_state, train.schedule(cfg.steps, cfg.measure_every)):
-        start = time.perf_counter()
-        row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), mstate, seg.opt_state)
-        row = jax.device_get(row)
-        yield seg, row, time.perf_counter() - start
+        seconds, incoming = [], mstate
+        for _ in range(repeats):
+            state = jax.block_until_ready(jax.tree.map(jnp.copy, incoming)) if repeats > 1 else incoming
+            start = time.perf_counter()
+            row, mstate = measure_fn(seg.params, task.data, jnp.asarray(seg.step), state, seg.opt_state)
+            row = jax.device_get(row)
+            seconds.append(time.perf_counter() - start)
+        yield seg, row, (seconds if repeats > 1 else seconds[0])
 
 
 def timed(fn, *args, repeats: int = 3):

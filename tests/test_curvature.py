@@ -39,13 +39,13 @@ def test_hvp_equals_dense_hessian_times_v(x64, seed):
     np.testing.assert_allclose(matvec(v), h @ v, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lanczos_top3_matches_dense_eigh(x64, seed):
+@pytest.mark.parametrize("seed,reorth", [(0, "partial"), (1, "partial"), (2, "partial"), (0, "full")])
+def test_lanczos_top3_matches_dense_eigh(x64, seed, reorth):
     loss, params = small_model_loss(seed)
     matvec, n = curvature.flat_hvp(loss, params)
     truth = sorted_by_magnitude(np.linalg.eigvalsh(np.asarray(curvature.dense_hessian(loss, params))))
     v0 = jax.random.normal(jax.random.PRNGKey(seed), (n,))
-    eig = jax.jit(lambda v: curvature.lanczos(matvec, v, k=3, max_iters=120, tol=1e-8))(v0)
+    eig = jax.jit(lambda v: curvature.lanczos(matvec, v, k=3, max_iters=120, tol=1e-8, reorth=reorth))(v0)
     np.testing.assert_allclose(np.asarray(eig.values), truth[:3], rtol=1e-5)
     assert int(eig.num_matvecs) < 120  # it stopped on the residual, not on the budget
     # The residuals it reports are the true ones, ||H v - lam v|| / |lam|.
@@ -176,6 +176,61 @@ def test_lanczos_float32_on_a_model_is_accurate():
     assert float(eig.values[0]) == pytest.approx(truth, rel=1e-4)
 
 
+# --- Partial reorthogonalisation -------------------------------------------------------------------
+
+
+def _outliers_and_bulk(n=3000, seed=0):
+    """A float32 diagonal operator whose top eigenvalues (100, 95, 90, 50) stand far above a bulk in
+    [-1, 10]: they converge within a few steps, and from then on plain Lanczos loses orthogonality
+    to them (Paige) and finds them again as ghost copies."""
+    rng = np.random.default_rng(seed)
+    d = jnp.asarray(np.concatenate([[100.0, 95.0, 90.0, 50.0], rng.uniform(-1.0, 10.0, n - 4)]), jnp.float32)
+    return (lambda v: d * v), n
+
+
+def _run_to(matvec, n, steps, **kw):
+    """A Lanczos run of exactly ``steps`` matvecs (the tolerance can't stop it) and its basis's
+    departure from orthonormality, ``max |Q^T Q - I|`` over the rows built."""
+    run = jax.jit(lambda v0: curvature.lanczos(matvec, v0, k=6, max_iters=steps, min_iters=steps, tol=0.0,
+                                               workspace=curvature.krylov_workspace(n, steps), **kw))
+    eig = run(jnp.ones(n, jnp.float32))
+    q = np.asarray(eig.workspace[: int(eig.num_matvecs) + 1], np.float64)
+    return eig, np.abs(q @ q.T - np.eye(q.shape[0])).max()
+
+
+def test_partial_reorth_keeps_the_basis_semi_orthogonal(monkeypatch):
+    """Simon's estimate calls a Gram-Schmidt pass on some steps, not all, and those keep every
+    ``|q_i . q_k|`` within ``sqrt(eps)``: the top eigenvalues come out once each, as with full
+    reorthogonalisation. Without any pass the same run loses orthogonality and repeats 100."""
+    matvec, n = _outliers_and_bulk()
+    steps = 80
+    eps = float(jnp.finfo(jnp.float32).eps)
+    partial, departure = _run_to(matvec, n, steps)
+    full, departure_full = _run_to(matvec, n, steps, reorth="full")
+    assert 0 < int(partial.reorths) < steps and int(full.reorths) == steps
+    assert departure <= np.sqrt(eps) and departure_full <= 100 * eps
+    top = [100.0, 95.0, 90.0, 50.0]
+    np.testing.assert_allclose(np.asarray(partial.values[:4]), top, rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(full.values[:4]), top, rtol=2e-6)
+    # the same run with the passes switched off: ghosts
+    monkeypatch.setattr(curvature, "_orthogonalise", lambda w, basis, last: w)
+    plain, departure_plain = _run_to(matvec, n, steps)
+    assert departure_plain > 0.1
+    assert np.sum(np.abs(np.asarray(plain.values) - 100.0) < 1e-3) >= 2
+
+
+def test_partial_reorth_on_a_clustered_spectrum(x64):
+    """Eigenvalues 1, 1 - 1e-6, 1 - 2e-6 above a bulk: partial reorthogonalisation resolves the
+    cluster to 1e-10 (float64), like dense eigh, using fewer passes than matvecs."""
+    n = 300
+    spectrum = np.concatenate([[1.0, 1.0 - 1e-6, 1.0 - 2e-6], np.linspace(-0.5, 0.5, n - 3)])
+    matvec = _spectrum_operator(spectrum, seed=5)
+    v0 = jax.random.normal(jax.random.PRNGKey(1), (n,))
+    eig = curvature.lanczos(matvec, v0, k=3, max_iters=200, tol=1e-12)
+    np.testing.assert_allclose(np.asarray(eig.values), spectrum[:3], rtol=0, atol=1e-10)
+    assert int(eig.reorths) < int(eig.num_matvecs)
+
+
 # --- A bounded basis: thick restart ---------------------------------------------------------------
 
 
@@ -241,11 +296,12 @@ def test_thick_restart_on_a_degenerate_spectrum(x64):
 
 
 def test_thick_restart_without_a_restart_is_the_unbounded_run(x64):
-    """A bounded basis that the run never fills changes nothing: the same numbers, bit for bit."""
+    """A bounded basis that the run never fills changes nothing: the same numbers, bit for bit, as the
+    unbounded run with full reorthogonalisation (a bounded basis reorthogonalises every step)."""
     loss, params = small_model_loss(0)
     matvec, n = curvature.flat_hvp(loss, params)
     v0 = jax.random.normal(jax.random.PRNGKey(9), (n,))
-    unbounded = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3)
+    unbounded = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3, reorth="full")
     bounded = curvature.lanczos(matvec, v0, k=1, max_iters=64, tol=1e-3, max_basis=int(unbounded.num_matvecs) + 2)
     assert int(bounded.restarts) == 0 and int(bounded.num_matvecs) == int(unbounded.num_matvecs)
     assert np.array_equal(np.asarray(bounded.values), np.asarray(unbounded.values))

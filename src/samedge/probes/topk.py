@@ -170,7 +170,7 @@ def _main_and_guard(ctx: Context, settings, warm_v0, carry: TopkCarry):
     real = jnp.zeros((), dtype)
     count = jnp.zeros((), jnp.int32)
     zeros = curvature.Eigen(jnp.zeros((k,), dtype), jnp.zeros((k, n), dtype), jnp.zeros((k,), dtype),
-                            count, real, real, None, count)
+                            count, real, real, None, count, count)
     _, ws, eig, (value, hvps, restarts), take, larger = jax.lax.while_loop(
         lambda c: (c[0] == 0) | ((c[0] == 1) & c[4]), one_pass,
         (jnp.asarray(0), ws0, zeros, (real, count, count), jnp.asarray(False), jnp.asarray(False)))
