@@ -305,27 +305,24 @@ def _restart(krylov: _Krylov, ritz: _Ritz, keep_score: Callable, keep: int, gate
 
 def _omega(prev: jax.Array, cur: jax.Array, t: jax.Array, j, beta, noise) -> jax.Array:
     """An estimate of ``|q_{j+1} . q_k|``, ``k = 0..j+1``, the orthogonality of the next Lanczos vector to
-    the basis, from the estimates ``cur`` (for ``q_j``) and ``prev`` (``q_{j-1}``) and the coefficients
-    in ``t`` alone (Simon 1984): no pass over the basis.
+    the basis, from the estimates ``cur`` (for ``q_j``) and ``prev`` (``q_{j-1}``) and the projected
+    matrix ``t`` alone (Simon 1984): no pass over the basis.
 
-    From ``A q_k = beta_k q_{k-1} + alpha_k q_k + beta_{k+1} q_{k+1}`` and the symmetry of ``A``,
+    Every basis vector satisfies ``A q_k = sum_i t[i, k] q_i`` up to rounding (three terms after a cold
+    start; for a Ritz vector kept by a thick restart, ``theta_k q_k`` plus the arrow's ``b_k q_keep``),
+    and the new one ``beta_{j+1} q_{j+1} = A q_j - alpha_j q_j - beta_j q_{j-1}``; the symmetry of ``A``
+    then gives, for ``k < j``,
 
-        beta_{j+1} omega_{j+1,k} = beta_{k+1} omega_{j,k+1} + (alpha_k - alpha_j) omega_{j,k}
-                                   + beta_k omega_{j,k-1} - beta_j omega_{j-1,k}
+        beta_{j+1} omega_{j+1,k} = (T omega_j)_k - alpha_j omega_{j,k} - beta_j omega_{j-1,k}
 
-    for ``k < j``, plus the rounding of one step, modelled as ``noise = eps ||A||`` with the sign of the
-    sum (so that it never cancels); ``omega_{j+1,j}`` is that rounding alone (the three-term recurrence
-    keeps neighbours orthogonal) and ``omega_{j+1,j+1} = 1``. ``beta``: ``beta_{j+1}``, the norm of the
-    new vector before it is normalised. Arrays of length ``mt + 1``, zero past ``j + 1``.
+    plus the rounding of one step, modelled as ``noise = eps ||A||`` with the sign of the sum (so that
+    it never cancels); ``omega_{j+1,j}`` is that rounding alone (the three-term recurrence keeps
+    neighbours orthogonal) and ``omega_{j+1,j+1} = 1``. ``beta``: ``beta_{j+1}``, the norm of the new
+    vector before it is normalised. Arrays of length ``mt + 1``, zero past ``j + 1``; ``t`` holds
+    ``alpha_j`` and not yet ``beta_{j+1}``.
     """
-    size = cur.shape[0]
-    k = jnp.arange(size)
-    alpha = jnp.diagonal(t)[:size]
-    below = jnp.concatenate([jnp.zeros((1,), t.dtype), jnp.diagonal(t, -1)])[:size]  # beta_k = t[k, k-1]
-    above = jnp.concatenate([below[1:], jnp.zeros((1,), t.dtype)])  # beta_{k+1}
-    up = jnp.concatenate([cur[1:], jnp.zeros((1,), cur.dtype)])  # omega_{j,k+1}
-    down = jnp.concatenate([jnp.zeros((1,), cur.dtype), cur[:-1]])  # omega_{j,k-1}
-    total = above * up + (alpha - alpha[j]) * cur + below * down - below[j] * prev
+    k = jnp.arange(cur.shape[0])
+    total = t @ cur - t[j, j] * cur - t[j, jnp.maximum(j - 1, 0)] * jnp.where(j > 0, prev, 0.0)
     safe = jnp.where(beta > 0, beta, 1.0)
     new = (total + jnp.where(total >= 0, noise, -noise)) / safe
     return jnp.where(k < j, new, jnp.where(k == j, noise / safe, jnp.where(k == j + 1, 1.0, 0.0)))
@@ -346,8 +343,9 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
     ``"partial"``, only when the estimate :func:`_omega` of the new vector's orthogonality exceeds
     ``sqrt(eps)``, and then at that step and the next (Simon 1984: semi-orthogonality keeps the
     projected matrix exact to rounding, so the Ritz values, the residuals and the stopping test are
-    those of full reorthogonalisation up to ``eps ||A||``). A bounded basis reorthogonalises fully
-    (the recurrence of the estimate does not hold through a restart).
+    those of full reorthogonalisation up to ``eps ||A||``). A bounded basis also passes on the step
+    that fills it (the vector a restart keeps is then orthogonal to rounding) and, twice, on the step
+    after a restart (the arrow's components); the estimate starts afresh there.
     """
     if reorth not in ("partial", "full"):
         raise ValueError(f"reorth must be 'partial' or 'full', got {reorth!r}")
@@ -368,7 +366,7 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
     keep = _keep_count(mt, want) if bounded else 0
     if bounded and mt < want + 3:
         raise ValueError(f"a basis of {rows} rows is too small for {want} wanted Ritz pairs: need at least {want + 4}")
-    partial = reorth == "partial" and not bounded
+    partial = reorth == "partial"
     level = jnp.sqrt(eps)  # semi-orthogonality
 
     def cond(state):
@@ -389,6 +387,8 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
             norm_a = jnp.max(jnp.sum(jnp.abs(t), axis=1))
             new = _omega(prev, cur, t, j, jnp.linalg.norm(w), eps * norm_a)
             again = force | (jnp.max(jnp.where(jnp.arange(new.shape[0]) < j, jnp.abs(new), 0.0)) > level)
+            if bounded:  # the step after a restart (the arrow) and the one that fills the basis
+                again = again | (j == krylov.arrow) | (j + 1 == mt)
         else:
             again = jnp.asarray(True)
         w = jax.lax.fori_loop(0, again.astype(jnp.int32), lambda _, w: _orthogonalise(w, basis, j), w)
@@ -406,7 +406,14 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
         ritz = _ritz(t, j)
         done = invariant | stop(ritz, j, krylov.total)
         if bounded:
-            krylov = _restart(krylov, ritz, keep_score, keep, (j + 1 == mt) & ~done & (krylov.total < m))
+            gate = (j + 1 == mt) & ~done & (krylov.total < m)
+            krylov = _restart(krylov, ritz, keep_score, keep, gate)
+            if partial:  # the kept vector q_keep was orthogonalised when it was made; the step after
+                # the restart passes twice, so the estimate it would use does not matter
+                idx = jnp.arange(cur.shape[0])
+                fresh = jnp.where(idx < keep, eps, jnp.where(idx == keep, 1.0, 0.0)).astype(cur.dtype)
+                prev, cur = jnp.where(gate, jnp.zeros_like(prev), prev), jnp.where(gate, fresh, cur)
+                force = force & ~gate
         return krylov, done, (prev, cur, force)
 
     basis = basis.at[0].set(v0 / jnp.linalg.norm(v0))
@@ -468,8 +475,7 @@ def lanczos(
       workspace: a buffer to build the Krylov basis in (:func:`krylov_workspace`; any contents), returned
         in :attr:`Eigen.workspace`; ``None``: a fresh one each call.
       max_basis: most rows of the basis (``None`` or 0: ``max_iters + 1``, no restart); at least ``k + 5``.
-      reorth: ``"partial"`` (the default) or ``"full"`` (a Gram-Schmidt pass after every matvec); a
-        bounded basis reorthogonalises fully either way.
+      reorth: ``"partial"`` (the default) or ``"full"`` (a Gram-Schmidt pass after every matvec).
 
     Returns:
       :class:`Eigen`, with the largest algebraic Ritz value and its residual besides the top k, the
