@@ -381,28 +381,28 @@ def _run_lanczos(matvec: Matvec, v0: jax.Array, m: int, stop: Callable[[_Ritz, j
         alpha = jnp.vdot(q, w)
         beta_prev = jnp.where(j > 0, t[j, jnp.maximum(j - 1, 0)], 0.0)
         w = w - alpha * q - beta_prev * basis[jnp.maximum(j - 1, 0)]  # three-term recurrence
+        t = t.at[j, j].set(alpha)
+        older = jnp.arange(mt + 1) < j  # the rows the estimate tracks
         if partial:
-            t = t.at[j, j].set(alpha)
             # ||A|| from the projected matrix's rows (Gershgorin), for the rounding of one step
             norm_a = jnp.max(jnp.sum(jnp.abs(t), axis=1))
             new = _omega(prev, cur, t, j, jnp.linalg.norm(w), eps * norm_a)
-            again = force | (jnp.max(jnp.where(jnp.arange(new.shape[0]) < j, jnp.abs(new), 0.0)) > level)
+            again = force | (jnp.max(jnp.where(older, jnp.abs(new), 0.0)) > level)
             if bounded:  # the step after a restart (the arrow) and the one that fills the basis
                 again = again | (j == krylov.arrow) | (j + 1 == mt)
         else:
             again = jnp.asarray(True)
-        w = jax.lax.fori_loop(0, again.astype(jnp.int32), lambda _, w: _orthogonalise(w, basis, j), w)
-        if bounded:  # after a restart the arrow's components are removed by a second pass
-            w = jax.lax.fori_loop(0, jnp.where(j == krylov.arrow, 1, 0), lambda _, w: _orthogonalise(w, basis, j), w)
+        # after a restart the arrow's components are removed by a second pass
+        passes = again.astype(jnp.int32) + (j == krylov.arrow).astype(jnp.int32)
+        w = jax.lax.fori_loop(0, passes, lambda _, w: _orthogonalise(w, basis, j), w)
         beta = jnp.linalg.norm(w)
-        t = t.at[j, j].set(alpha).at[j + 1, j].set(beta).at[j, j + 1].set(beta)
+        t = t.at[j + 1, j].set(beta).at[j, j + 1].set(beta)
         invariant = beta <= 10 * eps * jnp.maximum(jnp.abs(alpha), 1.0)
         basis = basis.at[j + 1].set(jnp.where(invariant, 0.0, w / jnp.where(invariant, 1.0, beta)))
         krylov = krylov._replace(j=j + 1, basis=basis, t=t, total=krylov.total + 1,
-                                 reorths=krylov.reorths + again.astype(krylov.reorths.dtype))
+                                 reorths=krylov.reorths + passes.astype(krylov.reorths.dtype))
         if partial:  # after a pass the new vector is orthogonal to rounding: its estimate starts afresh
-            new = jnp.where(again & (jnp.arange(new.shape[0]) < j), eps, new)
-            prev, cur, force = cur, new, again & ~force  # a pass is followed by one more (Simon)
+            prev, cur, force = cur, jnp.where(again & older, eps, new), again & ~force  # then one more pass (Simon)
         ritz = _ritz(t, j)
         done = invariant | stop(ritz, j, krylov.total)
         if bounded:

@@ -351,39 +351,10 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
     settings = (settings or MeasureSettings()).validate()
     builtin = builtin_probes(settings, optimizer, batch_fn=batch_fn, full_batch_fn=full_batch_fn)
     extra = tuple(probes_mod.check_probe(p) for p in (probes or ()))
-    names = [p.name for p in builtin + extra]
-    if len(set(names)) != len(names):
-        from samedge.errors import ConfigError
-
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"probe name(s) {', '.join(twice)} given twice (the built-in ones: "
-                          f"{', '.join(p.name for p in builtin)})")
+    _check_unique(builtin, extra)
     everything = builtin + extra  # the order they run in
-    # The loss (and accuracy) as jitted units: the measurement differentiates the loss at several
-    # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
-    # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
-    # of the measurement's program (0.6 s -> 0.25 s on quick MNIST).
-    if stateful:  # jitted with the state as an argument; closed over it (a traced value) per call
-        loss3 = jax.jit(loss_fn)
-        acc3 = None if accuracy_fn is None else jax.jit(accuracy_fn)
-    elif settings.chunk_size:
-        loss_fn = chunking.chunked_mean(loss_fn, settings.chunk_size)
-        accuracy_fn = None if accuracy_fn is None else chunking.chunked_mean(accuracy_fn, settings.chunk_size)
-    if not stateful:
-        loss_fn = jax.jit(loss_fn)
-        accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
+    at_state = _measured_losses(loss_fn, accuracy_fn, settings, stateful)
     cast = _caster(settings.dtype)
-
-    def at_state(model_state):
-        """The measured loss and accuracy, ``(params, batch)``, at the model state given."""
-        if not stateful:
-            return loss_fn, accuracy_fn
-        loss = lambda p, b: loss3(p, model_state, b)  # noqa: E731
-        acc = None if acc3 is None else (lambda p, b: acc3(p, model_state, b))
-        if settings.chunk_size:
-            loss = chunking.chunked_mean(loss, settings.chunk_size)
-            acc = None if acc is None else chunking.chunked_mean(acc, settings.chunk_size)
-        return loss, acc
 
     def measure(params, batch, state, workspace, key, opt_state, data, model_state):
         with jax.default_matmul_precision("highest"):  # full float32 products on accelerators
@@ -422,6 +393,49 @@ def measurement(loss_fn: Callable, optimizer: Optimizer, settings: MeasureSettin
         return compiled.lower(params, batch, rest, ws, key, opt_state, data, model_state)
 
     return Measurement(init, measure_call, settings, everything, lower)
+
+
+def _check_unique(builtin, extra) -> None:
+    """A one-line :class:`samedge.errors.ConfigError` when two probes share a name."""
+    names = [p.name for p in builtin + extra]
+    if len(set(names)) != len(names):
+        from samedge.errors import ConfigError
+
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"probe name(s) {', '.join(twice)} given twice (the built-in ones: "
+                          f"{', '.join(p.name for p in builtin)})")
+
+
+def _measured_losses(loss_fn: Callable, accuracy_fn: Callable | None, settings: MeasureSettings,
+                     stateful: bool) -> Callable:
+    """``model_state -> (loss, accuracy)``: the measured loss and accuracy as ``(params, batch)``
+    functions, jitted, in chunks when ``settings.chunk_size``, with a stateful model's state given."""
+    # The loss (and accuracy) as jitted units: the measurement differentiates the loss at several
+    # places (gradient, the HVPs of every Lanczos run, the ascent gradient); jitted, its Python (a
+    # flax model's apply) is traced once instead of at each, which halves the tracing and lowering
+    # of the measurement's program (0.6 s -> 0.25 s on quick MNIST).
+    if stateful:  # jitted with the state as an argument; closed over it (a traced value) per call
+        loss3 = jax.jit(loss_fn)
+        acc3 = None if accuracy_fn is None else jax.jit(accuracy_fn)
+    elif settings.chunk_size:
+        loss_fn = chunking.chunked_mean(loss_fn, settings.chunk_size)
+        accuracy_fn = None if accuracy_fn is None else chunking.chunked_mean(accuracy_fn, settings.chunk_size)
+    if not stateful:
+        loss_fn = jax.jit(loss_fn)
+        accuracy_fn = None if accuracy_fn is None else jax.jit(accuracy_fn)
+
+    def at_state(model_state):
+        """The measured loss and accuracy, ``(params, batch)``, at the model state given."""
+        if not stateful:
+            return loss_fn, accuracy_fn
+        loss = lambda p, b: loss3(p, model_state, b)  # noqa: E731
+        acc = None if acc3 is None else (lambda p, b: acc3(p, model_state, b))
+        if settings.chunk_size:
+            loss = chunking.chunked_mean(loss, settings.chunk_size)
+            acc = None if acc is None else chunking.chunked_mean(acc, settings.chunk_size)
+        return loss, acc
+
+    return at_state
 
 
 def _init_state(builtin, extra, point, key, max_basis: int = 0) -> MeasureState:

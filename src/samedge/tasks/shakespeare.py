@@ -140,6 +140,20 @@ def make_model(config: Config) -> Transformer:
                        mlp_ratio=config.mlp_ratio, init_scheme=config.init, gelu=config.gelu)
 
 
+def _test_batches(test_tokens, config: Config):
+    """``(windows, batches)``: the test windows ``(W, T + 1)`` (the first ``config.eval_windows`` when set)
+    and the same padded with :data:`samedge.data.shakespeare.PAD` (which carries no loss) into
+    ``(nb, eval_batch, T + 1)`` batches."""
+    t = config.seq_len
+    windows = sh.eval_windows(test_tokens, t)
+    if config.eval_windows:
+        windows = windows[: config.eval_windows]
+    n_batches = -(-len(windows) // config.eval_batch)
+    padded = np.full((n_batches * config.eval_batch, t + 1), sh.PAD, np.int32)
+    padded[: len(windows)] = windows
+    return windows, jnp.asarray(padded.reshape(n_batches, config.eval_batch, t + 1))
+
+
 def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool = False, corpus=None) -> Task:
     """The task; ``corpus`` (a :class:`samedge.data.shakespeare.Corpus`) replaces the loaded text (tests)."""
     config.validate()
@@ -187,14 +201,8 @@ def build(config: Config, *, data_dir=None, seed: int = 0, allow_fallback: bool 
         def measure_batch_fn(data, step):
             return batch_fn(data["tokens"], step)
 
-    windows = sh.eval_windows(test_tokens, t)  # (W, T + 1)
-    if config.eval_windows:
-        windows = windows[: config.eval_windows]
+    windows, test = _test_batches(test_tokens, config)
     n_eval = len(windows)
-    n_batches = -(-n_eval // config.eval_batch)
-    padded = np.full((n_batches * config.eval_batch, t + 1), sh.PAD, np.int32)  # padding carries no loss
-    padded[:n_eval] = windows
-    test = jnp.asarray(padded.reshape(n_batches, config.eval_batch, t + 1))  # (nb, E, T + 1)
 
     @jax.jit
     def evaluate_jit(params):
